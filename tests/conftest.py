@@ -1,0 +1,17 @@
+"""Session-wide test setup: offline Prefect with a temporary home, no analytics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Must happen before prefect is imported anywhere, so its settings pick these up.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="ftpipe-prefect-home-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Never let a developer's real credentials leak into tests.
+os.environ.pop("MKA1_API_KEY", None)
+os.environ.pop("MKA1_BASE_URL", None)
