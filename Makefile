@@ -1,0 +1,13 @@
+.PHONY: setup run test lint format bench
+setup:
+	bash scripts/setup.sh
+run:
+	bash scripts/run.sh
+test:
+	bash scripts/test.sh
+lint:
+	bash scripts/lint.sh
+format:
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+bench:
+	.venv/bin/python -m bench
