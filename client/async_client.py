@@ -1,0 +1,176 @@
+"""Asynchronous MKA1 client: sends the specs built in ``client._requests``."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from client import _requests as req
+from client import _responses
+from client.models import (
+    FileDeleted,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobCreateRequest,
+    ListPage,
+    ResponseCreateRequest,
+    ResponseObject,
+)
+from client.settings import ClientSettings
+
+T = TypeVar("T")
+
+
+class AsyncMKA1Client:
+    """Asynchronous client; use as an async context manager (or await ``aclose()``)."""
+
+    def __init__(
+        self, settings: ClientSettings | None = None, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else ClientSettings()
+        self._http = httpx.AsyncClient(**req.client_kwargs(self.settings, transport))
+        self.files = AsyncFiles(self)
+        self.jobs = AsyncJobs(self)
+        self.responses = AsyncResponses(self)
+
+    def __repr__(self) -> str:
+        return req.client_repr(type(self).__name__, self.settings)
+
+    async def __aenter__(self) -> AsyncMKA1Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the underlying connection pool."""
+        await self._http.aclose()
+
+    async def send(self, spec: req.RequestSpec[T]) -> T:
+        """Send one request and decode it, raising ``client.errors`` exceptions on failure."""
+        try:
+            with req.httpx_request_args(spec, self.settings) as args:
+                response = await self._http.request(**args)
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, f"{spec.method} {spec.path}") from exc
+        return _responses.handle(response, spec.parse)
+
+    async def paginate(
+        self, make_spec: Callable[[str | None], req.RequestSpec[ListPage[T]]]
+    ) -> AsyncIterator[T]:
+        """Yield items across pages, following ``after=<last id>`` while ``has_more``."""
+        cursor = req.Cursor()
+        while True:
+            page = await self.send(make_spec(cursor.after))
+            for item in page.data:
+                yield item
+            if not cursor.advance(page):
+                return
+
+
+class AsyncFiles:
+    """``/files`` endpoints."""
+
+    def __init__(self, client: AsyncMKA1Client) -> None:
+        self._c = client
+
+    async def upload(
+        self, path: str | Path, purpose: str = "fine-tune", filename: str | None = None
+    ) -> FileObject:
+        """Upload a file, streamed from disk."""
+        return await self._c.send(req.files_upload(path, purpose, filename))
+
+    async def retrieve(self, file_id: str) -> FileObject:
+        """Get one file's metadata."""
+        return await self._c.send(req.files_retrieve(file_id))
+
+    def list(
+        self, purpose: str | None = None, order: req.Order | None = None, limit: int | None = None
+    ) -> AsyncIterator[FileObject]:
+        """Iterate over all files (``limit`` is the page size)."""
+        return self._c.paginate(lambda after: req.files_list(after, limit, order, purpose))
+
+    async def delete(self, file_id: str) -> FileDeleted:
+        """Delete a file."""
+        return await self._c.send(req.files_delete(file_id))
+
+    async def content(self, file_id: str) -> bytes:
+        """Download a file's content."""
+        return await self._c.send(req.files_content(file_id))
+
+
+class AsyncJobs:
+    """``/fine_tuning/jobs`` endpoints."""
+
+    def __init__(self, client: AsyncMKA1Client) -> None:
+        self._c = client
+
+    async def create(self, request: JobCreateRequest) -> FineTuningJob:
+        """Create a fine-tuning job."""
+        return await self._c.send(req.jobs_create(request))
+
+    async def retrieve(self, job_id: str) -> FineTuningJob:
+        """Get a job."""
+        return await self._c.send(req.jobs_retrieve(job_id))
+
+    def list(
+        self, metadata: Mapping[str, str] | None = None, limit: int | None = None
+    ) -> AsyncIterator[FineTuningJob]:
+        """Iterate over jobs, optionally filtered by metadata (``limit`` is the page size)."""
+        return self._c.paginate(lambda after: req.jobs_list(after, limit, metadata))
+
+    async def list_events(
+        self, job_id: str, after: str | None = None, limit: int | None = None
+    ) -> ListPage[FineTuningJobEvent]:
+        """One page of events, newest first."""
+        return await self._c.send(req.jobs_events(job_id, after, limit))
+
+    async def new_events(
+        self, job_id: str, since_id: str | None, page_size: int = req.EVENTS_PAGE_SIZE
+    ) -> builtins.list[FineTuningJobEvent]:
+        """Events newer than ``since_id`` (all when None), oldest first."""
+        collector = req.NewEventsCollector(since_id)
+        while collector.feed(await self._c.send(req.jobs_events(job_id, collector.cursor.after, page_size))):
+            pass
+        return collector.result()
+
+    def list_checkpoints(
+        self, job_id: str, limit: int | None = None
+    ) -> AsyncIterator[FineTuningJobCheckpoint]:
+        """Iterate over a job's checkpoints."""
+        return self._c.paginate(lambda after: req.jobs_checkpoints(job_id, after, limit))
+
+    async def pause(self, job_id: str) -> FineTuningJob:
+        """Pause a running job."""
+        return await self._c.send(req.jobs_action(job_id, "pause"))
+
+    async def resume(self, job_id: str) -> FineTuningJob:
+        """Resume a paused job."""
+        return await self._c.send(req.jobs_action(job_id, "resume"))
+
+    async def cancel(self, job_id: str) -> FineTuningJob:
+        """Cancel a job."""
+        return await self._c.send(req.jobs_action(job_id, "cancel"))
+
+
+class AsyncResponses:
+    """``/responses`` endpoint."""
+
+    def __init__(self, client: AsyncMKA1Client) -> None:
+        self._c = client
+
+    async def create(self, request: ResponseCreateRequest) -> ResponseObject:
+        """Generate a response (e.g. from a fine-tuned model)."""
+        return await self._c.send(req.responses_create(request))
+
+
+__all__ = ["AsyncFiles", "AsyncJobs", "AsyncMKA1Client", "AsyncResponses"]

@@ -1,0 +1,169 @@
+"""Blocking MKA1 client: sends the specs built in ``client._requests``."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from client import _requests as req
+from client import _responses
+from client.models import (
+    FileDeleted,
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobCreateRequest,
+    ListPage,
+    ResponseCreateRequest,
+    ResponseObject,
+)
+from client.settings import ClientSettings
+
+T = TypeVar("T")
+
+
+class MKA1Client:
+    """Synchronous client; use as a context manager (or call ``close()``)."""
+
+    def __init__(
+        self, settings: ClientSettings | None = None, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else ClientSettings()
+        self._http = httpx.Client(**req.client_kwargs(self.settings, transport))
+        self.files = Files(self)
+        self.jobs = Jobs(self)
+        self.responses = Responses(self)
+
+    def __repr__(self) -> str:
+        return req.client_repr(type(self).__name__, self.settings)
+
+    def __enter__(self) -> MKA1Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying connection pool."""
+        self._http.close()
+
+    def send(self, spec: req.RequestSpec[T]) -> T:
+        """Send one request and decode it, raising ``client.errors`` exceptions on failure."""
+        try:
+            with req.httpx_request_args(spec, self.settings) as args:
+                response = self._http.request(**args)
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, f"{spec.method} {spec.path}") from exc
+        return _responses.handle(response, spec.parse)
+
+    def paginate(self, make_spec: Callable[[str | None], req.RequestSpec[ListPage[T]]]) -> Iterator[T]:
+        """Yield items across pages, following ``after=<last id>`` while ``has_more``."""
+        cursor = req.Cursor()
+        while True:
+            page = self.send(make_spec(cursor.after))
+            yield from page.data
+            if not cursor.advance(page):
+                return
+
+
+class Files:
+    """``/files`` endpoints."""
+
+    def __init__(self, client: MKA1Client) -> None:
+        self._c = client
+
+    def upload(self, path: str | Path, purpose: str = "fine-tune", filename: str | None = None) -> FileObject:
+        """Upload a file, streamed from disk."""
+        return self._c.send(req.files_upload(path, purpose, filename))
+
+    def retrieve(self, file_id: str) -> FileObject:
+        """Get one file's metadata."""
+        return self._c.send(req.files_retrieve(file_id))
+
+    def list(
+        self, purpose: str | None = None, order: req.Order | None = None, limit: int | None = None
+    ) -> Iterator[FileObject]:
+        """Iterate over all files (``limit`` is the page size)."""
+        return self._c.paginate(lambda after: req.files_list(after, limit, order, purpose))
+
+    def delete(self, file_id: str) -> FileDeleted:
+        """Delete a file."""
+        return self._c.send(req.files_delete(file_id))
+
+    def content(self, file_id: str) -> bytes:
+        """Download a file's content."""
+        return self._c.send(req.files_content(file_id))
+
+
+class Jobs:
+    """``/fine_tuning/jobs`` endpoints."""
+
+    def __init__(self, client: MKA1Client) -> None:
+        self._c = client
+
+    def create(self, request: JobCreateRequest) -> FineTuningJob:
+        """Create a fine-tuning job."""
+        return self._c.send(req.jobs_create(request))
+
+    def retrieve(self, job_id: str) -> FineTuningJob:
+        """Get a job."""
+        return self._c.send(req.jobs_retrieve(job_id))
+
+    def list(
+        self, metadata: Mapping[str, str] | None = None, limit: int | None = None
+    ) -> Iterator[FineTuningJob]:
+        """Iterate over jobs, optionally filtered by metadata (``limit`` is the page size)."""
+        return self._c.paginate(lambda after: req.jobs_list(after, limit, metadata))
+
+    def list_events(
+        self, job_id: str, after: str | None = None, limit: int | None = None
+    ) -> ListPage[FineTuningJobEvent]:
+        """One page of events, newest first."""
+        return self._c.send(req.jobs_events(job_id, after, limit))
+
+    def new_events(
+        self, job_id: str, since_id: str | None, page_size: int = req.EVENTS_PAGE_SIZE
+    ) -> builtins.list[FineTuningJobEvent]:
+        """Events newer than ``since_id`` (all when None), oldest first."""
+        collector = req.NewEventsCollector(since_id)
+        while collector.feed(self._c.send(req.jobs_events(job_id, collector.cursor.after, page_size))):
+            pass
+        return collector.result()
+
+    def list_checkpoints(self, job_id: str, limit: int | None = None) -> Iterator[FineTuningJobCheckpoint]:
+        """Iterate over a job's checkpoints."""
+        return self._c.paginate(lambda after: req.jobs_checkpoints(job_id, after, limit))
+
+    def pause(self, job_id: str) -> FineTuningJob:
+        """Pause a running job."""
+        return self._c.send(req.jobs_action(job_id, "pause"))
+
+    def resume(self, job_id: str) -> FineTuningJob:
+        """Resume a paused job."""
+        return self._c.send(req.jobs_action(job_id, "resume"))
+
+    def cancel(self, job_id: str) -> FineTuningJob:
+        """Cancel a job."""
+        return self._c.send(req.jobs_action(job_id, "cancel"))
+
+
+class Responses:
+    """``/responses`` endpoint."""
+
+    def __init__(self, client: MKA1Client) -> None:
+        self._c = client
+
+    def create(self, request: ResponseCreateRequest) -> ResponseObject:
+        """Generate a response (e.g. from a fine-tuned model)."""
+        return self._c.send(req.responses_create(request))
+
+
+__all__ = ["Files", "Jobs", "MKA1Client", "Responses"]
