@@ -1,0 +1,23 @@
+"""Fixtures for the client tests (helpers live in client_testkit.py)."""
+
+from __future__ import annotations
+
+import pytest
+from client_testkit import BASE, SECRET, FakeAPI, Runner
+
+from client import ClientSettings
+
+
+@pytest.fixture
+def settings() -> ClientSettings:
+    return ClientSettings(base_url=BASE, api_key=SECRET, on_behalf_of="user-42")
+
+
+@pytest.fixture(params=["sync", "async"])
+def runner(request: pytest.FixtureRequest, settings: ClientSettings) -> Runner:
+    return Runner(request.param, settings)
+
+
+@pytest.fixture
+def api() -> FakeAPI:
+    return FakeAPI()
