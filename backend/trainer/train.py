@@ -1,0 +1,306 @@
+"""The CPU training loop: supervised (assistant-token cross-entropy) or DPO, with pause/resume/cancel."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.trainer.base_models import resolve_base_model
+from backend.trainer.chat import ChatFormat
+from backend.trainer.data import Example, PreferenceExample, SFTExample, collate, epoch_batches, load_examples
+from backend.trainer.hyperparams import Hyperparameters, resolve
+from backend.trainer.losses import TokenStats, dpo_loss, sequence_logps, sft_loss
+from backend.trainer.modeling import LoadedModel, load_for_training, load_trainable_state, save_model_dir
+from backend.trainer.spec import TrainingCallbacks, TrainingError, TrainingOutcome, TrainingSpec
+from backend.trainer.state import Progress, load_latest_state, save_state
+
+VALID_SAMPLE_SIZE = 32
+EVAL_BATCH_SIZE = 16
+MAX_WARMUP_STEPS = 20
+MIN_LR_FRACTION = 0.1
+GRAD_CLIP = 1.0
+WEIGHT_DECAY = 0.01
+
+
+def configure_threads() -> int:
+    """Use every core this process may run on (torch's default can undercount in containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return n
+
+
+def lr_lambda_factory(total_steps: int) -> tuple[int, Any]:
+    """Linear warmup then cosine decay to MIN_LR_FRACTION of the peak."""
+    warmup = min(MAX_WARMUP_STEPS, max(1, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return warmup, factor
+
+
+@dataclass
+class _Data:
+    train: list[Example]
+    valid_sample: list[Example]
+    full_valid: list[Example]
+    # DPO only: reference-model log-probs, per example, of (chosen, rejected); keyed by id(list).
+    ref: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _mean(window: list[float]) -> tuple[float, float]:
+    loss_sum, correct, count = window
+    return (loss_sum / count, correct / count) if count else (float("nan"), float("nan"))
+
+
+class _Run:
+    """One invocation of `train`: owns the model, optimizer and progress."""
+
+    def __init__(self, spec: TrainingSpec, callbacks: TrainingCallbacks) -> None:
+        self.spec = spec
+        self.cb = callbacks
+        configure_threads()
+        torch.manual_seed(spec.seed)
+        base = resolve_base_model(spec.base_model)
+        self.loaded: LoadedModel = load_for_training(base)
+        self.model = self.loaded.model
+        tok = self.loaded.tokenizer
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        fmt = ChatFormat(tok, base.max_seq_len)
+        train_ex, skipped = load_examples(spec.training_file, spec.method, fmt, "training_file")
+        if skipped:
+            self.cb.on_event(
+                f"Skipped {skipped} training examples with no trainable assistant tokens", level="warn"
+            )
+        if spec.validation_file is not None:
+            valid_ex, _ = load_examples(spec.validation_file, spec.method, fmt, "validation_file")
+        else:
+            valid_ex = train_ex  # documented: without a validation file, valid_* metrics use training data
+        self.data = _Data(train_ex, valid_ex[:VALID_SAMPLE_SIZE], valid_ex, {})
+        self.hp: Hyperparameters = resolve(spec, len(train_ex), base.base_learning_rate)
+        self.steps_per_epoch = math.ceil(len(train_ex) / self.hp.batch_size)
+        self.total_steps = self.steps_per_epoch * self.hp.n_epochs
+        if spec.method == "dpo":
+            # Reference = the starting weights, computed before any resumed weights are loaded.
+            for examples in {id(x): x for x in (train_ex, valid_ex)}.values():
+                self.data.ref[id(examples)] = self._reference_logps(examples)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.hp.learning_rate, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY
+        )
+        self.warmup, factor = lr_lambda_factory(self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.progress = Progress()
+
+    # --- forward helpers ----------------------------------------------------------------------------------
+    def _reference_logps(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        chosen = torch.zeros(len(examples))
+        rejected = torch.zeros(len(examples))
+        model: Any = self.model
+        ctx: Any = model.disable_adapter() if self.loaded.use_lora else torch.no_grad()
+        with torch.no_grad(), ctx:
+            for start in range(0, len(examples), EVAL_BATCH_SIZE):
+                idx = list(range(start, min(len(examples), start + EVAL_BATCH_SIZE)))
+                logps = self._pair_logps(examples, idx)
+                chosen[idx] = logps[: len(idx)]
+                rejected[idx] = logps[len(idx) :]
+        return chosen, rejected
+
+    def _pair_logps(self, examples: list[Example], idx: list[int]) -> torch.Tensor:
+        pairs = [examples[i] for i in idx]
+        assert all(isinstance(p, PreferenceExample) for p in pairs)
+        seqs = [p.chosen for p in pairs if isinstance(p, PreferenceExample)]
+        seqs += [p.rejected for p in pairs if isinstance(p, PreferenceExample)]
+        return sequence_logps(self.model, collate(seqs, self.pad_id))
+
+    def _loss(self, examples: list[Example], idx: list[int]) -> tuple[torch.Tensor, TokenStats, int]:
+        """Loss, metric stats and real-token count for a batch of example indices."""
+        if self.spec.method == "dpo":
+            logps = self._pair_logps(examples, idx)
+            ref_c, ref_r = self.data.ref[id(examples)]
+            n = len(idx)
+            loss, stats = dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], self.hp.beta)
+            tokens = sum(
+                e.chosen.length + e.rejected.length
+                for e in (examples[i] for i in idx)
+                if isinstance(e, PreferenceExample)
+            )
+            return loss, stats, tokens
+        seqs = [examples[i] for i in idx]
+        batch = collate([s for s in seqs if isinstance(s, SFTExample)], self.pad_id)
+        loss, stats = sft_loss(self.model, batch)
+        return loss, stats, batch.n_tokens
+
+    def evaluate(self, examples: list[Example]) -> tuple[float, float]:
+        """Token-weighted loss and accuracy (pair-weighted for DPO) over `examples`."""
+        self.model.eval()
+        order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+        window = [0.0, 0.0, 0.0]
+        with torch.no_grad():
+            for start in range(0, len(order), EVAL_BATCH_SIZE):
+                _, stats, _ = self._loss(examples, order[start : start + EVAL_BATCH_SIZE])
+                window = [
+                    window[0] + float(stats.loss_sum),
+                    window[1] + stats.correct,
+                    window[2] + stats.count,
+                ]
+        self.model.train()
+        return _mean(window)
+
+    # --- state --------------------------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        trainable = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {
+            "model": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "hp": [self.hp.n_epochs, self.hp.batch_size, self.hp.learning_rate_multiplier, self.hp.beta],
+            "base_model": self.spec.base_model,
+        }
+
+    def try_resume(self) -> bool:
+        """Load the latest resumable state if there is one; True when resumed."""
+        found = load_latest_state(self.spec.output_dir)
+        if found is None:
+            return False
+        payload, progress = found
+        if payload.get("base_model") != self.spec.base_model:
+            raise TrainingError(
+                "resume_failed", "Resumable state was written for another base model", "model"
+            )
+        saved_hp = [float(x) for x in payload["hp"]]
+        current_hp = [self.hp.n_epochs, self.hp.batch_size, self.hp.learning_rate_multiplier, self.hp.beta]
+        if saved_hp != [float(x) for x in current_hp]:
+            raise TrainingError("resume_failed", "Hyperparameters differ from the paused run", None)
+        load_trainable_state(self.model, payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng"])
+        self.progress = progress
+        return True
+
+    # --- main loop ----------------------------------------------------------------------------------------
+    def run(self) -> TrainingOutcome:
+        spec, hp, p = self.spec, self.hp, self.progress
+        resumed = spec.resume and self.try_resume()
+        p = self.progress
+        if resumed:
+            self.cb.on_event(f"Resumed from step {p.step}", data={"step": p.step, "epoch": p.epoch + 1})
+        else:
+            self.cb.on_event(
+                "Training started",
+                data={
+                    "n_examples": len(self.data.train),
+                    "n_epochs": hp.n_epochs,
+                    "batch_size": hp.batch_size,
+                    "lr": hp.learning_rate,
+                    "total_steps": self.total_steps,
+                    "method": spec.method,
+                },
+            )
+        lengths = [e.length for e in self.data.train]
+        every = max(1, spec.metrics_every_n_steps)
+        self.model.train()
+        while p.epoch < hp.n_epochs:
+            batches = epoch_batches(lengths, hp.batch_size, spec.seed, p.epoch)
+            while p.batch_in_epoch < len(batches):
+                signal = self.cb.control()
+                if signal == "cancel":
+                    self.cb.on_event(f"Cancelled at step {p.step}", data={"step": p.step})
+                    return self._outcome("cancelled", None)
+                if signal == "pause":
+                    save_state(spec.output_dir, self._payload(), p)
+                    self.cb.on_event(f"Paused at step {p.step}", data={"step": p.step})
+                    return self._outcome("paused", None)
+                self._step(batches[p.batch_in_epoch])
+                if p.step % every == 0:
+                    self._emit_metrics()
+            self._end_epoch()
+        final_dir = spec.output_dir / "final"
+        save_model_dir(self.loaded, final_dir)
+        self.cb.on_event(
+            f"Training completed: {p.step} steps, {p.trained_tokens} trained tokens",
+            data={"step": p.step, "trained_tokens": p.trained_tokens},
+        )
+        return self._outcome("succeeded", final_dir)
+
+    def _step(self, idx: list[int]) -> None:
+        p = self.progress
+        loss, stats, tokens = self._loss(self.data.train, idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [q for q in self.model.parameters() if q.requires_grad], GRAD_CLIP, foreach=True
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        add = [float(stats.loss_sum), float(stats.correct), float(stats.count)]
+        p.window = [a + b for a, b in zip(p.window, add, strict=True)]
+        p.epoch_window = [a + b for a, b in zip(p.epoch_window, add, strict=True)]
+        p.trained_tokens += tokens
+        p.step += 1
+        p.batch_in_epoch += 1
+
+    def _emit_metrics(self) -> None:
+        p = self.progress
+        loss, acc = _mean(p.window)
+        data: dict[str, Any] = {"step": p.step, "train_loss": loss, "train_mean_token_accuracy": acc}
+        if self.spec.validation_file is not None:
+            data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.data.valid_sample)
+        data["total_steps"] = self.total_steps
+        data["learning_rate"] = self.scheduler.get_last_lr()[0]
+        self.cb.on_event(
+            f"Step {p.step}/{self.total_steps}: training loss={loss:.4f}", type="metrics", data=data
+        )
+        p.window = [0.0, 0.0, 0.0]
+
+    def _end_epoch(self) -> None:
+        p = self.progress
+        train_loss, train_acc = _mean(p.epoch_window)
+        valid_loss, valid_acc = self.evaluate(self.data.valid_sample)
+        full_loss, full_acc = self.evaluate(self.data.full_valid)
+        metrics = {
+            "step": float(p.step),
+            "train_loss": train_loss,
+            "train_mean_token_accuracy": train_acc,
+            "valid_loss": valid_loss,
+            "valid_mean_token_accuracy": valid_acc,
+            "full_valid_loss": full_loss,
+            "full_valid_mean_token_accuracy": full_acc,
+        }
+        ckpt_dir = self.spec.output_dir / "checkpoints" / f"step-{p.step:06d}"
+        save_model_dir(self.loaded, ckpt_dir)
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        p.epoch_window = [0.0, 0.0, 0.0]
+        # A resumable state with every checkpoint, so a crashed worker can continue from here.
+        save_state(self.spec.output_dir, self._payload(), p)
+        self.cb.on_checkpoint(p.step, metrics, ckpt_dir)
+        self.cb.on_event(
+            f"Checkpoint saved at step {p.step} (epoch {p.epoch}/{self.hp.n_epochs})",
+            data={**metrics, "epoch": p.epoch, "model_dir": str(ckpt_dir)},
+        )
+
+    def _outcome(self, status: Any, final_dir: Path | None) -> TrainingOutcome:
+        return TrainingOutcome(
+            status=status,
+            trained_tokens=self.progress.trained_tokens,
+            final_model_dir=final_dir,
+            resolved_hyperparameters=self.hp.public(self.spec.method),
+        )
+
+
+def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingOutcome:
+    """Run (or resume) one fine-tuning job to completion, pause or cancellation."""
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    return _Run(spec, callbacks).run()
