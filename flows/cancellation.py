@@ -1,0 +1,67 @@
+"""Cancel the remote job when the flow run is cancelled or interrupted.
+
+Two paths reach here: the flow's own ``except`` around the wait (Ctrl-C, asyncio cancellation, Prefect's
+TerminationSignal) and Prefect's ``on_cancellation`` hook (cancel from the UI/CLI via a runner). Both find
+the job through ``jobs.json`` in the state dir, so the hook works even though it only sees the flow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from client import MKA1Client
+from client.errors import APIError, ConflictError, NotFoundError
+from client.models import TERMINAL_STATUSES
+from flows.backend_runtime import open_connection
+from flows.params import FineTuneParams
+from tasks.state import default_state_dir, jobs_index
+
+_log = logging.getLogger(__name__)
+
+
+def cancel_job(client: MKA1Client, job_id: str, log: Any = _log) -> str | None:
+    """Ask the server to cancel ``job_id``; returns the status it reports (None if that failed)."""
+    try:
+        job = client.jobs.cancel(job_id)
+    except (ConflictError, NotFoundError) as exc:
+        # Already finished (409) or gone (404): nothing left to stop.
+        log.info("job %s not cancelled: %s", job_id, exc)
+        return None
+    except APIError as exc:
+        log.error("could not cancel job %s: %s", job_id, exc)
+        return None
+    log.warning("cancelled remote job %s (now %s)", job_id, job.status)
+    return str(job.status)
+
+
+def jobs_of_flow_run(state_dir: Path, flow_run_id: str) -> list[str]:
+    """Job ids recorded for ``flow_run_id`` whose last known status was not terminal."""
+    terminal = {str(s) for s in TERMINAL_STATUSES}
+    return [
+        entry["job_id"]
+        for entry in jobs_index(state_dir).read().values()
+        if isinstance(entry, dict)
+        and entry.get("flow_run_id") == flow_run_id
+        and entry.get("status") not in terminal
+    ]
+
+
+def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect ``on_cancellation`` hook: cancel the jobs this flow run started or attached to."""
+    try:
+        params = FineTuneParams.model_validate(flow_run.parameters.get("params") or {})
+    except Exception:
+        _log.exception("cancellation hook: unreadable flow parameters; cannot find the job")
+        return
+    state_dir = params.state_dir or default_state_dir()
+    job_ids = jobs_of_flow_run(state_dir, str(flow_run.id))
+    if not job_ids:
+        return
+    with (
+        open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,
+        MKA1Client(conn.settings, transport=conn.transport) as client,
+    ):
+        for job_id in job_ids:
+            cancel_job(client, job_id)

@@ -1,0 +1,150 @@
+"""The ``fine-tune`` flow: validate -> upload -> create job -> wait -> metrics -> smoke test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.exceptions import TerminationSignal
+from prefect.runtime import flow_run as current_flow_run
+
+from client import MKA1Client
+from flows.backend_runtime import open_connection
+from flows.cancellation import cancel_job, on_cancellation_hook
+from flows.params import FineTuneParams, FineTuneResult
+from tasks import _runtime
+from tasks.create_job import JobSpec, create_job_task, record_job
+from tasks.metrics import collect_metrics_task
+from tasks.smoke import SmokePrompt, load_smoke_file, smoke_test_task
+from tasks.state import default_state_dir
+from tasks.upload import upload_file_task
+from tasks.validate import validate_dataset_task
+from tasks.wait import wait_for_job_task
+
+
+def _smoke_prompts(params: FineTuneParams) -> list[SmokePrompt]:
+    path = params.smoke_path()
+    from_file = load_smoke_file(path) if path is not None else []
+    return [*from_file, *params.smoke_prompts]
+
+
+def _summary_markdown(result: FineTuneResult) -> str:
+    rows = [
+        ("job", f"`{result.job_id}`"),
+        ("status", result.status),
+        ("fine-tuned model", f"`{result.fine_tuned_model}`"),
+        ("trained tokens", str(result.trained_tokens)),
+        ("training file", f"`{result.training_file_id}`" + (" (reused)" if result.uploads_reused else "")),
+        ("validation file", f"`{result.validation_file_id or '-'}`"),
+        ("attached to existing job", "yes" if result.job_attached else "no"),
+        ("smoke test", {True: "passed", False: "failed", None: "skipped"}[result.smoke_passed]),
+        ("output dir", f"`{result.output_dir}`"),
+        ("duration", f"{result.duration_s:.1f}s"),
+        *((name, f"{value:.4f}") for name, value in result.final_metrics.items()),
+    ]
+    return "### Fine-tune result\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+@flow(name="fine-tune", on_cancellation=[on_cancellation_hook], persist_result=False)
+def fine_tune(params: FineTuneParams) -> FineTuneResult:
+    """Fine-tune ``params.model`` on the dataset and return the job's outcome and output paths."""
+    started = time.monotonic()
+    log = _runtime.run_logger()
+    train_path, validation_path = params.train_path(), params.validation_path()
+    smoke_prompts = _smoke_prompts(params)  # fail on a broken smoke file before spending compute
+    state_dir = params.state_dir or default_state_dir()
+    flow_run_id = current_flow_run.get_id()
+
+    validate_dataset_task(train_path, validation_path, n_epochs=params.epochs_for_estimate())
+
+    with (
+        open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,
+        MKA1Client(conn.settings, transport=conn.transport) as client,
+    ):
+        log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
+        train_up = upload_file_task(
+            client, train_path, state_dir=state_dir, server_id=conn.server_id, role="training"
+        )
+        val_up = (
+            upload_file_task(
+                client, validation_path, state_dir=state_dir, server_id=conn.server_id, role="validation"
+            )
+            if validation_path is not None
+            else None
+        )
+        spec = JobSpec(
+            model=params.model,
+            training_file=train_up.file_id,
+            validation_file=val_up.file_id if val_up else None,
+            method=params.job_method(),
+            suffix=params.suffix,
+            seed=params.seed,
+        )
+        handle = create_job_task(
+            client,
+            spec,
+            metadata=params.metadata,
+            state_dir=state_dir,
+            server_id=conn.server_id,
+            flow_run_id=flow_run_id,
+            fresh_if_dead=params.fresh_job_if_failed,
+        )
+        job_id = handle.job.id
+        obo = client.settings.on_behalf_of
+        try:
+            job = wait_for_job_task(client, job_id, params.polling.policy())
+        except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
+            log.warning("flow interrupted while waiting: cancelling job %s", job_id)
+            status = cancel_job(client, job_id, log)
+            if status is not None:
+                record_job(
+                    state_dir,
+                    conn.server_id,
+                    obo,
+                    handle.idempotency_key,
+                    handle.job.model_copy(update={"status": status}),
+                    flow_run_id,
+                )
+            raise
+        finally:
+            # Keep jobs.json's status current so the cancellation hook skips finished jobs.
+            try:
+                latest = client.jobs.retrieve(job_id)
+                record_job(state_dir, conn.server_id, obo, handle.idempotency_key, latest, flow_run_id)
+            except Exception:
+                log.debug("could not refresh job %s status in the state dir", job_id)
+
+        output_dir = params.output_dir or Path("runs") / job_id
+        metrics = collect_metrics_task(client, job_id, output_dir)
+        smoke_passed: bool | None = None
+        if smoke_prompts and job.fine_tuned_model:
+            smoke_passed = smoke_test_task(
+                client, job.fine_tuned_model, smoke_prompts, max_output_tokens=params.smoke_max_output_tokens
+            ).passed
+
+    result_path = metrics.output_dir / "result.json"
+    result = FineTuneResult(
+        job_id=job_id,
+        status=str(job.status),
+        fine_tuned_model=job.fine_tuned_model,
+        final_metrics=metrics.final_metrics,
+        trained_tokens=job.trained_tokens,
+        training_file_id=train_up.file_id,
+        validation_file_id=val_up.file_id if val_up else None,
+        uploads_reused=train_up.reused and (val_up is None or val_up.reused),
+        job_attached=handle.attached,
+        idempotency_key=handle.idempotency_key,
+        output_dir=metrics.output_dir,
+        outputs={**metrics.files, "result_json": result_path},
+        smoke_passed=smoke_passed,
+        duration_s=time.monotonic() - started,
+    )
+    result_path.write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")
+    _runtime.markdown(
+        _summary_markdown(result), key=_runtime.artifact_key("fine-tune-result"), description="run summary"
+    )
+    log.info("fine-tune finished: job %s %s, model %s", job_id, job.status, job.fine_tuned_model)
+    return result

@@ -1,0 +1,181 @@
+"""Typed flow parameters and result (rendered as a form by the Prefect UI). No secrets live here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from client.models import DpoHyperparameters, DpoMethod, Method, SupervisedHyperparameters, SupervisedMethod
+from tasks.smoke import SmokePrompt
+from tasks.wait import PollPolicy
+
+AutoInt = int | Literal["auto"]
+AutoFloat = float | Literal["auto"]
+
+TRAIN_NAMES = ("train.jsonl", "training.jsonl")
+VALIDATION_NAMES = ("validation.jsonl", "valid.jsonl", "val.jsonl")
+SMOKE_NAMES = ("smoke.jsonl",)
+DEFAULT_EPOCHS_FOR_ESTIMATE = 3
+
+
+class Hyperparameters(BaseModel):
+    """Training hyperparameters; each a number or ``"auto"`` (the server decides). ``beta`` is DPO only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: AutoInt = Field(default="auto", description="Passes over the training file")
+    batch_size: AutoInt = Field(default="auto", description="Examples per optimiser step")
+    learning_rate_multiplier: AutoFloat = Field(default="auto", description="Scales the base learning rate")
+    beta: AutoFloat | None = Field(default=None, description="DPO only: strength of the preference penalty")
+
+
+class PollingSettings(BaseModel):
+    """How the wait stage polls the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=2.0, gt=0, description="First poll interval")
+    max_interval_s: float = Field(default=15.0, gt=0, description="Interval cap while nothing changes")
+    timeout_s: float = Field(default=3600.0, gt=0, description="Give up waiting after this long")
+
+    def policy(self) -> PollPolicy:
+        """The wait task's policy object."""
+        return PollPolicy(
+            interval_s=self.interval_s,
+            max_interval_s=max(self.interval_s, self.max_interval_s),
+            timeout_s=self.timeout_s,
+        )
+
+
+class BackendOptions(BaseModel):
+    """Non-secret connection overrides; the API key only ever comes from the environment/settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(
+        default=None, description="API root; set to use a remote MKA1 API instead of the embedded backend"
+    )
+    on_behalf_of: str | None = Field(default=None, description="End-user id sent as X-On-Behalf-Of")
+
+
+class FineTuneParams(BaseModel):
+    """Inputs of the ``fine-tune`` flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_dir: Path | None = Field(
+        default=None, description="Folder with train.jsonl [validation.jsonl] [smoke.jsonl]"
+    )
+    train_file: Path | None = Field(
+        default=None, description="Training JSONL (overrides the dataset folder's)"
+    )
+    validation_file: Path | None = Field(
+        default=None, description="Validation JSONL (overrides the dataset folder's)"
+    )
+    smoke_file: Path | None = Field(
+        default=None, description="Smoke prompts JSONL (overrides the dataset folder's)"
+    )
+    model: str = Field(default="local:tiny-chat", description="Base model id")
+    suffix: str | None = Field(
+        default=None, max_length=64, description="Added to the fine-tuned model's name"
+    )
+    seed: int | None = Field(default=42, description="Training seed (part of the job's identity)")
+    method: Literal["supervised", "dpo"] = "supervised"
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    metadata: dict[str, str] = Field(default_factory=dict, description="Extra job metadata (string pairs)")
+    polling: PollingSettings = Field(default_factory=PollingSettings)
+    smoke_prompts: list[SmokePrompt] = Field(
+        default_factory=list, description="Used in addition to the smoke file"
+    )
+    smoke_max_output_tokens: int = Field(default=32, ge=1, le=4096)
+    output_dir: Path | None = Field(
+        default=None, description="Where frames and plots go (default runs/<job id>)"
+    )
+    state_dir: Path | None = Field(
+        default=None, description="Local upload/job index dir (default: user state dir)"
+    )
+    fresh_job_if_failed: bool = Field(
+        default=False,
+        description="Create a new job when the previous job with the same inputs failed or was cancelled",
+    )
+    backend: BackendOptions = Field(default_factory=BackendOptions)
+
+    @model_validator(mode="after")
+    def _need_training_data(self) -> FineTuneParams:
+        if self.dataset_dir is None and self.train_file is None:
+            raise ValueError("give dataset_dir or train_file")
+        if self.hyperparameters.beta is not None and self.method != "dpo":
+            raise ValueError("hyperparameters.beta only applies to method 'dpo'")
+        return self
+
+    def _from_dir(self, names: tuple[str, ...]) -> Path | None:
+        if self.dataset_dir is None:
+            return None
+        return next((self.dataset_dir / n for n in names if (self.dataset_dir / n).is_file()), None)
+
+    def train_path(self) -> Path:
+        """The training file (explicit, else the dataset folder's)."""
+        path = self.train_file or self._from_dir(TRAIN_NAMES)
+        if path is None:
+            raise FileNotFoundError(f"no {' or '.join(TRAIN_NAMES)} in {self.dataset_dir}")
+        return path
+
+    def validation_path(self) -> Path | None:
+        """The validation file, if any."""
+        return self.validation_file or self._from_dir(VALIDATION_NAMES)
+
+    def smoke_path(self) -> Path | None:
+        """The smoke prompts file, if any."""
+        return self.smoke_file or self._from_dir(SMOKE_NAMES)
+
+    def epochs_for_estimate(self) -> int:
+        """Epochs used to estimate billed tokens (the server's default when ``auto``)."""
+        n = self.hyperparameters.n_epochs
+        return n if isinstance(n, int) else DEFAULT_EPOCHS_FOR_ESTIMATE
+
+    def job_method(self) -> Method:
+        """The wire ``method`` object."""
+        hp = self.hyperparameters
+        if self.method == "dpo":
+            return Method(
+                type="dpo",
+                dpo=DpoMethod(
+                    hyperparameters=DpoHyperparameters(
+                        n_epochs=hp.n_epochs,
+                        batch_size=hp.batch_size,
+                        learning_rate_multiplier=hp.learning_rate_multiplier,
+                        beta=hp.beta,
+                    )
+                ),
+            )
+        return Method(
+            type="supervised",
+            supervised=SupervisedMethod(
+                hyperparameters=SupervisedHyperparameters(
+                    n_epochs=hp.n_epochs,
+                    batch_size=hp.batch_size,
+                    learning_rate_multiplier=hp.learning_rate_multiplier,
+                )
+            ),
+        )
+
+
+class FineTuneResult(BaseModel):
+    """What a finished ``fine-tune`` run produced."""
+
+    job_id: str
+    status: str
+    fine_tuned_model: str | None = None
+    final_metrics: dict[str, float] = Field(default_factory=dict)
+    trained_tokens: int | None = None
+    training_file_id: str
+    validation_file_id: str | None = None
+    uploads_reused: bool = False
+    job_attached: bool = False
+    idempotency_key: str
+    output_dir: Path | None = None
+    outputs: dict[str, Path] = Field(default_factory=dict, description="Files written (frames, plot, result)")
+    smoke_passed: bool | None = None
+    duration_s: float

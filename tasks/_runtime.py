@@ -1,0 +1,81 @@
+"""Run-context helpers: a logger and artifact publishers that also work when a task's ``.fn`` is called bare.
+
+Inside a Prefect run they use ``get_run_logger`` and the artifact API; outside one (unit tests, plain
+scripts) they fall back to the stdlib logger and skip artifacts, so stage logic never depends on a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import artifacts as _artifacts
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+_FALLBACK = logging.getLogger("ftpipe.tasks")
+_KEY_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def in_run() -> bool:
+    """True inside a Prefect flow or task run."""
+    try:
+        get_run_context()
+    except MissingContextError:
+        return False
+    return True
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger when in a run, else a plain module logger."""
+    if in_run():
+        return get_run_logger()
+    return _FALLBACK
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    key = "-".join(_KEY_BAD.sub("-", p.lower()).strip("-") for p in parts if p)
+    return key[:120] or "ftpipe"
+
+
+def markdown(text: str, *, key: str | None = None, description: str | None = None) -> UUID | None:
+    """Publish a markdown artifact (no-op outside a run)."""
+    if not in_run():
+        return None
+    return cast(UUID, _artifacts.create_markdown_artifact(markdown=text, key=key, description=description))
+
+
+def table(
+    rows: list[dict[str, Any]], *, key: str | None = None, description: str | None = None
+) -> UUID | None:
+    """Publish a table artifact (no-op outside a run or for an empty table)."""
+    if not in_run() or not rows:
+        return None
+    return cast(UUID, _artifacts.create_table_artifact(table=rows, key=key, description=description))
+
+
+def link(url: str, *, text: str, key: str | None = None, description: str | None = None) -> UUID | None:
+    """Publish a link artifact (no-op outside a run)."""
+    if not in_run():
+        return None
+    return cast(
+        UUID, _artifacts.create_link_artifact(link=url, link_text=text, key=key, description=description)
+    )
+
+
+def progress(value: float, *, key: str | None = None, description: str | None = None) -> UUID | None:
+    """Create a progress artifact (0-100; no-op outside a run)."""
+    if not in_run():
+        return None
+    return cast(UUID, _artifacts.create_progress_artifact(progress=value, key=key, description=description))
+
+
+def update_progress(artifact_id: UUID | None, value: float, *, description: str | None = None) -> None:
+    """Move an existing progress artifact (no-op when it was never created)."""
+    if artifact_id is None:
+        return
+    _artifacts.update_progress_artifact(artifact_id=artifact_id, progress=value, description=description)

@@ -1,0 +1,187 @@
+"""Stage 3: create the fine-tuning job, or attach to the one these exact inputs already produced.
+
+The idempotency key hashes the job's inputs (never the flow run id), so any re-run of the same inputs
+finds the same job: via the local jobs index, the server's metadata filter, or a client-side scan of
+recent jobs for servers that ignore the filter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from client import MKA1Client
+from client.errors import NotFoundError
+from client.models import FineTuningJob, JobCreateRequest, JobStatus, Method
+from tasks import _runtime
+from tasks.progress import ProgressUpdate, publish
+from tasks.retry_policy import api_task_options
+from tasks.state import jobs_index, scoped_key
+
+IDEMPOTENCY_KEY = "ftpipe_idempotency_key"
+FLOW_RUN_KEY = "ftpipe_flow_run_id"
+# How many recent jobs to scan client-side when the server ignores the metadata filter.
+RECENT_JOBS_SCAN = 200
+_DEAD = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that defines a job's outcome (and therefore its idempotency key)."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    method: Method
+    suffix: str | None
+    seed: int | None
+
+    def idempotency_key(self) -> str:
+        """sha256 over the canonical JSON of the inputs."""
+        payload = {
+            "model": self.model,
+            "training_file": self.training_file,
+            "validation_file": self.validation_file,
+            "method": self.method.model_dump(mode="json", exclude_none=True),
+            "suffix": self.suffix,
+            "seed": self.seed,
+        }
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """The job this run follows, and whether it was created or attached to."""
+
+    job: FineTuningJob
+    idempotency_key: str
+    attached: bool
+    how: str  # "created" | "index" | "metadata-filter" | "recent-scan"
+
+
+def _matches(job: FineTuningJob, key: str) -> bool:
+    return (job.metadata or {}).get(IDEMPOTENCY_KEY) == key
+
+
+def _pick(candidates: list[FineTuningJob], fresh_if_dead: bool) -> FineTuningJob | None:
+    """Newest live job first; a dead one only when the caller accepts dead jobs."""
+    ordered = sorted(candidates, key=lambda j: j.created_at or 0, reverse=True)
+    for job in ordered:
+        if job.status not in _DEAD:
+            return job
+    if not fresh_if_dead and ordered:
+        return ordered[0]
+    return None
+
+
+def find_existing_job(
+    client: MKA1Client, key: str, *, index_job_id: str | None, fresh_if_dead: bool
+) -> tuple[FineTuningJob | None, str]:
+    """Look for a job created from the same inputs; returns (job, where it was found)."""
+    if index_job_id:
+        try:
+            job = client.jobs.retrieve(index_job_id)
+        except NotFoundError:
+            job = None
+        if job is not None and _matches(job, key):
+            picked = _pick([job], fresh_if_dead)
+            if picked is not None:
+                return picked, "index"
+    filtered = [j for j in client.jobs.list(metadata={IDEMPOTENCY_KEY: key}) if _matches(j, key)]
+    picked = _pick(filtered, fresh_if_dead)
+    if picked is not None:
+        return picked, "metadata-filter"
+    recent: list[FineTuningJob] = []
+    for n, job in enumerate(client.jobs.list()):
+        if n >= RECENT_JOBS_SCAN:
+            break
+        if _matches(job, key):
+            recent.append(job)
+    picked = _pick(recent, fresh_if_dead)
+    return (picked, "recent-scan") if picked is not None else (None, "created")
+
+
+def record_job(
+    state_dir: Path,
+    server_id: str,
+    on_behalf_of: str | None,
+    key: str,
+    job: FineTuningJob,
+    flow_run_id: str | None,
+) -> None:
+    """Remember the job in ``jobs.json`` so a crashed run's job can be found (and cancelled) later."""
+    jobs_index(state_dir).put(
+        scoped_key(server_id, on_behalf_of, key),
+        {"job_id": job.id, "flow_run_id": flow_run_id, "status": str(job.status), "server_id": server_id},
+    )
+
+
+@task(name="create-job", **api_task_options())
+def create_job_task(
+    client: MKA1Client,
+    spec: JobSpec,
+    *,
+    metadata: dict[str, str],
+    state_dir: Path,
+    server_id: str,
+    flow_run_id: str | None,
+    fresh_if_dead: bool = False,
+) -> JobHandle:
+    """Attach to the job these inputs already made, else create it (tagged with the idempotency key)."""
+    log = _runtime.run_logger()
+    key = spec.idempotency_key()
+    obo = client.settings.on_behalf_of
+    publish(ProgressUpdate("create-job", "looking for an existing job"))
+    entry = jobs_index(state_dir).get(scoped_key(server_id, obo, key))
+    index_job_id = entry.get("job_id") if isinstance(entry, dict) else None
+    job, how = find_existing_job(client, key, index_job_id=index_job_id, fresh_if_dead=fresh_if_dead)
+    attached = job is not None
+    if job is None:
+        tags: dict[str, Any] = {**metadata, IDEMPOTENCY_KEY: key}
+        if flow_run_id:
+            tags[FLOW_RUN_KEY] = flow_run_id
+        job = client.jobs.create(
+            JobCreateRequest(
+                model=spec.model,
+                training_file=spec.training_file,
+                validation_file=spec.validation_file,
+                suffix=spec.suffix,
+                seed=spec.seed,
+                method=spec.method,
+                hyperparameters=None,
+                metadata=tags,
+            )
+        )
+    record_job(state_dir, server_id, obo, key, job, flow_run_id)
+    log.info(
+        "%s job %s (%s, model %s, key %s)",
+        f"attached ({how}) to" if attached else "created",
+        job.id,
+        job.status,
+        spec.model,
+        key[:12],
+    )
+    publish(ProgressUpdate("create-job", f"job {job.id}", job_id=job.id, job_status=str(job.status)))
+    base = str(client.settings.base_url)
+    _runtime.link(
+        f"{base}/fine_tuning/jobs/{job.id}",
+        text=f"fine-tuning job {job.id}",
+        key=_runtime.artifact_key("job-link"),
+        description="API URL of the fine-tuning job",
+    )
+    _runtime.markdown(
+        f"### Fine-tuning job `{job.id}`\n\n| | |\n|---|---|\n| status | {job.status} |\n"
+        f"| model | `{spec.model}` |\n| training file | `{spec.training_file}` |\n"
+        f"| validation file | `{spec.validation_file or '-'}` |\n| method | {spec.method.type} |\n"
+        f"| suffix | {spec.suffix or '-'} |\n| seed | {spec.seed} |\n| idempotency key | `{key}` |\n"
+        f"| attached | {'yes (' + how + ')' if attached else 'no (created)'} |\n",
+        key=_runtime.artifact_key("job"),
+        description="fine-tuning job",
+    )
+    return JobHandle(job=job, idempotency_key=key, attached=attached, how=how)

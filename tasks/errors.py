@@ -1,0 +1,44 @@
+"""Stage failures the pipeline raises on purpose (as opposed to API/transport errors)."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for deliberate pipeline-stage failures."""
+
+
+class DatasetInvalid(PipelineError):
+    """The dataset failed validation; ``issues`` holds the located messages (``file:line: field: msg``)."""
+
+    def __init__(self, message: str, issues: list[str]) -> None:
+        super().__init__(message)
+        self.issues = issues
+
+
+class JobFailed(PipelineError):
+    """The remote fine-tuning job ended ``failed`` (or ``cancelled``); carries the server's error code."""
+
+    def __init__(self, job_id: str, status: str, code: str | None, message: str | None) -> None:
+        super().__init__(f"job {job_id} {status}: [{code or 'unknown'}] {message or 'no message'}")
+        self.job_id = job_id
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class JobTimeout(PipelineError):
+    """The job did not reach a terminal status within the polling timeout."""
+
+    def __init__(self, job_id: str, status: str, waited_s: float) -> None:
+        super().__init__(f"job {job_id} still {status} after {waited_s:.0f}s")
+        self.job_id = job_id
+        self.status = status
+        self.waited_s = waited_s
+
+
+class SmokeTestFailed(PipelineError):
+    """The fine-tuned model gave an empty answer or missed a required substring."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("smoke test failed: " + "; ".join(failures))
+        self.failures = failures

@@ -1,0 +1,118 @@
+"""Stage 6: ask the fine-tuned model a few prompts and check the answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel, Field
+
+from client import MKA1Client
+from client.models import ResponseCreateRequest
+from tasks import _runtime
+from tasks.errors import SmokeTestFailed
+from tasks.progress import ProgressUpdate, publish
+from tasks.retry_policy import api_task_options
+
+
+class SmokePrompt(BaseModel):
+    """One smoke check: a prompt and substrings the answer must contain (case-insensitive)."""
+
+    prompt: str = Field(min_length=1)
+    must_contain: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SmokeCase:
+    """What one prompt produced."""
+
+    prompt: str
+    output: str
+    latency_s: float
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Non-empty answer containing every required substring."""
+        return bool(self.output.strip()) and not self.missing
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """All cases; ``passed`` is True only if every case passed."""
+
+    model: str
+    cases: list[SmokeCase]
+
+    @property
+    def passed(self) -> bool:
+        """True when every case passed."""
+        return all(c.passed for c in self.cases)
+
+
+def load_smoke_file(path: Path) -> list[SmokePrompt]:
+    """Read ``smoke.jsonl`` (one ``{"prompt", "must_contain"}`` per line; blank lines skipped)."""
+    prompts = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(SmokePrompt.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"{path}:{lineno}: invalid smoke prompt: {exc}") from exc
+    return prompts
+
+
+def check_output(output: str, must_contain: list[str]) -> list[str]:
+    """The required substrings missing from ``output`` (case-insensitive)."""
+    lowered = output.lower()
+    return [s for s in must_contain if s.lower() not in lowered]
+
+
+@task(name="smoke-test", **api_task_options())
+def smoke_test_task(
+    client: MKA1Client, model: str, prompts: list[SmokePrompt], *, max_output_tokens: int = 32
+) -> SmokeResult:
+    """Run every prompt through ``model`` (greedy); raise ``SmokeTestFailed`` listing the failures."""
+    log = _runtime.run_logger()
+    log.info("smoke testing %s with %d prompt(s)", model, len(prompts))
+    publish(ProgressUpdate("smoke", f"smoke testing {model}"))
+    cases = []
+    for p in prompts:
+        started = time.perf_counter()
+        resp = client.responses.create(
+            ResponseCreateRequest(
+                model=model, input=p.prompt, max_output_tokens=max_output_tokens, temperature=0
+            )
+        )
+        latency = time.perf_counter() - started
+        output = resp.output_text
+        cases.append(SmokeCase(p.prompt, output, latency, check_output(output, p.must_contain)))
+    _runtime.table(
+        [
+            {
+                "prompt": c.prompt,
+                "output": c.output,
+                "latency_s": round(c.latency_s, 3),
+                "must_contain": ", ".join(p.must_contain),
+                "passed": c.passed,
+            }
+            for c, p in zip(cases, prompts, strict=True)
+        ],
+        key=_runtime.artifact_key("smoke-test"),
+        description=f"smoke test of {model}",
+    )
+    result = SmokeResult(model=model, cases=cases)
+    failures = [
+        f"{c.prompt[:40]!r}: " + ("empty output" if not c.output.strip() else f"missing {c.missing}")
+        for c in cases
+        if not c.passed
+    ]
+    if failures:
+        log.error("smoke test of %s failed: %s", model, "; ".join(failures))
+        raise SmokeTestFailed(failures)
+    log.info("smoke test of %s passed (%d prompt(s))", model, len(cases))
+    return result

@@ -1,0 +1,91 @@
+"""Small JSON indexes in the local state dir: uploaded files by content hash, jobs by idempotency key.
+
+They make re-runs cheap (reuse a file id, reattach to a job after a crash). They are hints only: every
+entry is verified against the server before use, so a stale or deleted file is harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+UPLOADS_FILE = "uploads.json"
+JOBS_FILE = "jobs.json"
+
+
+def default_state_dir() -> Path:
+    """``$FTPIPE_STATE_DIR`` or the platform's per-user state dir."""
+    env = os.environ.get("FTPIPE_STATE_DIR")
+    return Path(env) if env else Path(platformdirs.user_state_dir("ftpipe"))
+
+
+class JsonIndex:
+    """A dict persisted as one JSON file, updated under an exclusive lock and replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any]:
+        """Current contents; a missing or corrupt file reads as empty (it is only a cache)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> Any:
+        """One entry or None."""
+        return self.read().get(key)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(self.path.suffix + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def put(self, key: str, value: Any) -> None:
+        """Set one entry (read-modify-write under the lock, so concurrent runs do not lose entries)."""
+        with self._locked():
+            data = self.read()
+            data[key] = value
+            self._write(data)
+
+    def delete(self, key: str) -> None:
+        """Drop one entry if present."""
+        with self._locked():
+            data = self.read()
+            if data.pop(key, None) is not None:
+                self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def uploads_index(state_dir: Path) -> JsonIndex:
+    """``<state_dir>/uploads.json``: (server, end user, sha256) -> file id."""
+    return JsonIndex(state_dir / UPLOADS_FILE)
+
+
+def jobs_index(state_dir: Path) -> JsonIndex:
+    """``<state_dir>/jobs.json``: (server, end user, idempotency key) -> job id + flow run id."""
+    return JsonIndex(state_dir / JOBS_FILE)
+
+
+def scoped_key(server_id: str, on_behalf_of: str | None, key: str) -> str:
+    """Index key: the same content on another server or for another end user is a different object."""
+    return f"{server_id}|{on_behalf_of or ''}|{key}"

@@ -1,0 +1,122 @@
+"""Stage 2: upload a JSONL file (purpose fine-tune) once per content hash.
+
+Reuse order: the local index (verified with ``files.retrieve``), then the server's file list matched by
+the content-addressed upload name + byte size (covers a retry whose response was lost), then upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from client import MKA1Client
+from client.errors import NotFoundError
+from client.models import FileObject
+from tasks import _runtime
+from tasks.progress import ProgressUpdate, publish
+from tasks.retry_policy import api_task_options
+from tasks.state import scoped_key, uploads_index
+
+_CHUNK = 1024 * 1024
+# The server's file list can be long; matching is a fallback, so bound the scan.
+_MAX_LISTED = 10_000
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """Outcome of the upload stage for one file."""
+
+    file_id: str
+    filename: str
+    sha256: str
+    bytes: int
+    reused: bool
+    how: str  # "index" | "server-list" | "uploaded"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large datasets never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_name(path: Path, sha256: str) -> str:
+    """Content-addressed upload name: the same bytes always get the same server-side filename."""
+    return f"{path.stem}-{sha256[:12]}.jsonl"
+
+
+def _usable(obj: FileObject) -> bool:
+    return obj.status != "error" and (obj.purpose in (None, "fine-tune"))
+
+
+def _from_index(client: MKA1Client, file_id: str, size: int) -> FileObject | None:
+    try:
+        obj = client.files.retrieve(file_id)
+    except NotFoundError:
+        return None
+    return obj if _usable(obj) and obj.bytes in (None, size) else None
+
+
+def _from_server_list(client: MKA1Client, name: str, size: int) -> FileObject | None:
+    for n, obj in enumerate(client.files.list(purpose="fine-tune")):
+        if n >= _MAX_LISTED:
+            break
+        if obj.filename == name and obj.bytes == size and _usable(obj):
+            return obj
+    return None
+
+
+@task(name="upload-file", task_run_name="upload-{role}", **api_task_options())
+def upload_file_task(
+    client: MKA1Client, path: Path, *, state_dir: Path, server_id: str, role: str = "training"
+) -> UploadedFile:
+    """Return a file id for ``path`` on the server, uploading only when no identical file is there."""
+    log = _runtime.run_logger()
+    path = Path(path)
+    sha = sha256_file(path)
+    size = path.stat().st_size
+    name = upload_name(path, sha)
+    index = uploads_index(state_dir)
+    key = scoped_key(server_id, client.settings.on_behalf_of, sha)
+    publish(ProgressUpdate("upload", f"uploading {role} file {path.name}"))
+
+    found: FileObject | None = None
+    how = "uploaded"
+    entry = index.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("file_id"), str):
+        found = _from_index(client, entry["file_id"], size)
+        how = "index"
+        if found is None:
+            index.delete(key)
+    if found is None:
+        found = _from_server_list(client, name, size)
+        how = "server-list"
+    if found is None:
+        found = client.files.upload(path, purpose="fine-tune", filename=name)
+        how = "uploaded"
+    index.put(key, {"file_id": found.id, "filename": name, "bytes": size, "source": str(path)})
+
+    reused = how != "uploaded"
+    log.info(
+        "%s file %s (%d bytes, sha256 %s): %s %s",
+        role,
+        path.name,
+        size,
+        sha[:12],
+        "reused" if reused else "uploaded as",
+        found.id,
+    )
+    _runtime.markdown(
+        f"### {role} file\n\n| | |\n|---|---|\n| source | `{path}` |\n| file id | `{found.id}` |\n"
+        f"| server name | `{name}` |\n| bytes | {size} |\n| sha256 | `{sha}` |\n"
+        f"| reused | {'yes (' + how + ')' if reused else 'no (uploaded)'} |\n",
+        key=_runtime.artifact_key("upload", role),
+        description=f"{role} file upload",
+    )
+    return UploadedFile(file_id=found.id, filename=name, sha256=sha, bytes=size, reused=reused, how=how)

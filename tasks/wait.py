@@ -1,0 +1,175 @@
+"""Stage 4: follow a job to a terminal status, echoing its events and keeping a progress artifact.
+
+Transient API errors (429 with ``Retry-After``, 5xx, timeouts, resets) are absorbed inside the loop, up to a
+bounded number in a row, so a flaky minute never fails a long training run. The poll interval grows while
+nothing changes and snaps back on any news.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from client import MKA1Client
+from client.errors import is_transient, retry_delay_hint
+from client.models import FineTuningJob, FineTuningJobEvent, JobStatus
+from tasks import _runtime
+from tasks.errors import JobFailed, JobTimeout
+from tasks.progress import ProgressUpdate, publish
+
+# Keys a metrics event may use for the planned number of steps.
+_TOTAL_KEYS = ("total_steps", "n_steps", "max_steps", "num_steps")
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How to poll: base interval, growth while idle, cap, overall timeout, error tolerance."""
+
+    interval_s: float = 2.0
+    max_interval_s: float = 15.0
+    backoff: float = 1.5
+    timeout_s: float = 3600.0
+    max_consecutive_errors: int = 10
+    error_delay_max_s: float = 60.0
+
+
+@dataclass
+class _Progress:
+    step: int | None = None
+    total: int | None = None
+
+    def absorb(self, event: FineTuningJobEvent) -> None:
+        data = event.data or {}
+        step = data.get("step")
+        if isinstance(step, int | float):
+            self.step = int(step)
+        for key in _TOTAL_KEYS:
+            total = data.get(key)
+            if isinstance(total, int | float) and total > 0:
+                self.total = int(total)
+                break
+
+    def percent(self, status: Any) -> float:
+        if status == JobStatus.SUCCEEDED:
+            return 100.0
+        if self.step is not None and self.total:
+            return max(0.0, min(99.0, 100.0 * self.step / self.total))
+        return 0.0
+
+    def describe(self) -> str:
+        if self.step is None:
+            return ""
+        return f" step {self.step}/{self.total}" if self.total else f" step {self.step}"
+
+
+def _error_delay(exc: BaseException, attempt: int, policy: PollPolicy) -> float:
+    hint = retry_delay_hint(exc)
+    if hint is not None and hint >= 0:
+        return min(hint, policy.error_delay_max_s)
+    base = min(policy.interval_s * (2 ** (attempt - 1)), policy.error_delay_max_s)
+    return base * (1 + random.uniform(0, 0.25))  # jitter: parallel runs should not retry in lockstep
+
+
+def _echo(log: Any, job_id: str, event: FineTuningJobEvent) -> None:
+    level = {"warn": 30, "warning": 30, "error": 40}.get(event.level, 20)
+    log.log(level, "[%s] %s", job_id, event.message)
+
+
+@task(name="wait-for-job", cache_policy=NO_CACHE, persist_result=False)
+def wait_for_job_task(
+    client: MKA1Client,
+    job_id: str,
+    policy: PollPolicy | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> FineTuningJob:
+    """Poll ``job_id`` until succeeded|failed|cancelled; raise ``JobFailed`` / ``JobTimeout`` otherwise."""
+    policy = policy or PollPolicy()
+    log = _runtime.run_logger()
+    log.info(
+        "waiting for job %s (poll every %.1fs, timeout %.0fs)", job_id, policy.interval_s, policy.timeout_s
+    )
+    start = clock()
+    interval = policy.interval_s
+    since_id: str | None = None
+    last_status: Any = None
+    errors = 0
+    progress = _Progress()
+    artifact = _runtime.progress(
+        0.0, key=_runtime.artifact_key("job-progress"), description=f"job {job_id}: starting"
+    )
+
+    while True:
+        try:
+            job = client.jobs.retrieve(job_id)
+            # Events after the status read, so a terminal status is never seen before its last events.
+            events = client.jobs.new_events(job_id, since_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            errors += 1
+            if errors > policy.max_consecutive_errors:
+                log.error("giving up on job %s after %d transient errors in a row", job_id, errors - 1)
+                raise
+            delay = _error_delay(exc, errors, policy)
+            log.warning(
+                "transient error polling %s (%s); retry %d in %.1fs",
+                job_id,
+                type(exc).__name__,
+                errors,
+                delay,
+            )
+            if clock() - start + delay > policy.timeout_s:
+                raise JobTimeout(job_id, str(last_status), clock() - start) from exc
+            sleep(delay)
+            continue
+        errors = 0
+
+        for event in events:
+            _echo(log, job_id, event)
+            progress.absorb(event)
+            since_id = event.id
+        changed = bool(events) or job.status != last_status
+        if job.status != last_status:
+            if job.status == JobStatus.PAUSED:
+                log.warning("job %s is paused; waiting for it to be resumed", job_id)
+            else:
+                log.info("job %s is %s", job_id, job.status)
+            last_status = job.status
+        if changed:
+            description = f"job {job_id}: {job.status}{progress.describe()}"
+            _runtime.update_progress(artifact, progress.percent(job.status), description=description)
+            publish(
+                ProgressUpdate(
+                    "wait",
+                    description,
+                    job_id=job_id,
+                    job_status=str(job.status),
+                    fraction=progress.percent(job.status) / 100 if progress.total else None,
+                )
+            )
+
+        if job.is_terminal:
+            break
+        elapsed = clock() - start
+        if elapsed >= policy.timeout_s:
+            raise JobTimeout(job_id, str(job.status), elapsed)
+        interval = policy.interval_s if changed else min(interval * policy.backoff, policy.max_interval_s)
+        sleep(max(0.0, min(interval, policy.timeout_s - elapsed)))
+
+    if job.status != JobStatus.SUCCEEDED:
+        code = job.error.code if job.error else None
+        message = job.error.message if job.error else None
+        log.error("job %s %s: [%s] %s", job_id, job.status, code, message)
+        raise JobFailed(job_id, str(job.status), code, message)
+    log.info(
+        "job %s succeeded: model %s, %s trained tokens", job_id, job.fine_tuned_model, job.trained_tokens
+    )
+    return job
