@@ -1,0 +1,256 @@
+"""Streaming JSONL validator: one pass, binary line by line, constant memory per line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from validation.analysis import StatsAccumulator, analyze_chat, analyze_preference
+from validation.fastpath import chat_errors, preference_errors
+from validation.hashlog import HashLog
+from validation.models import Issue, Kind, Severity, ValidationReport
+from validation.schema_errors import json_type, schema_issues
+from validation.sniff import ARRAY_HINT, sniff
+
+KindArg = Literal["auto", "chat", "preference"]
+DEFAULT_MIN_EXAMPLES = 10
+DEFAULT_TOKEN_LIMIT = 4096
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_ISSUES = 50
+_BOM = b"\xef\xbb\xbf"
+_SKIP_CHUNK = 1 << 20
+
+
+class IssueSink:
+    """Collects issues: keeps the first ``max_issues`` of each severity, counts all of them."""
+
+    def __init__(self, file: str, max_issues: int) -> None:
+        self.file = file
+        self.max_issues = max_issues
+        self.errors: list[Issue] = []
+        self.warnings: list[Issue] = []
+        self.error_total = 0
+        self.warning_total = 0
+
+    @property
+    def errors_full(self) -> bool:
+        return len(self.errors) >= self.max_issues
+
+    def add(self, line: int, field: str, message: str, severity: Severity = "error") -> None:
+        if severity == "error":
+            self.error_total += 1
+            if len(self.errors) < self.max_issues:
+                self.errors.append(Issue(self.file, line, field, message, "error"))
+        else:
+            self.warning_total += 1
+            if len(self.warnings) < self.max_issues:
+                self.warnings.append(Issue(self.file, line, field, message, "warning"))
+
+    def count_errors(self, n: int) -> None:
+        self.error_total += n
+
+
+def _detect_kind(obj: dict[str, Any]) -> Kind:
+    if "messages" not in obj and (
+        "input" in obj or "preferred_output" in obj or "non_preferred_output" in obj
+    ):
+        return "preference"
+    return "chat"
+
+
+def _json_error(raw: bytes, err: orjson.JSONDecodeError, line_offset: int) -> str:
+    """Plain-words reason a line does not parse."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"invalid UTF-8 at byte {bad.start} of the line (file offset {line_offset + bad.start}); "
+            "save the file as UTF-8"
+        )
+    text = str(err)
+    col = getattr(err, "colno", None)
+    if text.startswith("unexpected content after document"):
+        return f"trailing data after the JSON object at column {col}; put exactly one object per line"
+    return f"invalid JSON: {text[:150]}"
+
+
+def validate_file(
+    path: str | os.PathLike[str],
+    kind: KindArg = "auto",
+    *,
+    min_examples: int = DEFAULT_MIN_EXAMPLES,
+    token_limit: int = DEFAULT_TOKEN_LIMIT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_issues: int = DEFAULT_MAX_ISSUES,
+    n_epochs: int = 3,
+) -> ValidationReport:
+    """Validate one JSONL fine-tuning file (chat or preference) and collect its statistics."""
+    report, _ = validate_file_with_hashes(
+        path,
+        kind,
+        min_examples=min_examples,
+        token_limit=token_limit,
+        max_line_bytes=max_line_bytes,
+        max_issues=max_issues,
+        n_epochs=n_epochs,
+    )
+    return report
+
+
+def validate_file_with_hashes(
+    path: str | os.PathLike[str],
+    kind: KindArg = "auto",
+    *,
+    min_examples: int = DEFAULT_MIN_EXAMPLES,
+    token_limit: int = DEFAULT_TOKEN_LIMIT,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_issues: int = DEFAULT_MAX_ISSUES,
+    n_epochs: int = 3,
+) -> tuple[ValidationReport, HashLog]:
+    """``validate_file`` plus the per-example hash log used for the train/validation overlap check."""
+    if kind not in ("auto", "chat", "preference"):
+        raise ValueError(f"kind must be 'auto', 'chat' or 'preference', got {kind!r}")
+    name = str(path)
+    sink = IssueSink(name, max_issues)
+    acc = StatsAccumulator(token_limit)
+    hashes = HashLog()
+    resolved: Kind | None = None if kind == "auto" else kind
+    lines = nbytes = 0
+
+    def finish() -> tuple[ValidationReport, HashLog]:
+        sink.errors.sort(key=lambda i: i.line)
+        sink.warnings.sort(key=lambda i: i.line)
+        report = ValidationReport(
+            name,
+            resolved,
+            sink.errors,
+            sink.warnings,
+            sink.error_total,
+            sink.warning_total,
+            acc.freeze(lines=lines, nbytes=nbytes, n_epochs=n_epochs),
+            max_issues,
+        )
+        return report, hashes
+
+    try:
+        f = Path(path).open("rb")  # noqa: SIM115 - closed below; the loop is long
+    except OSError as exc:
+        sink.add(0, "$", f"cannot open file: {exc.strerror or exc}")
+        return finish()
+    with f:
+        head = f.read(1024)
+        reason = sniff(head)
+        if reason is not None:
+            sink.add(0, "$", reason)
+            return finish()
+        f.seek(0)
+
+        check: Callable[[object], list[str]] | None = None
+        analyze: Callable[[dict[str, Any], StatsAccumulator], list[tuple[str, str]]] | None = None
+        if resolved is not None:
+            check = chat_errors if resolved == "chat" else preference_errors
+            analyze = analyze_chat if resolved == "chat" else analyze_preference
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        add = hashes.add
+        readline = f.readline
+        limit = max_line_bytes + 2  # room for "\r\n"
+        data_lines = 0
+        crlf_seen = False
+        first_line_list = False
+
+        while True:
+            raw = readline(limit)
+            if not raw:
+                break
+            lines += 1
+            n = len(raw)
+            offset = nbytes
+            nbytes += n
+            # Strip the line terminator; note CRLF once.
+            if raw[-1] == 10:
+                end = n - 1
+                if end and raw[end - 1] == 13:
+                    end -= 1
+                    if not crlf_seen:
+                        crlf_seen = True
+                        sink.add(
+                            lines,
+                            "$",
+                            "file uses Windows (CRLF) line endings; accepted, but LF is preferred",
+                            "warning",
+                        )
+                body = raw[:end]
+            else:
+                end = n
+                body = raw
+            if end > max_line_bytes:
+                if n == limit and raw[-1] != 10:
+                    # Skip the rest of an over-long line without holding it in memory.
+                    while True:
+                        chunk = readline(_SKIP_CHUNK)
+                        nbytes += len(chunk)
+                        end += len(chunk)
+                        if not chunk or chunk[-1] == 10:
+                            break
+                data_lines += 1
+                sink.add(
+                    lines, "$", f"line is longer than {max_line_bytes} bytes (at least {end}); not parsed"
+                )
+                continue
+            if not body or body.isspace():
+                sink.add(lines, "$", "blank line; remove empty lines (the API rejects them)")
+                continue
+            data_lines += 1
+            if lines == 1 and body.startswith(_BOM):
+                sink.add(
+                    1, "$", "file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"
+                )
+                body = body[3:]
+            try:
+                obj = loads(body)
+            except decode_error as err:
+                sink.add(lines, "$", _json_error(body, err, offset))
+                continue
+            if check is None or analyze is None:
+                if type(obj) is not dict:
+                    first_line_list = lines == 1 and type(obj) is list
+                    sink.add(lines, "$", f"each line must be a JSON object {{...}}, got {json_type(obj)}")
+                    continue
+                resolved = _detect_kind(obj)
+                check = chat_errors if resolved == "chat" else preference_errors
+                analyze = analyze_chat if resolved == "chat" else analyze_preference
+            bad = check(obj)
+            if bad:
+                if sink.errors_full:
+                    sink.count_errors(len(bad))
+                    continue
+                found = schema_issues(obj, resolved or "chat")
+                if not found:  # the fast path and the schema disagree; trust the schema's silence less
+                    found = [(field, "does not match the schema") for field in bad]
+                for field, message in found:
+                    sink.add(lines, field, message)
+                continue
+            add(hash(body), lines)
+            warnings = analyze(obj, acc)
+            if warnings:
+                for field, message in warnings:
+                    sink.add(lines, field, message, "warning")
+
+    if nbytes == 0:
+        sink.add(0, "$", "file is empty")
+    elif data_lines == 0:
+        sink.add(0, "$", "file has no examples (only blank lines)")
+    elif first_line_list and lines == 1:
+        sink.add(0, "$", ARRAY_HINT)
+    elif data_lines < min_examples:
+        sink.add(
+            0, "$", f"only {data_lines} examples; at least {min_examples} are required (50-100 recommended)"
+        )
+    for line, first in hashes.duplicates():
+        sink.add(line, "$", f"duplicate of line {first}", "warning")
+    return finish()
