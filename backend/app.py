@@ -1,0 +1,78 @@
+"""FastAPI application factory: contract routes under /api/v1/llm (and /v1 for OpenAI SDK base URLs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from backend import routes_files, routes_jobs, routes_responses
+from backend.context import BackendState, Layout
+from backend.db import Database
+from backend.errors import install_error_handlers
+from backend.generation import GenerationService
+from backend.jobs import JobService
+from backend.limits import BodyLimitMiddleware
+from backend.settings import BackendSettings
+
+log = logging.getLogger("backend")
+
+API_PREFIX = "/api/v1/llm"
+OPENAI_PREFIX = "/v1"
+
+
+def build_router() -> APIRouter:
+    """All resource routes plus the unauthenticated health check."""
+    router = APIRouter()
+
+    @router.get("/health", include_in_schema=False)
+    def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    router.include_router(routes_files.router)
+    router.include_router(routes_jobs.router)
+    router.include_router(routes_responses.router)
+    return router
+
+
+def create_app(settings: BackendSettings | None = None) -> FastAPI:
+    """Build the app; the lifespan recovers interrupted jobs and starts/stops the worker processes."""
+    settings = settings or BackendSettings()
+    layout = Layout(settings.data_dir.expanduser().resolve())
+    layout.ensure()
+    db = Database(layout.db_path)
+    db.init_schema()
+    if settings.base_model_cache_dir is not None:
+        os.environ.setdefault("FTPIPE_BASE_MODEL_CACHE", str(settings.base_model_cache_dir))
+    state = BackendState(
+        settings=settings,
+        layout=layout,
+        db=db,
+        api_key=settings.resolved_api_key(),
+        jobs=JobService(settings, layout, db),
+        generation=GenerationService(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.jobs.start()
+        try:
+            yield
+        finally:
+            state.jobs.stop()
+            state.generation.close()
+
+    app = FastAPI(
+        title="ftpipe embedded backend", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.backend = state
+    install_error_handlers(app)
+    router = build_router()
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, prefix=OPENAI_PREFIX, include_in_schema=False)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    return app

@@ -1,0 +1,70 @@
+"""``serve`` command of the embedded backend (``python -m backend serve`` / ``ftpipe backend serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backend.settings import BackendSettings
+
+
+def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``serve`` on a parent CLI's subparsers (``ftpipe backend serve ...``)."""
+    serve = subparsers.add_parser("serve", help="run the embedded MKA1-compatible backend")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--data-dir", type=Path, default=None, help="where files, jobs and models are kept")
+    serve.add_argument("--workers", type=int, default=None, help="training worker processes (default 1)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Build settings from env + flags, print the URL and key once, and run uvicorn until stopped."""
+    import socket
+
+    import uvicorn
+
+    from backend.app import API_PREFIX, create_app
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.workers is not None:
+        overrides["worker_concurrency"] = args.workers
+    settings = BackendSettings(**overrides)  # type: ignore[arg-type]
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    key = app.state.backend.api_key.get_secret_value()
+    # The one deliberate place the key is shown: the operator needs it to call the API.
+    print(f"ftpipe backend listening on http://{settings.host}:{port}{API_PREFIX}", flush=True)
+    print(f"API key: {key}", flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m backend``."""
+    parser = argparse.ArgumentParser(prog="python -m backend", description="ftpipe embedded backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_backend_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

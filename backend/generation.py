@@ -1,0 +1,69 @@
+"""Text generation for /responses: one cached trainer `Generator`, run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate from, already resolved to a model reference."""
+
+    model_ref: str | Path
+    messages: list[dict[str, Any]]
+    instructions: str | None
+    max_output_tokens: int
+    temperature: float | None  # None: the generator's default (greedy)
+    top_p: float | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """Generated text and token counts."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class GenerationService:
+    """Serialises generations on a single thread: the Generator caches loaded models and is not thread-safe."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
+        self._generator: Any = None
+        self._lock = threading.Lock()
+
+    def _generate(self, req: GenerationRequest) -> GenerationOutput:
+        with self._lock:
+            if self._generator is None:
+                from backend.trainer.generate import Generator
+
+                self._generator = Generator()
+            result = self._generator.generate(
+                req.model_ref,
+                req.messages,
+                instructions=req.instructions,
+                max_output_tokens=req.max_output_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=req.seed,
+            )
+        return GenerationOutput(
+            text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+        )
+
+    async def generate(self, req: GenerationRequest) -> GenerationOutput:
+        """Generate without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._generate, req)
+
+    def close(self) -> None:
+        """Stop accepting work (a generation in progress finishes on its thread)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,259 @@
+"""Fine-tuning job lifecycle on the API side: create, validate, pause/resume/cancel, restart recovery.
+
+Restart semantics (also in backend/README.md): on startup, a job left ``running`` by a backend that died
+is re-queued with ``resume=True`` (the trainer continues from its last resumable checkpoint, or starts
+over when there is none) and gets the event "Resumed after backend restart"; a job that was being paused
+becomes ``paused``; ``validating_files`` jobs are validated again. Nothing stored is ever dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from backend.context import Layout
+from backend.db import Database, new_job_id, now
+from backend.errors import APIError, not_found
+from backend.jobstore import TERMINAL, add_event, fail_job
+from backend.models import resolve_model
+from backend.pool import WorkerPool
+from backend.requests import JobCreate
+from backend.settings import BackendSettings
+
+log = logging.getLogger("backend.jobs")
+
+MAX_REPORTED_ISSUES = 5
+
+
+class JobService:
+    """Owns the validation threads and the training worker processes."""
+
+    def __init__(self, settings: BackendSettings, layout: Layout, db: Database) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.db = db
+        self._validator = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftpipe-validate")
+        self.pool = WorkerPool(settings, layout)
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover jobs interrupted by a previous backend, then start the workers."""
+        self.recover()
+        self.pool.start()
+
+    def stop(self) -> None:
+        """Stop workers (running jobs save a checkpoint and re-queue) and validation threads."""
+        self.pool.stop()
+        self._validator.shutdown(wait=False, cancel_futures=True)
+
+    def recover(self) -> None:
+        """Re-queue jobs a dead backend left running; re-validate jobs left validating."""
+        self.pool.wait_for_orphans(self.db)
+        with self.db.tx() as conn:
+            for row in conn.execute(
+                "SELECT id, owner, control FROM jobs WHERE status = 'running'"
+            ).fetchall():
+                if row["control"] == "pause":
+                    conn.execute(
+                        "UPDATE jobs SET status='paused', worker_pid=NULL, estimated_finish=NULL WHERE id=?",
+                        (row["id"],),
+                    )
+                    add_event(
+                        self.db,
+                        row["id"],
+                        row["owner"],
+                        "Fine-tuning job paused (backend restarted while pausing)",
+                        conn=conn,
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET status='queued', resume=1, control='continue', worker_pid=NULL, "
+                        "estimated_finish=NULL WHERE id=?",
+                        (row["id"],),
+                    )
+                    add_event(self.db, row["id"], row["owner"], "Resumed after backend restart", conn=conn)
+        for row in self.db.all("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY seq"):
+            self._validator.submit(self._validate, row["id"])
+
+    # create / read -----------------------------------------------------------------------------
+    def create(self, owner: str, req: JobCreate) -> sqlite3.Row:
+        """Check the request against this owner's files and models, store the job, start validation."""
+        model = resolve_model(self.db, owner, req.model)
+        self._require_training_file(owner, req.training_file, "training_file")
+        if req.validation_file is not None:
+            self._require_training_file(owner, req.validation_file, "validation_file")
+        method_type, hp = req.resolved_method()
+        hp_dict = hp.model_dump()
+        if method_type != "dpo" and hp.beta != "auto":
+            raise APIError(
+                400,
+                "beta only applies to method type 'dpo'.",
+                code="invalid_hyperparameter",
+                param="method.supervised.hyperparameters.beta",
+            )
+        job_id = new_job_id()
+        seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, owner, created_at, model, base_model_ref, status, training_file, validation_file,"
+                " method_type, hyperparameters, seed, suffix, metadata, integrations) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    owner,
+                    now(),
+                    req.model,
+                    model.trainer_base(),
+                    "validating_files",
+                    req.training_file,
+                    req.validation_file,
+                    method_type,
+                    json.dumps(hp_dict),
+                    seed,
+                    req.suffix,
+                    json.dumps(req.metadata) if req.metadata is not None else None,
+                    json.dumps(req.integrations or []),
+                ),
+            )
+            add_event(self.db, job_id, owner, f"Created fine-tuning job: {job_id}", conn=conn)
+            add_event(self.db, job_id, owner, "Validating training file: " + req.training_file, conn=conn)
+        self._validator.submit(self._validate, job_id)
+        return self.get(owner, job_id)
+
+    def get(self, owner: str, job_id: str) -> sqlite3.Row:
+        """This owner's job or a 404."""
+        row = self.db.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", (job_id, owner))
+        if row is None:
+            raise not_found("fine_tuning_job", job_id)
+        return row
+
+    def _require_training_file(self, owner: str, file_id: str, param: str) -> None:
+        row = self.db.one("SELECT purpose FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+        if row is None:
+            raise not_found("file", file_id, param=param)
+        if row["purpose"] != "fine-tune":
+            raise APIError(
+                400,
+                f"File '{file_id}' has purpose '{row['purpose']}', expected 'fine-tune'.",
+                code="invalid_file_purpose",
+                param=param,
+            )
+
+    # validation (runs on a background thread) -----------------------------------------------------
+    def _validate(self, job_id: str) -> None:
+        try:
+            self._validate_inner(job_id)
+        except Exception as exc:  # any crash must fail the job, never leave it validating forever
+            log.exception("validation of %s crashed", job_id)
+            fail_job(
+                self.db,
+                job_id,
+                "validation_error",
+                f"File validation crashed: {exc}",
+                None,
+                from_statuses=("validating_files",),
+            )
+        finally:
+            self.db.close()
+
+    def _validate_inner(self, job_id: str) -> None:
+        from validation import validate_file
+
+        job = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if job is None or job["status"] != "validating_files":
+            return
+        kind: Literal["chat", "preference"] = "preference" if job["method_type"] == "dpo" else "chat"
+        checks = [("training_file", job["training_file"], 10)]
+        if job["validation_file"]:
+            checks.append(("validation_file", job["validation_file"], 1))
+        for param, file_id, min_examples in checks:
+            row = self.db.one("SELECT path FROM files WHERE id = ?", (file_id,))
+            if row is None:
+                fail_job(
+                    self.db,
+                    job_id,
+                    f"invalid_{param}",
+                    f"File '{file_id}' was deleted before validation.",
+                    param,
+                    from_statuses=("validating_files",),
+                )
+                return
+            report = validate_file(Path(row["path"]), kind=kind, min_examples=min_examples)
+            if not report.ok:
+                shown = [
+                    f"line {i.line}: {i.field}: {i.message}" if i.line else f"{i.field}: {i.message}"
+                    for i in report.errors[:MAX_REPORTED_ISSUES]
+                ]
+                more = len(report.errors) - len(shown)
+                message = (
+                    f"{param.replace('_', ' ').capitalize()} {file_id} has {len(report.errors)} error(s): "
+                    + "; ".join(shown)
+                )
+                if more > 0:
+                    message += f"; ... and {more} more"
+                fail_job(
+                    self.db, job_id, f"invalid_{param}", message, param, from_statuses=("validating_files",)
+                )
+                return
+        with self.db.tx() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status='queued' WHERE id=? AND status='validating_files'", (job_id,)
+            ).rowcount
+            if changed:
+                add_event(
+                    self.db, job_id, job["owner"], "Files validated, moving job to queued state", conn=conn
+                )
+                add_event(self.db, job_id, job["owner"], "Job enqueued", conn=conn)
+
+    # transitions -----------------------------------------------------------------------------------
+    def pause(self, owner: str, job_id: str) -> None:
+        """Ask the worker to stop at a step boundary after a resumable checkpoint (running jobs only)."""
+        with self.db.tx() as conn:
+            job = self._locked(conn, owner, job_id)
+            if job["status"] != "running":
+                raise _illegal("pause", job["status"], "only a running job can be paused")
+            if job["control"] != "pause":
+                conn.execute("UPDATE jobs SET control='pause' WHERE id=?", (job_id,))
+                add_event(
+                    self.db, job_id, owner, "Pause requested; stopping at the next step boundary", conn=conn
+                )
+
+    def resume(self, owner: str, job_id: str) -> None:
+        """Re-queue a paused job; the worker continues from its resumable checkpoint."""
+        with self.db.tx() as conn:
+            job = self._locked(conn, owner, job_id)
+            if job["status"] != "paused":
+                raise _illegal("resume", job["status"], "only a paused job can be resumed")
+            conn.execute(
+                "UPDATE jobs SET status='queued', resume=1, control='continue' WHERE id=?", (job_id,)
+            )
+            add_event(self.db, job_id, owner, "Fine-tuning job resumed", conn=conn)
+
+    def cancel(self, owner: str, job_id: str) -> None:
+        """Cancel a job in any non-terminal state; a running worker notices within a step."""
+        with self.db.tx() as conn:
+            job = self._locked(conn, owner, job_id)
+            if job["status"] in TERMINAL:
+                raise _illegal("cancel", job["status"], "the job has already finished")
+            conn.execute(
+                "UPDATE jobs SET status='cancelled', control='cancel', finished_at=?, estimated_finish=NULL WHERE id=?",
+                (now(), job_id),
+            )
+            add_event(self.db, job_id, owner, "Fine-tuning job cancelled", conn=conn)
+
+    @staticmethod
+    def _locked(conn: sqlite3.Connection, owner: str, job_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM jobs WHERE id = ? AND owner = ?", (job_id, owner)
+        ).fetchone()
+        if row is None:
+            raise not_found("fine_tuning_job", job_id)
+        return row
+
+
+def _illegal(action: str, status: str, why: str) -> APIError:
+    return APIError(409, f"Cannot {action} a job whose status is '{status}': {why}.", code="invalid_state")

@@ -1,0 +1,121 @@
+"""The training worker pool: ``worker_concurrency`` spawned processes, supervised from the API process."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as MPEvent
+from typing import TYPE_CHECKING
+
+import psutil
+
+from backend.jobstore import fail_job
+from backend.settings import BackendSettings
+
+if TYPE_CHECKING:
+    from backend.context import Layout
+    from backend.db import Database
+
+log = logging.getLogger("backend.pool")
+
+STOP_GRACE_S = 15.0
+
+
+class WorkerPool:
+    """Starts, watches and stops the worker processes; a crashed worker fails its job and is replaced."""
+
+    def __init__(self, settings: BackendSettings, layout: Layout) -> None:
+        self.settings = settings
+        self.layout = layout
+        self._ctx = mp.get_context("spawn")
+        self._stop: MPEvent = self._ctx.Event()
+        self._procs: list[SpawnProcess] = []
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Spawn the workers and the supervising thread."""
+        self._procs = [self._spawn(i) for i in range(self.settings.worker_concurrency)]
+        self._monitor = threading.Thread(target=self._watch, name="ftpipe-worker-monitor", daemon=True)
+        self._monitor.start()
+
+    def _spawn(self, index: int) -> SpawnProcess:
+        from backend.worker import worker_main
+
+        cache = str(self.settings.base_model_cache_dir) if self.settings.base_model_cache_dir else None
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(str(self.layout.root), self.settings.metrics_every_n_steps, cache, os.getpid(), self._stop),
+            name=f"ftpipe-worker-{index}",
+        )
+        proc.start()
+        return proc
+
+    def _watch(self) -> None:
+        from backend.db import Database
+
+        db = Database(self.layout.db_path)
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self._procs):
+                if proc.is_alive() or self._stopping.is_set():
+                    continue
+                log.error(
+                    "worker %s (pid %s) exited with code %s; replacing it", proc.name, proc.pid, proc.exitcode
+                )
+                for row in db.all("SELECT id FROM jobs WHERE status='running' AND worker_pid=?", (proc.pid,)):
+                    fail_job(
+                        db,
+                        row["id"],
+                        "worker_crashed",
+                        f"The training worker exited unexpectedly (exit code {proc.exitcode}).",
+                        from_statuses=("running",),
+                    )
+                self._procs[i] = self._spawn(i)
+        db.close()
+
+    def stop(self) -> None:
+        """Ask workers to stop (running jobs checkpoint and re-queue), then terminate stragglers."""
+        self._stopping.set()
+        self._stop.set()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                log.warning("worker %s did not stop in time; terminating it", proc.name)
+                proc.terminate()
+                proc.join(2.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1.0)
+
+    @staticmethod
+    def wait_for_orphans(db: Database, timeout_s: float = 5.0) -> None:
+        """Make sure workers of a backend that died are gone before their jobs are re-queued.
+
+        Orphaned workers notice their parent is gone at the next step and exit on their own; one that
+        is still alive after ``timeout_s`` is killed so two trainers never share a job directory.
+        """
+        pids = [
+            r["worker_pid"]
+            for r in db.all("SELECT worker_pid FROM jobs WHERE status='running' AND worker_pid IS NOT NULL")
+        ]
+        procs: list[psutil.Process] = []
+        for pid in pids:
+            try:
+                p = psutil.Process(pid)
+                if any("spawn_main" in part for part in p.cmdline()) and p.ppid() != os.getpid():
+                    procs.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        if not procs:
+            return
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        for p in alive:
+            log.warning("killing orphaned worker pid %s", p.pid)
+            p.kill()
+        psutil.wait_procs(alive, timeout=2.0)

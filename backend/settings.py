@@ -1,0 +1,62 @@
+"""Settings of the embedded backend server (env prefix ``FTPIPE_BACKEND_``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ftpipe")) / "backend"
+
+
+class BackendSettings(BaseSettings):
+    """Where the backend listens, where it keeps its state and how hard it works."""
+
+    model_config = SettingsConfigDict(env_prefix="FTPIPE_BACKEND_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # None: a key is generated once and persisted in data_dir/api_key (mode 0600).
+    api_key: SecretStr | None = None
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    max_upload_bytes: int = Field(default=512 * MIB, ge=1)
+    max_request_body_bytes: int = Field(default=1 * MIB, ge=1)
+    metrics_every_n_steps: int = Field(default=10, ge=1)
+    # None: the trainer's own default cache location.
+    base_model_cache_dir: Path | None = None
+
+    def resolved_api_key(self) -> SecretStr:
+        """The configured key, or the one persisted in data_dir/api_key (created on first use)."""
+        if self.api_key is not None:
+            return self.api_key
+        return load_or_create_api_key(self.data_dir)
+
+
+def load_or_create_api_key(data_dir: Path) -> SecretStr:
+    """Read data_dir/api_key, creating it (mode 0600, atomically) when missing."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_path = data_dir / "api_key"
+    if key_path.exists():
+        return SecretStr(key_path.read_text(encoding="utf-8").strip())
+    key = "ftpipe-local-" + secrets.token_urlsafe(32)
+    tmp = data_dir / f".api_key.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    try:
+        # link() fails if another process created the key meanwhile: theirs wins, so all agree.
+        os.link(tmp, key_path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return SecretStr(key_path.read_text(encoding="utf-8").strip())

@@ -1,0 +1,333 @@
+"""Training worker process: claims queued jobs from SQLite and runs the real trainer on them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sqlite3
+import time
+from multiprocessing.synchronize import Event as MPEvent
+from pathlib import Path
+from typing import Any
+
+from backend.context import Layout
+from backend.db import Database, new_checkpoint_id, new_file_id, now
+from backend.jobstore import add_event, fail_job
+from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
+
+log = logging.getLogger("backend.worker")
+
+CONTROL_POLL_S = 0.2
+IDLE_POLL_S = 0.5
+METRIC_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+def fine_tuned_model_id(job: sqlite3.Row) -> str:
+    """``ft:<base>:<suffix or local>:<job short id>``: opaque, unique, readable."""
+    return f"ft:{job['model']}:{job['suffix'] or 'local'}:{job['id'].split('_', 1)[-1][:12]}"
+
+
+def worker_main(
+    data_dir: str, metrics_every: int, cache_dir: str | None, parent_pid: int, stop: MPEvent
+) -> None:
+    """Process entry point: loop claiming jobs until asked to stop or the API process disappears."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s"
+    )
+    if cache_dir:
+        os.environ["FTPIPE_BASE_MODEL_CACHE"] = cache_dir
+    layout = Layout(Path(data_dir))
+    db = Database(layout.db_path)
+    from backend.trainer.train import train  # heavy import (torch): once per worker, before the first job
+
+    while not stop.is_set() and os.getppid() == parent_pid:
+        job = _claim(db)
+        if job is None:
+            stop.wait(IDLE_POLL_S)
+            continue
+        _run(db, layout, job, metrics_every, parent_pid, stop, train)
+
+
+def _claim(db: Database) -> sqlite3.Row | None:
+    with db.tx() as conn:
+        job: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM jobs WHERE status='queued' ORDER BY seq LIMIT 1"
+        ).fetchone()
+        if job is None:
+            return None
+        conn.execute(
+            "UPDATE jobs SET status='running', worker_pid=?, started_at=COALESCE(started_at, ?), control='continue' WHERE id=?",
+            (os.getpid(), now(), job["id"]),
+        )
+        message = "Fine-tuning job started" + (
+            " (resuming from the last checkpoint)" if job["resume"] else ""
+        )
+        add_event(db, job["id"], job["owner"], message, conn=conn)
+    return job
+
+
+class JobCallbacks:
+    """TrainingCallbacks writing events/checkpoints to SQLite and reading pause/cancel requests from it."""
+
+    def __init__(self, db: Database, job: sqlite3.Row, parent_pid: int, stop: MPEvent) -> None:
+        self.db = db
+        self.job = job
+        self.model_id = fine_tuned_model_id(job)
+        self._parent_pid = parent_pid
+        self._stop = stop
+        self._last_poll = 0.0
+        self._signal: ControlSignal = "continue"
+        self._eta_origin: tuple[float, int] | None = None
+        self.shutdown_requested = False
+
+    def on_event(
+        self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+    ) -> None:
+        """Forward a trainer event (metrics included) as a job event; metrics also refresh the ETA."""
+        add_event(self.db, self.job["id"], self.job["owner"], message, level=level, type=type, data=data)
+        if type == "metrics" and data:
+            self._update_eta(data)
+
+    def _update_eta(self, data: dict[str, Any]) -> None:
+        step, total = data.get("step"), data.get("total_steps")
+        if not isinstance(step, int) or not isinstance(total, int) or total <= 0:
+            return
+        t = time.monotonic()
+        if self._eta_origin is None:
+            self._eta_origin = (t, step)
+            return
+        t0, s0 = self._eta_origin
+        if step > s0:
+            eta = now() + int((t - t0) / (step - s0) * max(0, total - step))
+            self.db.execute(
+                "UPDATE jobs SET estimated_finish=? WHERE id=? AND status='running'", (eta, self.job["id"])
+            )
+
+    def on_checkpoint(self, step: int, metrics: dict[str, float], model_dir: Path) -> None:
+        """Register a checkpoint and its model id (usable in Responses)."""
+        model_id = f"{self.model_id}:ckpt-step-{step}"
+        full_metrics = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "step"}}
+        job_id, owner = self.job["id"], self.job["owner"]
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO models (id, owner, created_at, path, kind, job_id) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET path=excluded.path",
+                (model_id, owner, now(), str(Path(model_dir).resolve()), "checkpoint", job_id),
+            )
+            existing = conn.execute(
+                "SELECT id FROM checkpoints WHERE job_id=? AND step_number=?", (job_id, step)
+            ).fetchone()
+            if existing is None:
+                conn.execute(
+                    "INSERT INTO checkpoints (id, owner, job_id, created_at, step_number, metrics, model_id) VALUES (?,?,?,?,?,?,?)",
+                    (new_checkpoint_id(), owner, job_id, now(), step, json.dumps(full_metrics), model_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE checkpoints SET metrics=? WHERE id=?", (json.dumps(full_metrics), existing["id"])
+                )
+
+    def control(self) -> ControlSignal:
+        """pause/cancel requested through the API (read at most every 0.2 s), or backend shutdown."""
+        t = time.monotonic()
+        if t - self._last_poll < CONTROL_POLL_S or self._signal == "cancel":
+            return self._signal
+        self._last_poll = t
+        if os.getppid() != self._parent_pid:
+            # The API process died: stop writing at once; the next backend re-queues this job.
+            os._exit(0)
+        row = self.db.one("SELECT status, control FROM jobs WHERE id=?", (self.job["id"],))
+        if row is None or row["status"] != "running" or row["control"] == "cancel":
+            self._signal = "cancel"
+        elif row["control"] == "pause":
+            self._signal = "pause"
+        elif self._stop.is_set():
+            self.shutdown_requested = True
+            self._signal = "pause"
+        else:
+            self._signal = "continue"
+        return self._signal
+
+
+def _run(
+    db: Database,
+    layout: Layout,
+    job: sqlite3.Row,
+    metrics_every: int,
+    parent_pid: int,
+    stop: MPEvent,
+    train: Any,
+) -> None:
+    job_id = job["id"]
+    callbacks = JobCallbacks(db, job, parent_pid, stop)
+    try:
+        spec = _spec(db, layout, job, metrics_every)
+        outcome: TrainingOutcome = train(spec, callbacks)
+    except TrainingError as exc:
+        fail_job(db, job_id, exc.code, exc.message, exc.param, from_statuses=("running",))
+        return
+    except Exception as exc:
+        log.exception("training of %s crashed", job_id)
+        fail_job(
+            db,
+            job_id,
+            "training_error",
+            f"Training crashed: {type(exc).__name__}: {exc}",
+            from_statuses=("running",),
+        )
+        return
+    hp = json.loads(job["hyperparameters"])
+    hp.update({k: v for k, v in outcome.resolved_hyperparameters.items() if k in hp})
+    if outcome.status == "succeeded":
+        _succeed(db, layout, job, callbacks.model_id, outcome, hp)
+    elif outcome.status == "paused":
+        _paused(db, job, hp, shutdown=callbacks.shutdown_requested)
+    else:
+        with db.tx() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status='cancelled', finished_at=?, worker_pid=NULL, estimated_finish=NULL "
+                "WHERE id=? AND status='running'",
+                (now(), job_id),
+            ).rowcount
+            if changed:
+                add_event(db, job_id, job["owner"], "Fine-tuning job cancelled", conn=conn)
+            conn.execute(
+                "UPDATE jobs SET worker_pid=NULL, hyperparameters=? WHERE id=?", (json.dumps(hp), job_id)
+            )
+
+
+def _spec(db: Database, layout: Layout, job: sqlite3.Row, metrics_every: int) -> TrainingSpec:
+    def path_of(file_id: str, param: str) -> Path:
+        row = db.one("SELECT path FROM files WHERE id=?", (file_id,))
+        if row is None:
+            raise TrainingError(
+                f"invalid_{param}", f"File '{file_id}' was deleted before training started.", param
+            )
+        return Path(row["path"])
+
+    hp = json.loads(job["hyperparameters"])
+    return TrainingSpec(
+        job_id=job["id"],
+        base_model=job["base_model_ref"],
+        training_file=path_of(job["training_file"], "training_file"),
+        validation_file=path_of(job["validation_file"], "validation_file")
+        if job["validation_file"]
+        else None,
+        output_dir=layout.jobs / job["id"],
+        method=job["method_type"],
+        n_epochs=hp["n_epochs"],
+        batch_size=hp["batch_size"],
+        learning_rate_multiplier=hp["learning_rate_multiplier"],
+        beta=hp["beta"],
+        seed=job["seed"],
+        resume=bool(job["resume"]),
+        metrics_every_n_steps=metrics_every,
+    )
+
+
+def _metrics_csv(db: Database, job_id: str) -> bytes:
+    rows = [
+        json.loads(r["data"])
+        for r in db.all("SELECT data FROM events WHERE job_id=? AND type='metrics' ORDER BY seq", (job_id,))
+        if r["data"]
+    ]
+    extra = sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*METRIC_COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in writer.fieldnames})
+    return buf.getvalue().encode("utf-8")
+
+
+def _succeed(
+    db: Database,
+    layout: Layout,
+    job: sqlite3.Row,
+    model_id: str,
+    outcome: TrainingOutcome,
+    hp: dict[str, Any],
+) -> None:
+    job_id, owner = job["id"], job["owner"]
+    if outcome.final_model_dir is None:
+        fail_job(
+            db,
+            job_id,
+            "training_error",
+            "The trainer reported success without a model directory.",
+            from_statuses=("running",),
+        )
+        return
+    result_id = new_file_id()
+    result_path = layout.files / result_id
+    content = _metrics_csv(db, job_id)
+    tmp = layout.tmp / f"{result_id}.part"
+    tmp.write_bytes(content)
+    os.replace(tmp, result_path)
+    with db.tx() as conn:
+        changed = conn.execute(
+            "UPDATE jobs SET status='succeeded', fine_tuned_model=?, finished_at=?, trained_tokens=?, result_files=?, "
+            "hyperparameters=?, estimated_finish=NULL, worker_pid=NULL, error=NULL WHERE id=? AND status='running'",
+            (model_id, now(), outcome.trained_tokens, json.dumps([result_id]), json.dumps(hp), job_id),
+        ).rowcount
+        if not changed:  # cancelled at the very end: keep the cancellation, drop the result
+            result_path.unlink(missing_ok=True)
+            return
+        conn.execute(
+            "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                result_id,
+                owner,
+                now(),
+                len(content),
+                "step_metrics.csv",
+                "fine-tune-results",
+                "processed",
+                str(result_path),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO models (id, owner, created_at, path, kind, job_id) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET path=excluded.path",
+            (model_id, owner, now(), str(Path(outcome.final_model_dir).resolve()), "fine-tuned", job_id),
+        )
+        add_event(db, job_id, owner, f"New fine-tuned model created: {model_id}", conn=conn)
+        add_event(db, job_id, owner, "The job has successfully completed", conn=conn)
+
+
+def _paused(db: Database, job: sqlite3.Row, hp: dict[str, Any], *, shutdown: bool) -> None:
+    job_id, owner = job["id"], job["owner"]
+    with db.tx() as conn:
+        row = conn.execute("SELECT status, control FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None or row["status"] != "running":
+            return
+        if shutdown and row["control"] != "pause":
+            conn.execute(
+                "UPDATE jobs SET status='queued', resume=1, worker_pid=NULL, estimated_finish=NULL, hyperparameters=? WHERE id=?",
+                (json.dumps(hp), job_id),
+            )
+            add_event(
+                db,
+                job_id,
+                owner,
+                "Backend shutting down: checkpoint saved, job re-queued to resume",
+                conn=conn,
+            )
+        else:
+            conn.execute(
+                "UPDATE jobs SET status='paused', control='continue', worker_pid=NULL, estimated_finish=NULL, hyperparameters=? "
+                "WHERE id=?",
+                (json.dumps(hp), job_id),
+            )
+            add_event(db, job_id, owner, "Fine-tuning job paused", conn=conn)
