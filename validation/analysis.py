@@ -46,6 +46,33 @@ class StatsAccumulator:
         self.billable += tokens
         return False
 
+    def merge_fast(
+        self,
+        *,
+        examples: int,
+        tokens: int,
+        min_tokens: int,
+        max_tokens: int,
+        roles: dict[str, int],
+        with_system: int,
+        multi_turn: int,
+    ) -> None:
+        """Fold in totals the validator's fast lane kept in locals (all within the token limit)."""
+        if not examples:
+            return
+        if self.examples == 0 or min_tokens < self.min_tokens:
+            self.min_tokens = min_tokens
+        self.max_tokens = max(self.max_tokens, max_tokens)
+        self.examples += examples
+        self.total_tokens += tokens
+        self.billable += tokens
+        self.messages += sum(roles.values())
+        for role, n in roles.items():
+            if n:
+                self.role_counts[role] = self.role_counts.get(role, 0) + n
+        self.with_system += with_system
+        self.multi_turn += multi_turn
+
     def freeze(self, *, lines: int, nbytes: int, n_epochs: int) -> DatasetStats:
         """The final immutable statistics."""
         return DatasetStats(

@@ -10,11 +10,12 @@ from typing import Any, Literal
 import orjson
 
 from validation.analysis import StatsAccumulator, analyze_chat, analyze_preference
-from validation.fastpath import chat_errors, preference_errors
+from validation.fastpath import chat_errors, preference_errors, simple_chat
 from validation.hashlog import HashLog
 from validation.models import Issue, Kind, Severity, ValidationReport
 from validation.schema_errors import json_type, schema_issues
 from validation.sniff import ARRAY_HINT, sniff
+from validation.tokens import TOKENS_PER_EXAMPLE, TOKENS_PER_MESSAGE
 
 KindArg = Literal["auto", "chat", "preference"]
 DEFAULT_MIN_EXAMPLES = 10
@@ -156,7 +157,13 @@ def validate_file_with_hashes(
             analyze = analyze_chat if resolved == "chat" else analyze_preference
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        add = hashes.add
+        hash_append = hashes.hashes.append
+        line_append = hashes.lines.append
+        simple: Callable[[object], tuple[int, int, int, int, int] | None] | None = (
+            simple_chat if resolved == "chat" else None
+        )
+        s_examples = s_tokens = s_max = s_sys = s_user = s_asst = s_dev = s_with_system = s_multi = 0
+        s_min = 1 << 62
         readline = f.readline
         limit = max_line_bytes + 2  # room for "\r\n"
         data_lines = 0
@@ -171,7 +178,9 @@ def validate_file_with_hashes(
             n = len(raw)
             offset = nbytes
             nbytes += n
-            # Strip the line terminator; note CRLF once.
+            # Measure without the line terminator; note CRLF once. orjson ignores trailing whitespace,
+            # so the line is parsed and hashed as read (a copy per line costs more than the hash).
+            body = raw
             if raw[-1] == 10:
                 end = n - 1
                 if end and raw[end - 1] == 13:
@@ -184,10 +193,10 @@ def validate_file_with_hashes(
                             "file uses Windows (CRLF) line endings; accepted, but LF is preferred",
                             "warning",
                         )
-                body = raw[:end]
+                    body = raw[:end] + b"\n"  # hash CRLF and LF copies of an example alike
             else:
                 end = n
-                body = raw
+                body = raw + b"\n"  # last line without a newline: hash it like the others
             if end > max_line_bytes:
                 if n == limit and raw[-1] != 10:
                     # Skip the rest of an over-long line without holding it in memory.
@@ -216,6 +225,28 @@ def validate_file_with_hashes(
             except decode_error as err:
                 sink.add(lines, "$", _json_error(body, err, offset))
                 continue
+            if simple is not None:
+                got = simple(obj)
+                if got is not None:
+                    tokens, n_sys, n_user, n_asst, n_dev = got
+                    tokens += TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (n_sys + n_user + n_asst + n_dev)
+                    if tokens <= token_limit:
+                        # Fast lane: valid, warning-free chat example; tallied in locals for speed.
+                        s_examples += 1
+                        s_tokens += tokens
+                        if tokens < s_min:
+                            s_min = tokens
+                        if tokens > s_max:
+                            s_max = tokens
+                        s_sys += n_sys
+                        s_user += n_user
+                        s_asst += n_asst
+                        s_dev += n_dev
+                        s_with_system += n_sys + n_dev > 0
+                        s_multi += n_asst > 1
+                        hash_append(hash(body))
+                        line_append(lines)
+                        continue
             if check is None or analyze is None:
                 if type(obj) is not dict:
                     first_line_list = lines == 1 and type(obj) is list
@@ -224,22 +255,34 @@ def validate_file_with_hashes(
                 resolved = _detect_kind(obj)
                 check = chat_errors if resolved == "chat" else preference_errors
                 analyze = analyze_chat if resolved == "chat" else analyze_preference
+                simple = simple_chat if resolved == "chat" else None
             bad = check(obj)
             if bad:
                 if sink.errors_full:
                     sink.count_errors(len(bad))
                     continue
                 found = schema_issues(obj, resolved or "chat")
-                if not found:  # the fast path and the schema disagree; trust the schema's silence less
+                if not found:  # fast path and schema disagree (a bug): still report, never pass silently
                     found = [(field, "does not match the schema") for field in bad]
                 for field, message in found:
                     sink.add(lines, field, message)
                 continue
-            add(hash(body), lines)
+            hash_append(hash(body))
+            line_append(lines)
             warnings = analyze(obj, acc)
             if warnings:
                 for field, message in warnings:
                     sink.add(lines, field, message, "warning")
+
+        acc.merge_fast(
+            examples=s_examples,
+            tokens=s_tokens,
+            min_tokens=s_min,
+            max_tokens=s_max,
+            roles={"system": s_sys, "developer": s_dev, "user": s_user, "assistant": s_asst},
+            with_system=s_with_system,
+            multi_turn=s_multi,
+        )
 
     if nbytes == 0:
         sink.add(0, "$", "file is empty")

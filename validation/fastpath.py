@@ -182,3 +182,41 @@ def preference_errors(obj: object) -> list[str]:
     _output_errors(obj, "preferred_output", out)
     _output_errors(obj, "non_preferred_output", out)
     return out
+
+
+def simple_chat(obj: object) -> tuple[int, int, int, int, int] | None:
+    """Accept the common shape in one tight loop: ``{"messages": [...]}`` whose messages are all
+    ``{"role": system|developer|user|assistant, "content": non-blank str}``, with an assistant message last.
+
+    Returns (text tokens, system-or-developer count, user count, assistant count, developer count) or
+    None when the example needs the general path (anything else, including every invalid example).
+    Whatever it accepts is valid under chat.schema.json and raises no warning except the token limit.
+    """
+    if type(obj) is not dict or len(obj) != 1:
+        return None
+    msgs = obj.get("messages")
+    if type(msgs) is not list or not msgs:
+        return None
+    tokens = n_sys = n_user = n_asst = n_dev = 0
+    role = None
+    for m in msgs:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        content = m.get("content")
+        if type(content) is not str or not content or content.isspace():
+            return None
+        role = m.get("role")
+        if role == "assistant":
+            n_asst += 1
+        elif role == "user":
+            n_user += 1
+        elif role == "system":
+            n_sys += 1
+        elif role == "developer":
+            n_dev += 1
+        else:
+            return None
+        tokens += (len(content) + 3) >> 2  # ceil(chars / 4), see validation.tokens
+    if role != "assistant":
+        return None
+    return tokens, n_sys, n_user, n_asst, n_dev
