@@ -95,7 +95,6 @@ def open_connection(base_url: str | None = None, on_behalf_of: str | None = None
 
     # Imported lazily: a remote run never needs the backend's heavier dependencies.
     from backend.launcher import start_backend
-
     from backend.settings import BackendSettings
 
     bs = BackendSettings()

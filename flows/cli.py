@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         except DatasetInvalid as exc:
             console.print("[red]dataset invalid; nothing was uploaded:[/red]")
             for line in exc.issues:
-                console.print(f"  {line}", markup=False, highlight=False)
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
             return EXIT_FAILED
         except JobFailed as exc:
             console.print(
@@ -186,12 +186,13 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         report = validate_file(path, kind=args.kind)
         errors = [str(i) for i in report.errors]
         warnings = [str(i) for i in report.warnings]
+        n_err, n_warn = report.error_count_total, report.warning_count_total
         verdict = "[green]ok[/green]" if report.ok else "[red]INVALID[/red]"
-        console.print(f"{path}: {verdict} ({len(errors)} error(s), {len(warnings)} warning(s))")
-        for line in cap_issues(errors, args.max_issues):
-            console.print(f"  error: {line}", markup=False, highlight=False)
-        for line in cap_issues(warnings, max(0, args.max_issues - len(errors))):
-            console.print(f"  warning: {line}", markup=False, highlight=False)
+        console.print(f"{path}: {verdict} ({n_err} error(s), {n_warn} warning(s))")
+        for line in cap_issues(errors, args.max_issues, total=n_err):
+            console.print(f"  error: {line}", markup=False, highlight=False, soft_wrap=True)
+        for line in cap_issues(warnings, max(0, args.max_issues - len(errors)), total=n_warn):
+            console.print(f"  warning: {line}", markup=False, highlight=False, soft_wrap=True)
         if report.ok:
             stats = stats_dict(report.stats)
             console.print(

@@ -58,7 +58,7 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
     state_dir = params.state_dir or default_state_dir()
     flow_run_id = current_flow_run.get_id()
 
-    validate_dataset_task(train_path, validation_path, n_epochs=params.epochs_for_estimate())
+    validate_dataset_task(train_path, validation_path, n_epochs=params.hyperparameters.n_epochs)
 
     with (
         open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,

@@ -17,7 +17,6 @@ AutoFloat = float | Literal["auto"]
 TRAIN_NAMES = ("train.jsonl", "training.jsonl")
 VALIDATION_NAMES = ("validation.jsonl", "valid.jsonl", "val.jsonl")
 SMOKE_NAMES = ("smoke.jsonl",)
-DEFAULT_EPOCHS_FOR_ESTIMATE = 3
 
 
 class Hyperparameters(BaseModel):
@@ -129,11 +128,6 @@ class FineTuneParams(BaseModel):
     def smoke_path(self) -> Path | None:
         """The smoke prompts file, if any."""
         return self.smoke_file or self._from_dir(SMOKE_NAMES)
-
-    def epochs_for_estimate(self) -> int:
-        """Epochs used to estimate billed tokens (the server's default when ``auto``)."""
-        n = self.hyperparameters.n_epochs
-        return n if isinstance(n, int) else DEFAULT_EPOCHS_FOR_ESTIMATE
 
     def job_method(self) -> Method:
         """The wire ``method`` object."""

@@ -27,6 +27,7 @@ IDEMPOTENCY_KEY = "ftpipe_idempotency_key"
 FLOW_RUN_KEY = "ftpipe_flow_run_id"
 # How many recent jobs to scan client-side when the server ignores the metadata filter.
 RECENT_JOBS_SCAN = 200
+FILTERED_JOBS_SCAN = 1000
 _DEAD = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
@@ -93,10 +94,17 @@ def find_existing_job(
             picked = _pick([job], fresh_if_dead)
             if picked is not None:
                 return picked, "index"
-    filtered = [j for j in client.jobs.list(metadata={IDEMPOTENCY_KEY: key}) if _matches(j, key)]
+    # Filter client-side too (a server may ignore the filter), and bound the walk in case it does.
+    filtered: list[FineTuningJob] = []
+    for n, job in enumerate(client.jobs.list(metadata={IDEMPOTENCY_KEY: key})):
+        if n >= FILTERED_JOBS_SCAN:
+            break
+        if _matches(job, key):
+            filtered.append(job)
     picked = _pick(filtered, fresh_if_dead)
     if picked is not None:
         return picked, "metadata-filter"
+    # A server that mis-parses the filter may return nothing: scan the most recent jobs ourselves.
     recent: list[FineTuningJob] = []
     for n, job in enumerate(client.jobs.list()):
         if n >= RECENT_JOBS_SCAN:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
 from tasks import _runtime
 from tasks.errors import DatasetInvalid
 from tasks.progress import ProgressUpdate, publish
-from validation import ValidationReport, validate_dataset
+from validation import DatasetReport, DatasetStats, validate_dataset
 
 # Enough to locate the problems on one screen; the count says how many more there are.
 MAX_SHOWN_ISSUES = 20
@@ -29,42 +27,56 @@ class ValidationSummary:
     warnings: list[str]
     n_errors: int
     n_warnings: int
-    stats: dict[str, Any]
+    stats: dict[str, dict[str, Any]]
+    estimated_billed_tokens: int
 
 
-def cap_issues(issues: list[str], limit: int = MAX_SHOWN_ISSUES) -> list[str]:
-    """First ``limit`` messages plus a ``... and N more`` line."""
-    if len(issues) <= limit:
-        return list(issues)
-    return [*issues[:limit], f"... and {len(issues) - limit} more"]
+def cap_issues(issues: list[str], limit: int = MAX_SHOWN_ISSUES, total: int | None = None) -> list[str]:
+    """First ``limit`` messages plus a ``... and N more`` line (``total`` counts issues not even kept)."""
+    total = len(issues) if total is None else max(total, len(issues))
+    shown = issues[:limit]
+    if total <= len(shown):
+        return list(shown)
+    return [*shown, f"... and {total - len(shown)} more"]
 
 
-def stats_dict(stats: Any) -> dict[str, Any]:
-    """Flatten the validator's stats object (dataclass or pydantic) into plain JSON-able values."""
-    if stats is None:
-        return {}
-    if isinstance(stats, BaseModel):
-        raw = stats.model_dump(mode="json")
-    elif dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-        raw = dataclasses.asdict(stats)
-    elif isinstance(stats, dict):
-        raw = dict(stats)
-    else:
-        raw = {k: v for k, v in vars(stats).items() if not k.startswith("_")}
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in raw.items()}
+STAT_FIELDS = (
+    "examples",
+    "messages",
+    "min_tokens",
+    "mean_tokens",
+    "max_tokens",
+    "total_tokens",
+    "examples_over_limit",
+    "n_epochs",
+    "estimated_billed_tokens",
+)
 
 
-def summarize(report: ValidationReport) -> ValidationSummary:
-    """Turn a report into located strings + stats."""
-    errors = [str(i) for i in report.errors]
-    warnings = [str(i) for i in report.warnings]
+def stats_dict(stats: DatasetStats) -> dict[str, Any]:
+    """The headline statistics of one file (tokens per example, billed-token estimate = tokens x epochs)."""
+    return {
+        k: (round(v, 1) if isinstance(v, float) else v)
+        for k, v in ((f, getattr(stats, f)) for f in STAT_FIELDS)
+    }
+
+
+def summarize(report: DatasetReport) -> ValidationSummary:
+    """Turn a dataset report into located strings + per-file stats."""
+    reports = [("training", report.train)] + (
+        [("validation", report.validation)] if report.validation else []
+    )
+    n_errors = sum(r.error_count_total for _, r in reports)
+    n_warnings = sum(r.warning_count_total for _, r in reports) + report.overlap_count_total
+    stats = {role: stats_dict(r.stats) for role, r in reports}
     return ValidationSummary(
         ok=bool(report.ok),
-        errors=cap_issues(errors),
-        warnings=cap_issues(warnings),
-        n_errors=len(errors),
-        n_warnings=len(warnings),
-        stats=stats_dict(report.stats),
+        errors=cap_issues([str(i) for i in report.errors], total=n_errors),
+        warnings=cap_issues([str(i) for i in report.warnings], total=n_warnings),
+        n_errors=n_errors,
+        n_warnings=n_warnings,
+        stats=stats,
+        estimated_billed_tokens=report.estimated_billed_tokens,
     )
 
 
@@ -75,6 +87,7 @@ def _markdown(train: Path, validation: Path | None, s: ValidationSummary) -> str
         f"- training file: `{train}`",
         f"- validation file: `{validation or '-'}`",
         f"- {s.n_errors} error(s), {s.n_warnings} warning(s)",
+        f"- estimated billed tokens: {s.estimated_billed_tokens}",
         "",
     ]
     for title, issues in (("Errors", s.errors), ("Warnings", s.warnings)):
@@ -85,7 +98,7 @@ def _markdown(train: Path, validation: Path | None, s: ValidationSummary) -> str
 
 @task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False)
 def validate_dataset_task(
-    train_path: Path, validation_path: Path | None = None, n_epochs: int = 3
+    train_path: Path, validation_path: Path | None = None, n_epochs: int | Literal["auto"] = "auto"
 ) -> ValidationSummary:
     """Validate the dataset; raise ``DatasetInvalid`` (listing located issues) when it has errors."""
     log = _runtime.run_logger()
@@ -110,7 +123,7 @@ def validate_dataset_task(
         description="dataset validation report",
     )
     _runtime.table(
-        [{"statistic": k, "value": str(v)} for k, v in summary.stats.items()],
+        [{"file": role, **values} for role, values in summary.stats.items()],
         key=_runtime.artifact_key("dataset-stats"),
         description="dataset statistics",
     )

@@ -1,0 +1,119 @@
+"""wait_for_job_task: paused, 429 Retry-After, 5xx, timeouts, failure and give-up behaviour."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from client.errors import AuthenticationError, InternalServerError
+from tasks.errors import JobFailed, JobTimeout
+from tasks.progress import ProgressUpdate, subscribe
+from tasks.wait import PollPolicy, wait_for_job_task
+from tests.pipeline.fake_api import FakeMKA1
+
+FAST = PollPolicy(interval_s=1.0, max_interval_s=4.0, backoff=2.0, timeout_s=600.0, max_consecutive_errors=3)
+
+
+class FakeTime:
+    """A clock that only moves when the task sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def _job(fake: FakeMKA1) -> str:
+    with fake.client() as c:
+        from client.models import JobCreateRequest
+
+        return c.jobs.create(JobCreateRequest(model="m", training_file="file-1")).id
+
+
+def _wait(fake: FakeMKA1, job_id: str, t: FakeTime, policy: PollPolicy = FAST):
+    with fake.client() as c:
+        return wait_for_job_task.fn(c, job_id, policy, sleep=t.sleep, clock=t.clock)
+
+
+def test_paused_429_503_then_success(fake: FakeMKA1, caplog: pytest.LogCaptureFixture) -> None:
+    fake.timeline = ["queued", "running", "paused", "paused", "running", "succeeded"]
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 429, headers={"Retry-After": "7"})
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}/events", 503)
+    t = FakeTime()
+    updates: list[ProgressUpdate] = []
+    with caplog.at_level(logging.INFO, logger="ftpipe.tasks"), subscribe(updates.append):
+        job = _wait(fake, job_id, t)
+    assert job.status == "succeeded" and job.fine_tuned_model
+    assert t.sleeps[0] == 7.0  # honoured Retry-After
+    assert 2.0 <= t.sleeps[1] <= 2.5  # second error in a row: doubled interval plus jitter
+    text = caplog.text
+    assert "paused" in text and "status -> succeeded" in text and "step 2" in text
+    statuses = [u.job_status for u in updates if u.job_status]
+    assert "paused" in statuses and statuses[-1] == "succeeded"
+    assert any(u.fraction is not None for u in updates)
+
+
+def test_interval_grows_while_nothing_changes(fake: FakeMKA1) -> None:
+    fake.timeline = ["queued"] + ["paused"] * 6 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    _wait(fake, job_id, t)
+    # queued (change) -> 1s; paused (change) -> 1s; then unchanged polls back off 2, 4, 4 (capped) ...
+    assert t.sleeps[:5] == [1.0, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_failed_job_raises_with_code_and_message(fake: FakeMKA1) -> None:
+    fake.timeline = ["running", "failed"]
+    fake.error = {"code": "invalid_training_file", "message": "line 3 is broken"}
+    job_id = _job(fake)
+    with pytest.raises(JobFailed) as info:
+        _wait(fake, job_id, FakeTime())
+    assert (info.value.code, info.value.message, info.value.status) == (
+        "invalid_training_file",
+        "line 3 is broken",
+        "failed",
+    )
+    assert job_id in str(info.value)
+
+
+def test_timeout(fake: FakeMKA1) -> None:
+    fake.timeline = ["running"] * 100
+    job_id = _job(fake)
+    t = FakeTime()
+    with pytest.raises(JobTimeout):
+        _wait(fake, job_id, t, PollPolicy(interval_s=1.0, max_interval_s=2.0, timeout_s=10.0))
+    assert t.now <= 10.0 + 1e-9
+
+
+def test_gives_up_after_bounded_consecutive_transient_errors(fake: FakeMKA1) -> None:
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 502, count=4)
+    t = FakeTime()
+    with pytest.raises(InternalServerError):
+        _wait(fake, job_id, t)
+    assert len(t.sleeps) == 3  # max_consecutive_errors
+
+
+def test_connection_errors_are_absorbed(fake: FakeMKA1) -> None:
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 0, exc=httpx.ReadTimeout("slow"))
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}/events", 0, exc=httpx.RemoteProtocolError("reset"))
+    assert _wait(fake, job_id, FakeTime()).status == "succeeded"
+
+
+def test_non_transient_error_fails_immediately(fake: FakeMKA1) -> None:
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 401)
+    t = FakeTime()
+    with pytest.raises(AuthenticationError):
+        _wait(fake, job_id, t)
+    assert t.sleeps == []
