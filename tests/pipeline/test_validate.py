@@ -62,7 +62,7 @@ def test_cli_validate_exit_codes(
     out = capsys.readouterr().out
     located = [line for line in out.splitlines() if line.strip().startswith("error:")]
     assert any(line.strip().startswith(f"error: {bad}:13: messages.0.role:") for line in located), out
-    assert len(located) == 5
+    assert len(located) == 6 and located[-1].strip() == "error: ... and 75 more"
     assert len(out.splitlines()) < 40  # fits on a screen despite 40+ issues
     assert "more" in out
     assert main(["validate", str(tmp_path / "missing.jsonl")]) == 1
