@@ -51,6 +51,13 @@ class IssueSink:
             if len(self.warnings) < self.max_issues:
                 self.warnings.append(Issue(self.file, line, field, message, "warning"))
 
+    def replace_line_errors(self, line: int, issue: Issue) -> None:
+        """Swap every error of ``line`` for one better-explained file-level ``issue``."""
+        kept = [i for i in self.errors if i.line != line]
+        self.error_total -= len(self.errors) - len(kept)
+        self.errors = [*kept, issue]
+        self.error_total += 1
+
     def count_errors(self, n: int) -> None:
         self.error_total += n
 
@@ -169,6 +176,7 @@ def validate_file_with_hashes(
         data_lines = 0
         crlf_seen = False
         first_line_list = False
+        kind_checked = False
 
         while True:
             raw = readline(limit)
@@ -253,9 +261,21 @@ def validate_file_with_hashes(
                     sink.add(lines, "$", f"each line must be a JSON object {{...}}, got {json_type(obj)}")
                     continue
                 resolved = _detect_kind(obj)
+                kind_checked = True
                 check = chat_errors if resolved == "chat" else preference_errors
                 analyze = analyze_chat if resolved == "chat" else analyze_preference
                 simple = simple_chat if resolved == "chat" else None
+            if not kind_checked:
+                kind_checked = True
+                looks = _detect_kind(obj) if type(obj) is dict else resolved
+                if looks != resolved:
+                    sink.add(
+                        0,
+                        "$",
+                        f"expected {resolved} examples, but line {lines} is in {looks} format; "
+                        f"pass kind={looks!r} or fix the file",
+                    )
+                    return finish()
             bad = check(obj)
             if bad:
                 if sink.errors_full:
@@ -289,7 +309,7 @@ def validate_file_with_hashes(
     elif data_lines == 0:
         sink.add(0, "$", "file has no examples (only blank lines)")
     elif first_line_list and lines == 1:
-        sink.add(0, "$", ARRAY_HINT)
+        sink.replace_line_errors(1, Issue(name, 0, "$", ARRAY_HINT, "error"))
     elif data_lines < min_examples:
         sink.add(
             0, "$", f"only {data_lines} examples; at least {min_examples} are required (50-100 recommended)"
