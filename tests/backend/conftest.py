@@ -63,11 +63,16 @@ class Api:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def create_job(self, file_id: str, n_epochs: int = 2, batch_size: int = 4, **extra: Any) -> dict[str, Any]:
+    def create_job(
+        self, file_id: str, n_epochs: int = 2, batch_size: int = 4, **extra: Any
+    ) -> dict[str, Any]:
         body = {
             "model": "local:micro-chat",
             "training_file": file_id,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": n_epochs, "batch_size": batch_size}}},
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": n_epochs, "batch_size": batch_size}},
+            },
             **extra,
         }
         with self.client() as c:

@@ -15,7 +15,9 @@ from tests.backend.conftest import SMALL_UPLOAD_LIMIT, TERMINAL, Api, write_chat
 pytestmark = pytest.mark.integration
 
 
-def assert_error(r: httpx.Response, status: int, param: str | None = "<any>", code: str | None = None) -> dict[str, Any]:
+def assert_error(
+    r: httpx.Response, status: int, param: str | None = "<any>", code: str | None = None
+) -> dict[str, Any]:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
@@ -49,25 +51,53 @@ def test_unknown_route_and_method(api: Api) -> None:
 
 def test_openai_prefix_alias(backend: RunningBackend) -> None:
     root = backend.base_url.removesuffix("/api/v1/llm")
-    with httpx.Client(base_url=root + "/v1", headers={"Authorization": f"Bearer {backend.api_key.get_secret_value()}"}) as c:
+    with httpx.Client(
+        base_url=root + "/v1", headers={"Authorization": f"Bearer {backend.api_key.get_secret_value()}"}
+    ) as c:
         assert c.get("/files").json()["object"] == "list"
 
 
 def test_upload_errors(api: Api, backend: RunningBackend, tmp_path: Path) -> None:
     good = write_chat_jsonl(tmp_path / "ok.jsonl").read_bytes()
     with api.client() as c:
-        assert_error(c.post("/files", files={"file": ("a.jsonl", good)}, data={"purpose": "nonsense"}), 400, param="purpose")
+        assert_error(
+            c.post("/files", files={"file": ("a.jsonl", good)}, data={"purpose": "nonsense"}),
+            400,
+            param="purpose",
+        )
         assert_error(c.post("/files", files={"file": ("a.jsonl", good)}), 400, param="purpose")
-        assert_error(c.post("/files", data={"purpose": "fine-tune"}, files={"other": ("x", b"1")}), 400, param="file")
+        assert_error(
+            c.post("/files", data={"purpose": "fine-tune"}, files={"other": ("x", b"1")}), 400, param="file"
+        )
         assert_error(c.post("/files", json={"purpose": "fine-tune"}), 400, param="file")
-        err = assert_error(c.post("/files", files={"file": ("a.jsonl", good + b"{not json}\n")}, data={"purpose": "fine-tune"}), 400, param="file")
+        err = assert_error(
+            c.post(
+                "/files", files={"file": ("a.jsonl", good + b"{not json}\n")}, data={"purpose": "fine-tune"}
+            ),
+            400,
+            param="file",
+        )
         assert "line 17" in err["message"]
-        err = assert_error(c.post("/files", files={"file": ("a.jsonl", b'{"a": 1}\n[1, 2]\n')}, data={"purpose": "fine-tune"}), 400, param="file")
+        err = assert_error(
+            c.post(
+                "/files", files={"file": ("a.jsonl", b'{"a": 1}\n[1, 2]\n')}, data={"purpose": "fine-tune"}
+            ),
+            400,
+            param="file",
+        )
         assert "line 2" in err["message"]
-        assert_error(c.post("/files", files={"file": ("a.jsonl", b'{"a": "\xff\xfe"}\n')}, data={"purpose": "fine-tune"}), 400, param="file")
+        assert_error(
+            c.post(
+                "/files", files={"file": ("a.jsonl", b'{"a": "\xff\xfe"}\n')}, data={"purpose": "fine-tune"}
+            ),
+            400,
+            param="file",
+        )
         # truncated multipart body
         body = b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc'
-        assert_error(c.post("/files", content=body, headers={"Content-Type": "multipart/form-data; boundary=XYZ"}), 400)
+        assert_error(
+            c.post("/files", content=body, headers={"Content-Type": "multipart/form-data; boundary=XYZ"}), 400
+        )
         # non-JSONL content is fine for other purposes; the filename is sanitised
         raw = (
             b'--XYZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
@@ -85,9 +115,18 @@ def test_oversize_upload_413_leaves_nothing(api: Api, backend: RunningBackend) -
     before = set(files_dir.iterdir())
     with api.client() as c:
         n_before = len(c.get("/files").json()["data"])
-        line = json.dumps({"messages": [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "y"}]}) + "\n"
+        line = (
+            json.dumps(
+                {"messages": [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "y"}]}
+            )
+            + "\n"
+        )
         big = (line * (SMALL_UPLOAD_LIMIT // len(line) + 10)).encode()
-        assert_error(c.post("/files", files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"}), 413, code="file_too_large")
+        assert_error(
+            c.post("/files", files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"}),
+            413,
+            code="file_too_large",
+        )
         assert len(c.get("/files").json()["data"]) == n_before
     assert not list((backend.data_dir / "tmp").iterdir())
     assert set(files_dir.iterdir()) == before
@@ -98,7 +137,9 @@ def test_json_body_errors(api: Api, train_file: Path) -> None:
     ok: dict[str, Any] = {"model": "local:micro-chat", "training_file": file_id}
     with api.client() as c:
         post = lambda body: c.post("/fine_tuning/jobs", json=body)  # noqa: E731
-        assert_error(c.post("/fine_tuning/jobs", content=b"{nope", headers={"Content-Type": "application/json"}), 400)
+        assert_error(
+            c.post("/fine_tuning/jobs", content=b"{nope", headers={"Content-Type": "application/json"}), 400
+        )
         assert_error(c.post("/fine_tuning/jobs", json=[1, 2]), 400)
         assert_error(post({"training_file": file_id}), 400, param="model")
         assert_error(post({**ok, "suffix": "s" * 65}), 400, param="suffix")
@@ -108,17 +149,32 @@ def test_json_body_errors(api: Api, train_file: Path) -> None:
         bad_hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "lots"}}}
         assert_error(post({**ok, "method": bad_hp}), 400, param="method.supervised.hyperparameters.n_epochs")
         assert_error(post({**ok, "method": {"type": "rlhf"}}), 400, param="method.type")
-        assert_error(post({**ok, "hyperparameters": {"batch_size": 0}}), 400, param="hyperparameters.batch_size")
+        assert_error(
+            post({**ok, "hyperparameters": {"batch_size": 0}}), 400, param="hyperparameters.batch_size"
+        )
         assert_error(post({**ok, "model": "gpt-17"}), 404, param="model", code="model_not_found")
         assert_error(post({**ok, "model": "local:/definitely/not/here"}), 404, param="model")
         assert_error(post({**ok, "training_file": "file-000"}), 404, param="training_file")
         assert_error(post({**ok, "validation_file": "file-000"}), 404, param="validation_file")
-        other = c.post("/files", files={"file": ("n.txt", b"hello")}, data={"purpose": "user_data"}).json()["id"]
+        other = c.post("/files", files={"file": ("n.txt", b"hello")}, data={"purpose": "user_data"}).json()[
+            "id"
+        ]
         assert_error(post({**ok, "training_file": other}), 400, param="training_file")
         assert_error(c.post("/fine_tuning/jobs", json={**ok, "suffix": "x" * 40_000}), 413)
         assert_error(c.post("/responses", json={"model": "ft:nope", "input": "hi"}), 404, param="model")
-        assert_error(c.post("/responses", json={"model": "local:micro-chat", "input": "hi", "temperature": 5}), 400, param="temperature")
-        assert_error(c.post("/responses", json={"model": "local:micro-chat", "input": "hi", "previous_response_id": "resp_x"}), 404, param="previous_response_id")
+        assert_error(
+            c.post("/responses", json={"model": "local:micro-chat", "input": "hi", "temperature": 5}),
+            400,
+            param="temperature",
+        )
+        assert_error(
+            c.post(
+                "/responses",
+                json={"model": "local:micro-chat", "input": "hi", "previous_response_id": "resp_x"},
+            ),
+            404,
+            param="previous_response_id",
+        )
 
 
 def test_illegal_transitions_409(api: Api, train_file: Path, trained_job: dict[str, Any]) -> None:
@@ -155,7 +211,9 @@ def test_files_list_order_and_cursor(api: Api, tmp_path: Path) -> None:
     ids = [owner_api.upload(write_chat_jsonl(tmp_path / f"f{i}.jsonl", n=10 + i))["id"] for i in range(3)]
     with owner_api.client() as c:
         asc = c.get("/files", params={"order": "asc"}).json()
-        assert [f["id"] for f in asc["data"]] == ids and asc["first_id"] == ids[0] and asc["last_id"] == ids[-1]
+        assert (
+            [f["id"] for f in asc["data"]] == ids and asc["first_id"] == ids[0] and asc["last_id"] == ids[-1]
+        )
         desc = c.get("/files", params={"limit": 2}).json()
         assert [f["id"] for f in desc["data"]] == ids[::-1][:2] and desc["has_more"]
         rest = c.get("/files", params={"limit": 2, "after": desc["last_id"]}).json()

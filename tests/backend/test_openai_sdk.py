@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sdk(backend: RunningBackend) -> openai.OpenAI:
-    return openai.OpenAI(base_url=backend.base_url, api_key=backend.api_key.get_secret_value(), max_retries=0, timeout=120)
+    return openai.OpenAI(
+        base_url=backend.base_url, api_key=backend.api_key.get_secret_value(), max_retries=0, timeout=120
+    )
 
 
 def _status(sdk: openai.OpenAI, job_id: str, statuses: set[str]) -> Any:
@@ -65,7 +67,9 @@ def test_pause_resume_to_success_then_responses(sdk: openai.OpenAI, train_file: 
     assert checkpoints and all(c.metrics.train_loss is not None for c in checkpoints)
     assert [j.id for j in sdk.fine_tuning.jobs.list(metadata={"suite": "sdk"})] == [job.id]
     assert done.fine_tuned_model is not None
-    resp = sdk.responses.create(model=done.fine_tuned_model, input="Say the color green.", max_output_tokens=12)
+    resp = sdk.responses.create(
+        model=done.fine_tuned_model, input="Say the color green.", max_output_tokens=12
+    )
     assert resp.output_text.strip()
     assert resp.usage is not None and resp.usage.output_tokens > 0
 
@@ -82,7 +86,12 @@ def test_cancel_running_job(sdk: openai.OpenAI, train_file: Path) -> None:
     with pytest.raises(openai.ConflictError):
         sdk.fine_tuning.jobs.cancel(job.id)
     # the worker stops and is free again: the next job gets to run
-    wait_for(lambda: "Cancelled at step" in " ".join(e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)))
+    wait_for(
+        lambda: (
+            "Cancelled at step"
+            in " ".join(e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100))
+        )
+    )
     assert sdk.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 

@@ -13,12 +13,16 @@ from tests.backend.conftest import Api
 pytestmark = pytest.mark.integration
 
 
-def test_other_owner_sees_nothing(backend: RunningBackend, api: Api, trained_job: dict[str, Any], train_file: Path) -> None:
+def test_other_owner_sees_nothing(
+    backend: RunningBackend, api: Api, trained_job: dict[str, Any], train_file: Path
+) -> None:
     stranger = Api(backend, owner="user-b")
     job_id, file_id = trained_job["id"], trained_job["training_file"]
     ckpt_model = None
     with api.client() as c:
-        ckpt_model = c.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][0]["fine_tuned_model_checkpoint"]
+        ckpt_model = c.get(f"/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][0][
+            "fine_tuned_model_checkpoint"
+        ]
     with stranger.client() as c:
         assert c.get(f"/files/{file_id}").status_code == 404
         assert c.get(f"/files/{file_id}/content").status_code == 404
@@ -36,7 +40,9 @@ def test_other_owner_sees_nothing(backend: RunningBackend, api: Api, trained_job
             r = c.post("/responses", json={"model": model, "input": "hi"})
             assert r.status_code == 404 and r.json()["error"]["param"] == "model"
         own = stranger.upload(train_file)
-        r = c.post("/fine_tuning/jobs", json={"model": trained_job["fine_tuned_model"], "training_file": own["id"]})
+        r = c.post(
+            "/fine_tuning/jobs", json={"model": trained_job["fine_tuned_model"], "training_file": own["id"]}
+        )
         assert r.status_code == 404 and r.json()["error"]["param"] == "model"
     # the file is still there for its owner
     with api.client() as c:

@@ -40,7 +40,13 @@ def test_job_succeeds_with_resolved_fields(trained_job: dict[str, Any]) -> None:
 def test_loss_decreases_and_lifecycle_events(api: Api, trained_job: dict[str, Any]) -> None:
     events = api.events(trained_job["id"])
     messages = [e["message"] for e in events]
-    for expected in ("Created fine-tuning job", "Files validated", "Job enqueued", "Fine-tuning job started", "successfully completed"):
+    for expected in (
+        "Created fine-tuning job",
+        "Files validated",
+        "Job enqueued",
+        "Fine-tuning job started",
+        "successfully completed",
+    ):
         assert any(expected in m for m in messages), (expected, messages)
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert len(metrics) >= 2
@@ -59,13 +65,22 @@ def test_checkpoints_have_all_metrics_and_work_in_responses(api: Api, trained_jo
             assert ck["fine_tuning_job_id"] == trained_job["id"]
             assert SIX_METRICS <= set(ck["metrics"]), ck["metrics"]
             assert ck["metrics"]["step"] == ck["step_number"]
-            r = c.post("/responses", json={"model": ck["fine_tuned_model_checkpoint"], "input": "Say the color red.", "max_output_tokens": 8})
+            r = c.post(
+                "/responses",
+                json={
+                    "model": ck["fine_tuned_model_checkpoint"],
+                    "input": "Say the color red.",
+                    "max_output_tokens": 8,
+                },
+            )
             assert r.status_code == 200, r.text
             assert r.json()["model"] == ck["fine_tuned_model_checkpoint"]
             assert r.json()["usage"]["output_tokens"] >= 1
         # after=<newest id> returns the older ones only
         if len(page["data"]) > 1:
-            older = c.get(f"/fine_tuning/jobs/{trained_job['id']}/checkpoints", params={"after": page["data"][0]["id"]}).json()
+            older = c.get(
+                f"/fine_tuning/jobs/{trained_job['id']}/checkpoints", params={"after": page["data"][0]["id"]}
+            ).json()
             assert [ck["id"] for ck in older["data"]] == [ck["id"] for ck in page["data"][1:]]
 
 
@@ -84,7 +99,12 @@ def test_responses_with_fine_tuned_model(api: Api, trained_job: dict[str, Any]) 
     with api.client() as c:
         r = c.post(
             "/responses",
-            json={"model": trained_job["fine_tuned_model"], "input": [{"type": "message", "role": "user", "content": "Say the color blue."}], "max_output_tokens": 12, "metadata": {"k": "v"}},
+            json={
+                "model": trained_job["fine_tuned_model"],
+                "input": [{"type": "message", "role": "user", "content": "Say the color blue."}],
+                "max_output_tokens": 12,
+                "metadata": {"k": "v"},
+            },
         )
         assert r.status_code == 200, r.text
         body = r.json()
@@ -93,6 +113,14 @@ def test_responses_with_fine_tuned_model(api: Api, trained_job: dict[str, Any]) 
         assert body["output"][0]["content"][0]["text"] == body["output_text"]
         u = body["usage"]
         assert u["total_tokens"] == u["input_tokens"] + u["output_tokens"] and u["input_tokens"] > 0
-        follow = c.post("/responses", json={"model": "local:micro-chat", "input": "And now?", "previous_response_id": body["id"], "max_output_tokens": 4})
+        follow = c.post(
+            "/responses",
+            json={
+                "model": "local:micro-chat",
+                "input": "And now?",
+                "previous_response_id": body["id"],
+                "max_output_tokens": 4,
+            },
+        )
         assert follow.status_code == 200, follow.text
         assert follow.json()["usage"]["input_tokens"] > u["input_tokens"]  # earlier turns were included

@@ -1,0 +1,66 @@
+"""Small pure-function checks: settings/key persistence, filename sanitising, JSONL check, error params."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from backend.errors import APIError, _loc_to_param
+from backend.multipart_upload import sanitize_filename
+from backend.routes_files import check_jsonl
+from backend.settings import BackendSettings
+
+
+def test_api_key_generated_once_with_private_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FTPIPE_BACKEND_API_KEY", raising=False)
+    s = BackendSettings(data_dir=tmp_path)
+    key = s.resolved_api_key().get_secret_value()
+    assert len(key) > 30
+    assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
+    assert BackendSettings(data_dir=tmp_path).resolved_api_key().get_secret_value() == key
+    assert key not in repr(s) and key not in str(s.resolved_api_key())
+
+
+def test_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FTPIPE_BACKEND_PORT", "9999")
+    monkeypatch.setenv("FTPIPE_BACKEND_DATA_DIR", str(tmp_path))
+    s = BackendSettings()
+    assert s.port == 9999 and s.data_dir == tmp_path and s.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("a.jsonl", "a.jsonl"),
+        ("../../x.jsonl", "x.jsonl"),
+        ("C:\\dir\\y.txt", "y.txt"),
+        ("..", "upload"),
+        ("a\x00b", "ab"),
+    ],
+)
+def test_sanitize_filename(raw: str, expected: str) -> None:
+    assert sanitize_filename(raw) == expected
+
+
+def test_check_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"b": 2}\n')
+    check_jsonl(p)
+    p.write_text('{"a": 1}\n\n"str"\n')
+    with pytest.raises(APIError) as e:
+        check_jsonl(p)
+    assert e.value.param == "file" and "line 3" in e.value.message
+    p.write_text("\n\n")
+    with pytest.raises(APIError):
+        check_jsonl(p)
+
+
+def test_loc_to_param() -> None:
+    assert _loc_to_param(
+        ("body", "method", "supervised", "hyperparameters", "n_epochs", "literal['auto']")
+    ) == ("method.supervised.hyperparameters.n_epochs")
+    assert _loc_to_param(("body", "input", 0, "role")) == "input[0].role"
+    assert _loc_to_param(("query", "limit")) == "limit"
+    assert _loc_to_param(("body",)) is None
