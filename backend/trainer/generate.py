@@ -1,0 +1,109 @@
+"""Text generation from base models and trained model dirs, with an LRU cache of loaded models."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from backend.trainer.chat import ChatFormat
+from backend.trainer.modeling import load_for_inference
+from backend.trainer.train import configure_threads
+
+DEFAULT_MAX_OUTPUT_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated text and token usage."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass
+class _Entry:
+    model: PreTrainedModel
+    fmt: ChatFormat
+    max_seq_len: int
+
+
+class Generator:
+    """Generates chat replies; keeps the `cache_size` most recently used models loaded."""
+
+    def __init__(self, cache_size: int = 4) -> None:
+        self.cache_size = max(1, cache_size)
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        configure_threads()
+
+    def _get(self, model_ref: str | Path) -> _Entry:
+        key = str(model_ref)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.move_to_end(key)
+            return entry
+        model, tokenizer, max_len = load_for_inference(model_ref)
+        entry = _Entry(model, ChatFormat(tokenizer, max_len), max_len)
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def generate(
+        self,
+        model_ref: str | Path,
+        messages: list[dict[str, Any]],
+        *,
+        instructions: str | None = None,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> GenerationResult:
+        """Reply to `messages` (instructions become a leading system message); greedy when temperature is 0/None."""
+        with self._lock:
+            entry = self._get(model_ref)
+            chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
+            wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
+            prompt = entry.fmt.encode_prompt(chat)
+            # Stay within the context window; the prompt keeps at least half of it when both are long.
+            keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
+            prompt = prompt[-keep:]
+            max_new = min(wanted, entry.max_seq_len - keep)
+            input_ids = torch.tensor([prompt], dtype=torch.long)
+            tok = entry.fmt.tokenizer
+            stop = [entry.fmt.end_token_id]
+            if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+                stop.append(int(tok.eos_token_id))
+            sample = bool(temperature)
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new,
+                "eos_token_id": stop,
+                "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stop[0],
+                "do_sample": sample,
+            }
+            if sample:
+                kwargs["temperature"] = float(temperature or 1.0)
+                kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
+                kwargs["top_k"] = 0
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = entry.model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+                )
+            new = out[0, len(prompt) :].tolist()
+            n_out = len(new)
+            while new and new[-1] in stop:
+                new.pop()
+            text = tok.decode(new, skip_special_tokens=True).strip()
+            return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)
