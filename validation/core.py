@@ -23,7 +23,7 @@ DEFAULT_TOKEN_LIMIT = 4096
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_ISSUES = 50
 _BOM = b"\xef\xbb\xbf"
-_SKIP_CHUNK = 1 << 20
+_SKIP_CHUNK = 1 << 16
 
 
 class IssueSink:
