@@ -129,6 +129,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_USAGE
     if args.quiet:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect is imported here, after the logging env is set, and only for the commands that need it.
     from pydantic import ValidationError
 
