@@ -98,12 +98,11 @@ class Generator:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 if seed is not None:
                     torch.manual_seed(seed)
-                out = entry.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
-                )
+                model: Any = entry.model
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
             new = out[0, len(prompt) :].tolist()
             n_out = len(new)
             while new and new[-1] in stop:
                 new.pop()
-            text = tok.decode(new, skip_special_tokens=True).strip()
+            text = str(tok.decode(new, skip_special_tokens=True)).strip()
             return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)

@@ -59,7 +59,7 @@ class _Data:
     train: list[Example]
     valid_sample: list[Example]
     full_valid: list[Example]
-    # DPO only: reference-model log-probs, per example, of (chosen, rejected); keyed by id(list).
+    # DPO only: reference-model log-probs (chosen, rejected) keyed by id() of each example object.
     ref: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -97,8 +97,10 @@ class _Run:
         self.total_steps = self.steps_per_epoch * self.hp.n_epochs
         if spec.method == "dpo":
             # Reference = the starting weights, computed before any resumed weights are loaded.
-            for examples in {id(x): x for x in (train_ex, valid_ex)}.values():
-                self.data.ref[id(examples)] = self._reference_logps(examples)
+            for examples in (train_ex, valid_ex):
+                chosen, rejected = self._reference_logps(examples)
+                for i, ex in enumerate(examples):
+                    self.data.ref[id(ex)] = (chosen[i], rejected[i])
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=self.hp.learning_rate, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY
@@ -133,9 +135,11 @@ class _Run:
         """Loss, metric stats and real-token count for a batch of example indices."""
         if self.spec.method == "dpo":
             logps = self._pair_logps(examples, idx)
-            ref_c, ref_r = self.data.ref[id(examples)]
+            refs = [self.data.ref[id(examples[i])] for i in idx]
+            ref_c = torch.stack([c for c, _ in refs])
+            ref_r = torch.stack([r for _, r in refs])
             n = len(idx)
-            loss, stats = dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], self.hp.beta)
+            loss, stats = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, self.hp.beta)
             tokens = sum(
                 e.chosen.length + e.rejected.length
                 for e in (examples[i] for i in idx)

@@ -10,7 +10,7 @@ import pytest
 
 from backend.trainer.spec import TrainingError, TrainingSpec
 from backend.trainer.train import train
-from tests.trainer.conftest import Recorder, chat_rows, write_jsonl
+from tests.trainer.helpers import Recorder, chat_rows, write_jsonl
 
 SIX = (
     "train_loss",
