@@ -1,0 +1,182 @@
+"""End to end: the fine-tune flow under the Prefect harness against the real embedded backend.
+
+One backend (temp data dir) serves the module; each test scopes itself with its own end user
+(X-On-Behalf-Of), so file and job lists are per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.settings import get_current_settings
+
+from backend.launcher import RunningBackend, start_backend
+from backend.settings import BackendSettings
+from client import ClientSettings, MKA1Client
+from flows.fine_tune import fine_tune
+from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings
+from tasks.errors import DatasetInvalid
+from tasks.metrics import METRIC_COLUMNS
+from tests.pipeline.conftest import write_jsonl
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "datasets" / "customer-support"
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+    """A real backend; the flow finds it through FTPIPE_BACKEND_* (the embedded-reuse path)."""
+    data_dir = tmp_path_factory.mktemp("backend-data")
+    with start_backend(BackendSettings(data_dir=data_dir, port=0)) as rb, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_BACKEND_DATA_DIR", str(data_dir))
+        mp.setenv("FTPIPE_BACKEND_PORT", str(rb.port))
+        yield rb
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40/10 slice of the sample dataset plus its smoke prompts."""
+    d = tmp_path_factory.mktemp("ds")
+    for name, n in (("train.jsonl", 40), ("validation.jsonl", 10)):
+        lines = (SAMPLE / name).read_text(encoding="utf-8").splitlines()[:n]
+        (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (d / "smoke.jsonl").write_text((SAMPLE / "smoke.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    return d
+
+
+def _params(dataset: Path, tmp_path: Path, user: str, epochs: int = 2, **kw: Any) -> FineTuneParams:
+    return FineTuneParams(
+        dataset_dir=dataset,
+        model="local:micro-chat",
+        seed=3,
+        hyperparameters=Hyperparameters(n_epochs=epochs),
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        polling=PollingSettings(interval_s=0.2, max_interval_s=1.0, timeout_s=300),
+        backend=BackendOptions(on_behalf_of=user),
+        **kw,
+    )
+
+
+def _client(rb: RunningBackend, user: str) -> MKA1Client:
+    return MKA1Client(ClientSettings(base_url=rb.base_url, api_key=rb.api_key, on_behalf_of=user))
+
+
+def _lists(rb: RunningBackend, user: str) -> tuple[list[str], list[Any]]:
+    with _client(rb, user) as c:
+        return [f.id for f in c.files.list()], list(c.jobs.list())
+
+
+async def _artifact_keys(flow_run_id: Any) -> set[str]:
+    async with get_client() as client:
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key for a in arts if a.key}
+
+
+def test_flow_trains_and_rerun_creates_nothing(
+    backend: RunningBackend, small_dataset: Path, tmp_path: Path
+) -> None:
+    params = _params(small_dataset, tmp_path, "e2e-happy")
+    state = fine_tune(params, return_state=True)
+    result = state.result()
+    assert result.status == "succeeded" and result.fine_tuned_model and result.trained_tokens
+    assert result.smoke_passed is True
+    ck = pd.read_parquet(tmp_path / "out" / "checkpoints.parquet")
+    assert len(ck) >= 1
+    for name in METRIC_COLUMNS:
+        assert ck[name].dtype == "float64" and ck[name].notna().any(), name
+    ev = pd.read_parquet(tmp_path / "out" / "events.parquet")
+    assert (ev["type"] == "metrics").any() and ev["train_loss"].notna().any()
+    assert (tmp_path / "out" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    keys = asyncio.run(_artifact_keys(state.state_details.flow_run_id))
+    assert {"dataset-validation", "job", "job-progress", "checkpoints", "loss-curve", "smoke-test"} <= keys
+
+    files, jobs = _lists(backend, "e2e-happy")
+    again = fine_tune(params)
+    assert _lists(backend, "e2e-happy")[0] == files
+    assert [j.id for j in _lists(backend, "e2e-happy")[1]] == [j.id for j in jobs] == [result.job_id]
+    assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
+
+
+def test_bad_dataset_uploads_nothing(backend: RunningBackend, tmp_path: Path) -> None:
+    bad = write_jsonl(
+        tmp_path / "bad" / "train.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 12
+    )
+    with pytest.raises(DatasetInvalid) as info:
+        fine_tune(_params(bad.parent, tmp_path, "e2e-bad"))
+    assert f"{bad}:1: messages:" in str(info.value)
+    assert _lists(backend, "e2e-bad") == ([], [])
+
+
+def _spawn(params: FineTuneParams, tmp_path: Path) -> subprocess.Popen[bytes]:
+    path = tmp_path / "params.json"
+    path.write_text(params.model_dump_json())
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.pipeline._flow_child", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "child.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+
+
+def _wait_running(rb: RunningBackend, user: str, child: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        jobs = _lists(rb, user)[1]
+        if jobs and jobs[0].status == "running":
+            return jobs[0].id
+        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("job never reached running")
+
+
+def test_killed_run_reattaches_to_same_job(
+    backend: RunningBackend, small_dataset: Path, tmp_path: Path
+) -> None:
+    params = _params(small_dataset, tmp_path, "e2e-kill", epochs=8)
+    child = _spawn(params, tmp_path)
+    try:
+        job_id = _wait_running(backend, "e2e-kill", child, tmp_path)
+    finally:
+        child.kill()  # SIGKILL: no hooks, no cleanup, like a crashed worker
+        child.wait(30)
+    state_jobs = json.loads((tmp_path / "state" / "jobs.json").read_text())
+    assert [e["job_id"] for e in state_jobs.values()] == [job_id]
+    result = fine_tune(params)
+    assert result.job_id == job_id and result.job_attached and result.status == "succeeded"
+    assert [j.id for j in _lists(backend, "e2e-kill")[1]] == [job_id]
+
+
+def test_interrupt_cancels_remote_job(backend: RunningBackend, small_dataset: Path, tmp_path: Path) -> None:
+    params = _params(small_dataset, tmp_path, "e2e-cancel", epochs=30)
+    child = _spawn(params, tmp_path)
+    try:
+        job_id = _wait_running(backend, "e2e-cancel", child, tmp_path)
+        child.send_signal(signal.SIGINT)  # Ctrl-C -> KeyboardInterrupt in the wait loop
+        assert child.wait(60) != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with _client(backend, "e2e-cancel") as c:
+        deadline = time.monotonic() + 30
+        while (status := c.jobs.retrieve(job_id).status) != "cancelled" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert status == "cancelled", (tmp_path / "child.log").read_text()[-3000:]
