@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_only_assistant_tokens_carry_loss(fmt: ChatFormat) -> None:
 
 
 def test_weight_zero_assistant_turn_is_excluded(fmt: ChatFormat, tmp_path: Path) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Bad old answer.", "weight": 0},
         {"role": "user", "content": "Again?"},
@@ -51,7 +52,7 @@ def test_weight_zero_assistant_turn_is_excluded(fmt: ChatFormat, tmp_path: Path)
 
 
 def test_all_weight_zero_examples_are_skipped(fmt: ChatFormat, tmp_path: Path) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}]},
         {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
     ]
