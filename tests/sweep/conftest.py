@@ -1,0 +1,74 @@
+"""Fixtures for the sweep tests: one Prefect harness and one embedded backend per session, tiny datasets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from backend.launcher import RunningBackend, free_port, start_backend
+from backend.settings import BackendSettings
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect API for the whole session (starting one costs ~15 s)."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+    """An embedded backend on a temp data dir; flows (and their subprocesses) reuse it through the env."""
+    data_dir = tmp_path_factory.mktemp("sweep-backend")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_BACKEND_DATA_DIR", str(data_dir))
+        mp.setenv("FTPIPE_BACKEND_PORT", str(free_port()))
+        mp.setenv("FTPIPE_BACKEND_WORKER_CONCURRENCY", "2")
+        mp.delenv("FTPIPE_BACKEND_API_KEY", raising=False)
+        with start_backend(BackendSettings()) as rb:
+            yield rb
+
+
+def chat_example(i: int) -> dict[str, object]:
+    """One valid supervised chat example."""
+    return {
+        "messages": [
+            {"role": "system", "content": "You answer with the colour of the item."},
+            {"role": "user", "content": f"What colour is item number {i}?"},
+            {"role": "assistant", "content": f"Item {i} is {('blue', 'red', 'green')[i % 3]}."},
+        ]
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    """Write rows as JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train (12) + validation (10) examples: a local:micro-chat epoch over them takes seconds."""
+    d = tmp_path_factory.mktemp("sweep-ds")
+    write_jsonl(d / "train.jsonl", [chat_example(i) for i in range(12)])
+    write_jsonl(d / "validation.jsonl", [chat_example(100 + i) for i in range(10)])
+    return d
+
+
+def base_params(dataset: Path, tmp: Path, **overrides: object) -> dict[str, object]:
+    """FineTuneParams data for a fast run: micro-chat, 1 epoch, quick polling, temp state/output dirs."""
+    data: dict[str, object] = {
+        "dataset_dir": str(dataset),
+        "model": "local:micro-chat",
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+        "polling": {"interval_s": 0.3, "max_interval_s": 1.0, "timeout_s": 300},
+        "state_dir": str(tmp / "state"),
+        "output_dir": str(tmp / "out"),
+    }
+    data.update(overrides)
+    return data

@@ -1,0 +1,94 @@
+"""Sweep pieces that need no server: config expansion, child params, the frame and the best pick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from flows.params import FineTuneParams
+from flows.sweep import SweepConfig, SweepGrid, SweepParams, child_params, load_sweep_file
+from flows.sweep_report import COLUMNS, SweepRow, comparison_frame, pick_best, write_outputs
+from tests.sweep.conftest import base_params
+
+
+def _params(tmp_path: Path, **kw: object) -> SweepParams:
+    return SweepParams.model_validate({"base": base_params(tmp_path, tmp_path), **kw})
+
+
+def test_grid_expands_to_the_product_after_explicit_configs(tmp_path: Path) -> None:
+    p = _params(
+        tmp_path,
+        configs=[{"name": "first", "seed": 1}],
+        grid={"learning_rate_multiplier": [0.5, 2.0], "seed": [1, 2, 3]},
+    )
+    configs = p.all_configs()
+    assert len(configs) == 1 + 6
+    assert configs[0].name == "first"
+    assert {(c.learning_rate_multiplier, c.seed) for c in configs[1:]} == {
+        (lr, s) for lr in (0.5, 2.0) for s in (1, 2, 3)
+    }
+    assert len({c.name for c in configs}) == len(configs)
+
+
+def test_duplicate_names_are_made_unique(tmp_path: Path) -> None:
+    p = _params(tmp_path, configs=[{"name": "a", "seed": 1}, {"name": "a", "seed": 2}])
+    assert [c.name for c in p.all_configs()] == ["a", "a-1"]
+
+
+def test_a_sweep_without_configs_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="configs or a non-empty grid"):
+        _params(tmp_path)
+    with pytest.raises(ValidationError):
+        _params(tmp_path, grid=SweepGrid().model_dump())
+
+
+def test_child_params_override_only_the_set_fields(tmp_path: Path) -> None:
+    base = FineTuneParams.model_validate(base_params(tmp_path, tmp_path, metadata={"team": "x"}))
+    cfg = SweepConfig(name="c1", learning_rate_multiplier=0.25, seed=7)
+    child = child_params(base, cfg, tmp_path / "sweep", "s1")
+    assert child.hyperparameters.learning_rate_multiplier == 0.25
+    assert child.hyperparameters.n_epochs == 1 and child.hyperparameters.batch_size == 4
+    assert child.seed == 7 and child.model == "local:micro-chat"
+    assert child.output_dir == tmp_path / "sweep" / "c1"
+    assert child.metadata == {"team": "x", "ftpipe_sweep": "s1", "ftpipe_sweep_config": "c1"}
+    assert base.seed == 42  # the base is not mutated
+
+
+def _row(name: str, status: str, loss: float | None) -> SweepRow:
+    metrics = {} if loss is None else {"full_valid_loss": loss, "train_loss": loss + 1}
+    return SweepRow(name, "local:micro-chat", 1, "auto", 4, 42, None, status=status, metrics=metrics)
+
+
+def test_frame_best_pick_and_files(tmp_path: Path) -> None:
+    rows = [_row("a", "succeeded", 2.0), _row("b", "failed", None), _row("c", "succeeded", 1.5)]
+    rows[1].error = "NotFoundError: no such model"
+    frame = comparison_frame(rows)
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == 3
+    best = pick_best(frame, "full_valid_loss", "min")
+    assert best is not None and best["name"] == "c"
+    worst = pick_best(frame, "full_valid_loss", "max")
+    assert worst is not None and worst["name"] == "a"  # failed rows never win
+    paths = write_outputs(frame, b"\x89PNG", tmp_path)
+    back = pd.read_parquet(paths["parquet"])
+    assert back["error"].tolist()[1] == "NotFoundError: no such model"
+    assert pd.read_csv(paths["csv"])["name"].tolist() == ["a", "b", "c"]
+
+
+def test_no_best_when_nothing_succeeded() -> None:
+    frame = comparison_frame([_row("a", "failed", None)])
+    assert pick_best(frame, "full_valid_loss", "min") is None
+
+
+def test_load_sweep_file_resolves_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text("{}\n")
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(
+        "base:\n  dataset_dir: ds\n  model: local:micro-chat\ngrid:\n  seed: [1, 2]\nmax_concurrency: 3\n"
+    )
+    p = load_sweep_file(cfg)
+    assert p.base.dataset_dir == (tmp_path / "ds").resolve()
+    assert p.max_concurrency == 3 and len(p.all_configs()) == 2
