@@ -20,8 +20,18 @@ HERE = Path(__file__).resolve().parent
 N_TRAIN, N_VALID = 300, 40
 N_PREF_TRAIN, N_PREF_VALID = 30, 10
 
-PRODUCTS = ["SmartPlug Mini", "Aura Desk Lamp", "HomeHub 2", "Breeze Air Purifier", "Echo Doorbell",
-            "Nimbus Thermostat", "Pixel Camera Kit", "Volt Power Bank", "Lumen Light Strip", "Glide Robot Vacuum"]
+PRODUCTS = [
+    "SmartPlug Mini",
+    "Aura Desk Lamp",
+    "HomeHub 2",
+    "Breeze Air Purifier",
+    "Echo Doorbell",
+    "Nimbus Thermostat",
+    "Pixel Camera Kit",
+    "Volt Power Bank",
+    "Lumen Light Strip",
+    "Glide Robot Vacuum",
+]
 CARRIERS = ["UPS", "FedEx", "DHL", "USPS"]
 PLANS = {"Basic": 3, "Plus": 8, "Pro": 15}
 NAMES = ["Sam", "Priya", "Jordan", "Lena", "Marco", "Aisha", "Tom", "Mei", "Diego", "Hannah", "Omar", "Zoe"]
@@ -56,90 +66,164 @@ def _slots(rng: random.Random) -> Slots:
 # topic -> (user phrasings, assistant bodies). Bodies are the 1-3 sentences between greeting and sign-off.
 TOPICS: dict[str, tuple[list[str], list[str]]] = {
     "order_status": (
-        ["Where is my order {order}?", "Hi, my order {order} still hasn't arrived. Can you check it?",
-         "Can you tell me the status of order {order}?", "I ordered a {product} last week (order {order}). Where is it?",
-         "Has order {order} shipped yet?"],
-        ["Order {order} shipped with {carrier} and should reach you within {days} business days. You can follow it "
-         "anytime under Orders in your Acme account, where the tracking link is updated every few hours.",
-         "I checked order {order}: it left our warehouse and is now with {carrier}. Expect delivery in about "
-         "{days} business days, and you will get an email with the tracking link as soon as it is out for delivery."],
+        [
+            "Where is my order {order}?",
+            "Hi, my order {order} still hasn't arrived. Can you check it?",
+            "Can you tell me the status of order {order}?",
+            "I ordered a {product} last week (order {order}). Where is it?",
+            "Has order {order} shipped yet?",
+        ],
+        [
+            "Order {order} shipped with {carrier} and should reach you within {days} business days. You can follow it "
+            "anytime under Orders in your Acme account, where the tracking link is updated every few hours.",
+            "I checked order {order}: it left our warehouse and is now with {carrier}. Expect delivery in about "
+            "{days} business days, and you will get an email with the tracking link as soon as it is out for delivery.",
+        ],
     ),
     "refund": (
-        ["I want a refund for order {order}.", "How do I get my money back for the {product}?",
-         "Can I get a refund? The {product} was not what I expected.", "Please refund order {order}, I changed my mind.",
-         "When will I see my refund for order {order}?"],
-        ["You can request a refund under Orders, choose order {order} and tap Request refund. Once we receive "
-         "the item, the money is back on your original payment method within {refund_days} business days.",
-         "Refunds go back to the card you paid with. After the return is scanned at our warehouse it takes "
-         "{refund_days} business days, and we email you the moment it is processed."],
+        [
+            "I want a refund for order {order}.",
+            "How do I get my money back for the {product}?",
+            "Can I get a refund? The {product} was not what I expected.",
+            "Please refund order {order}, I changed my mind.",
+            "When will I see my refund for order {order}?",
+        ],
+        [
+            "You can request a refund under Orders, choose order {order} and tap Request refund. Once we receive "
+            "the item, the money is back on your original payment method within {refund_days} business days.",
+            "Refunds go back to the card you paid with. After the return is scanned at our warehouse it takes "
+            "{refund_days} business days, and we email you the moment it is processed.",
+        ],
     ),
     "shipping": (
-        ["How long does shipping take?", "Do you ship with {carrier}?", "How much is shipping for a {product}?",
-         "Can I get faster delivery on my order?", "Do you offer free shipping?"],
-        ["Standard shipping takes {days} business days and is free on orders over $50. Express delivery in one "
-         "to two days is available at checkout for $9.99.",
-         "We ship with {carrier} and other major carriers. Standard delivery takes {days} business days, and "
-         "you can pick Express at checkout if you need it sooner."],
+        [
+            "How long does shipping take?",
+            "Do you ship with {carrier}?",
+            "How much is shipping for a {product}?",
+            "Can I get faster delivery on my order?",
+            "Do you offer free shipping?",
+        ],
+        [
+            "Standard shipping takes {days} business days and is free on orders over $50. Express delivery in one "
+            "to two days is available at checkout for $9.99.",
+            "We ship with {carrier} and other major carriers. Standard delivery takes {days} business days, and "
+            "you can pick Express at checkout if you need it sooner.",
+        ],
     ),
     "password": (
-        ["I forgot my password.", "How do I reset my password?", "I can't log in to my Acme account.",
-         "My password reset email never arrived.", "I'm locked out of my account, help!"],
-        ["Go to acme.example/login and click Forgot password, then follow the link we email you; it is valid "
-         "for {minutes} minutes. If the email does not show up, check your spam folder or ask for a new link.",
-         "Click Forgot password on the sign-in page and enter your account email. The reset link arrives within "
-         "a few minutes and works for {minutes} minutes, so use it soon."],
+        [
+            "I forgot my password.",
+            "How do I reset my password?",
+            "I can't log in to my Acme account.",
+            "My password reset email never arrived.",
+            "I'm locked out of my account, help!",
+        ],
+        [
+            "Go to acme.example/login and click Forgot password, then follow the link we email you; it is valid "
+            "for {minutes} minutes. If the email does not show up, check your spam folder or ask for a new link.",
+            "Click Forgot password on the sign-in page and enter your account email. The reset link arrives within "
+            "a few minutes and works for {minutes} minutes, so use it soon.",
+        ],
     ),
     "billing": (
-        ["I was charged twice this month.", "Why was I charged ${amount}?", "Can I get a copy of my invoice?",
-         "How do I change the card on file?", "There is a charge of ${amount} I don't recognise."],
-        ["You can see every charge under Settings > Billing, including the ${amount} one, with an invoice to "
-         "download. If a charge looks wrong, reply with the date and we will fix it within one business day.",
-         "Open Settings > Billing to view invoices and update your card. If you were billed twice, we refund "
-         "the duplicate charge automatically within {refund_days} business days."],
+        [
+            "I was charged twice this month.",
+            "Why was I charged ${amount}?",
+            "Can I get a copy of my invoice?",
+            "How do I change the card on file?",
+            "There is a charge of ${amount} I don't recognise.",
+        ],
+        [
+            "You can see every charge under Settings > Billing, including the ${amount} one, with an invoice to "
+            "download. If a charge looks wrong, reply with the date and we will fix it within one business day.",
+            "Open Settings > Billing to view invoices and update your card. If you were billed twice, we refund "
+            "the duplicate charge automatically within {refund_days} business days.",
+        ],
     ),
     "plan_upgrade": (
-        ["How do I upgrade from {plan_from} to {plan_to}?", "What does the {plan_to} plan cost?",
-         "I want to switch my Acme Cloud plan to {plan_to}.", "Can I downgrade my plan later?",
-         "What's the difference between {plan_from} and {plan_to}?"],
-        ["Go to Settings > Plan, choose {plan_to} and confirm; it costs ${price_to} per month and the change "
-         "applies right away. You only pay the difference for the rest of this billing period.",
-         "{plan_to} is ${price_to} per month. You can switch from {plan_from} under Settings > Plan at any "
-         "time, and switching back later is just as easy."],
+        [
+            "How do I upgrade from {plan_from} to {plan_to}?",
+            "What does the {plan_to} plan cost?",
+            "I want to switch my Acme Cloud plan to {plan_to}.",
+            "Can I downgrade my plan later?",
+            "What's the difference between {plan_from} and {plan_to}?",
+        ],
+        [
+            "Go to Settings > Plan, choose {plan_to} and confirm; it costs ${price_to} per month and the change "
+            "applies right away. You only pay the difference for the rest of this billing period.",
+            "{plan_to} is ${price_to} per month. You can switch from {plan_from} under Settings > Plan at any "
+            "time, and switching back later is just as easy.",
+        ],
     ),
     "outage": (
-        ["Is Acme Cloud down?", "The app is not loading, is there an outage?", "My {product} went offline.",
-         "I can't connect my {product} to the app.", "Acme Cloud sync has stopped working."],
-        ["Please check status.acme.example for any ongoing incident. If everything is green there, restart "
-         "your {product} and the app, then sign in again; that clears most connection problems.",
-         "We had a short sync delay earlier today that is now fixed. Restart the app and your {product}, and "
-         "it should reconnect within {minutes} minutes."],
+        [
+            "Is Acme Cloud down?",
+            "The app is not loading, is there an outage?",
+            "My {product} went offline.",
+            "I can't connect my {product} to the app.",
+            "Acme Cloud sync has stopped working.",
+        ],
+        [
+            "Please check status.acme.example for any ongoing incident. If everything is green there, restart "
+            "your {product} and the app, then sign in again; that clears most connection problems.",
+            "We had a short sync delay earlier today that is now fixed. Restart the app and your {product}, and "
+            "it should reconnect within {minutes} minutes.",
+        ],
     ),
     "returns": (
-        ["How do I return my {product}?", "Can I return an item after two weeks?",
-         "What is your return policy?", "I need a return label for order {order}.",
-         "The {product} arrived damaged, can I send it back?"],
-        ["You have 30 days to return any item. Open Orders, choose order {order}, tap Return item and print "
-         "the free label, then drop the box at any {carrier} location.",
-         "Returns are free within 30 days of delivery. Start one under Orders, print the prepaid label and "
-         "we will email you once the {product} reaches our warehouse."],
+        [
+            "How do I return my {product}?",
+            "Can I return an item after two weeks?",
+            "What is your return policy?",
+            "I need a return label for order {order}.",
+            "The {product} arrived damaged, can I send it back?",
+        ],
+        [
+            "You have 30 days to return any item. Open Orders, choose order {order}, tap Return item and print "
+            "the free label, then drop the box at any {carrier} location.",
+            "Returns are free within 30 days of delivery. Start one under Orders, print the prepaid label and "
+            "we will email you once the {product} reaches our warehouse.",
+        ],
     ),
     "warranty": (
-        ["Is my {product} under warranty?", "My {product} stopped working after a few months.",
-         "How do I make a warranty claim?", "What does the warranty cover?",
-         "The {product} has a defect, what can I do?"],
-        ["Every {product} comes with a {years}-year warranty that covers defects. Start a claim under "
-         "Orders > Warranty with a short description and a photo, and we send a replacement once it is approved.",
-         "Yes, defects are covered for {years} years from delivery. Open a warranty claim in your account and "
-         "we will ship a replacement {product} within {days} business days of approval."],
+        [
+            "Is my {product} under warranty?",
+            "My {product} stopped working after a few months.",
+            "How do I make a warranty claim?",
+            "What does the warranty cover?",
+            "The {product} has a defect, what can I do?",
+        ],
+        [
+            "Every {product} comes with a {years}-year warranty that covers defects. Start a claim under "
+            "Orders > Warranty with a short description and a photo, and we send a replacement once it is approved.",
+            "Yes, defects are covered for {years} years from delivery. Open a warranty claim in your account and "
+            "we will ship a replacement {product} within {days} business days of approval.",
+        ],
     ),
 }
-VAGUE = ["I have a problem with my order.", "Something is wrong with my purchase.", "I need help with an order."]
-ASK_ORDER = ("Hi there! I'm sorry to hear that. Could you share your order number? It starts with A- and you "
-             "can find it in your confirmation email. " + SIGN_OFF)
-FOLLOW_UPS = {"order_status": "It's order {order}.", "refund": "It's {order}, I'd like a refund.",
-              "returns": "Order {order}. I want to return it.", "warranty": "Order {order}, the {product} broke."}
-CURT = ["Check the website.", "We can't help with that.", "Read the FAQ.", "Contact your bank.",
-        "That is not our problem.", "Try again later."]
+VAGUE = [
+    "I have a problem with my order.",
+    "Something is wrong with my purchase.",
+    "I need help with an order.",
+]
+ASK_ORDER = (
+    "Hi there! I'm sorry to hear that. Could you share your order number? It starts with A- and you "
+    "can find it in your confirmation email. " + SIGN_OFF
+)
+FOLLOW_UPS = {
+    "order_status": "It's order {order}.",
+    "refund": "It's {order}, I'd like a refund.",
+    "returns": "Order {order}. I want to return it.",
+    "warranty": "Order {order}, the {product} broke.",
+}
+CURT = [
+    "Check the website.",
+    "We can't help with that.",
+    "Read the FAQ.",
+    "Contact your bank.",
+    "That is not our problem.",
+    "Try again later.",
+]
 
 
 def _reply(body: str, slots: Slots, greeting: str = "Hi there!") -> str:

@@ -184,7 +184,6 @@ def validate_file_with_hashes(
                 break
             lines += 1
             n = len(raw)
-            offset = nbytes
             nbytes += n
             # Measure without the line terminator; note CRLF once. orjson ignores trailing whitespace,
             # so the line is parsed and hashed as read (a copy per line costs more than the hash).
@@ -219,7 +218,7 @@ def validate_file_with_hashes(
                     lines, "$", f"line is longer than {max_line_bytes} bytes (at least {end}); not parsed"
                 )
                 continue
-            if not body or body.isspace():
+            if raw[0] != 123 and raw.isspace():  # 123 = "{": skip the call for normal lines
                 sink.add(lines, "$", "blank line; remove empty lines (the API rejects them)")
                 continue
             data_lines += 1
@@ -231,7 +230,7 @@ def validate_file_with_hashes(
             try:
                 obj = loads(body)
             except decode_error as err:
-                sink.add(lines, "$", _json_error(body, err, offset))
+                sink.add(lines, "$", _json_error(body, err, nbytes - n))
                 continue
             if simple is not None:
                 got = simple(obj)

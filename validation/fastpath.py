@@ -199,24 +199,29 @@ def simple_chat(obj: object) -> tuple[int, int, int, int, int] | None:
         return None
     tokens = n_sys = n_user = n_asst = n_dev = 0
     role = None
-    for m in msgs:
-        if type(m) is not dict or len(m) != 2:
-            return None
-        content = m.get("content")
-        if type(content) is not str or not content or content.isspace():
-            return None
-        role = m.get("role")
-        if role == "assistant":
-            n_asst += 1
-        elif role == "user":
-            n_user += 1
-        elif role == "system":
-            n_sys += 1
-        elif role == "developer":
-            n_dev += 1
-        else:
-            return None
-        tokens += (len(content) + 3) >> 2  # ceil(chars / 4), see validation.tokens
+    # Exceptions stand in for type checks on this hot loop: m["content"] fails on a non-dict (or a dict
+    # without that key), .isspace() on a non-string content, the role chain rejects everything else.
+    try:
+        for m in msgs:
+            if len(m) != 2:
+                return None
+            content = m["content"]
+            if not content or content.isspace():
+                return None
+            role = m["role"]
+            if role == "assistant":
+                n_asst += 1
+            elif role == "user":
+                n_user += 1
+            elif role == "system":
+                n_sys += 1
+            elif role == "developer":
+                n_dev += 1
+            else:
+                return None
+            tokens += (len(content) + 3) >> 2  # ceil(chars / 4), see validation.tokens
+    except (KeyError, TypeError, AttributeError):
+        return None
     if role != "assistant":
         return None
     return tokens, n_sys, n_user, n_asst, n_dev
