@@ -121,8 +121,11 @@ class JobService:
             )
             add_event(self.db, job_id, owner, f"Created fine-tuning job: {job_id}", conn=conn)
             add_event(self.db, job_id, owner, "Validating training file: " + req.training_file, conn=conn)
+        created = self.get(
+            owner, job_id
+        )  # read before validation starts: the answer is always validating_files
         self._validator.submit(self._validate, job_id)
-        return self.get(owner, job_id)
+        return created
 
     def get(self, owner: str, job_id: str) -> sqlite3.Row:
         """This owner's job or a 404."""

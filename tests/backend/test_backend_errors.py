@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from backend_testkit import SMALL_UPLOAD_LIMIT, TERMINAL, Api, write_chat_jsonl
 
 from backend.launcher import RunningBackend
-from tests.backend.conftest import SMALL_UPLOAD_LIMIT, TERMINAL, Api, write_chat_jsonl
 
 pytestmark = pytest.mark.integration
 

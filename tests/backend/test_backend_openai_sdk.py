@@ -7,9 +7,9 @@ from typing import Any
 
 import openai
 import pytest
+from backend_testkit import TERMINAL, wait_for
 
 from backend.launcher import RunningBackend
-from tests.backend.conftest import TERMINAL, wait_for
 
 pytestmark = pytest.mark.integration
 

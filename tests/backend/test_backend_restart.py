@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backend_testkit import TERMINAL, Api, wait_for
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
-from tests.backend.conftest import TERMINAL, Api, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +44,11 @@ def test_kill_mid_training_then_restart(own_backend: RunningBackend, train_file:
     short = api.create_job(api.upload(train_file)["id"], n_epochs=1, batch_size=4)
     short_done = api.wait_status(short["id"], TERMINAL)
     assert short_done["status"] == "succeeded"
-    long_job = api.create_job(api.upload(train_file)["id"], n_epochs=3, batch_size=1)
+    long_job = api.create_job(api.upload(train_file)["id"], n_epochs=10, batch_size=1)
     # kill once the job has a checkpoint (end of epoch 1) so there is something to resume from
     wait_for(lambda: any(e["message"].startswith("Checkpoint saved") for e in api.events(long_job["id"])))
     before = _snapshot(api)
+    assert api.job(long_job["id"])["status"] == "running"
     own_backend.kill()
     own_backend.start()
 
@@ -75,8 +76,8 @@ def test_kill_mid_training_then_restart(own_backend: RunningBackend, train_file:
 
 def test_graceful_restart_requeues_running_job(own_backend: RunningBackend, train_file: Path) -> None:
     api = Api(own_backend)
-    job = api.create_job(api.upload(train_file)["id"], n_epochs=2, batch_size=1)
-    api.wait_status(job["id"], {"running"})
+    job = api.create_job(api.upload(train_file)["id"], n_epochs=6, batch_size=1)
+    wait_for(lambda: any(e["type"] == "metrics" for e in api.events(job["id"])))
     own_backend.restart()
     done = api.wait_status(job["id"], TERMINAL)
     assert done["status"] == "succeeded", done["error"]

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backend_testkit import Api
 
 from backend.launcher import RunningBackend
-from tests.backend.conftest import Api
 
 pytestmark = pytest.mark.integration
 
