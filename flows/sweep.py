@@ -6,8 +6,8 @@ Concurrency comes from the task runner (a thread pool or Dask) plus optional lim
 reported in the comparison instead of failing the sweep.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: a served/pickled flow resolves its parameter annotations from
+# the function object alone (Prefect's Runner cloudpickles it into a subprocess), so they must be real types.
 import argparse
 import itertools
 import json
@@ -127,7 +127,7 @@ class SweepParams(BaseModel):
     output_dir: Path | None = Field(default=None, description="Comparison files (default runs/sweep-<name>)")
 
     @model_validator(mode="after")
-    def _need_configs(self) -> SweepParams:
+    def _need_configs(self) -> "SweepParams":
         if not self.configs and (self.grid is None or not self.grid.expand()):
             raise ValueError("give configs or a non-empty grid")
         return self
