@@ -9,6 +9,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.runner import Runner
 
 from backend.launcher import RunningBackend
@@ -25,7 +26,8 @@ def test_served_deployment_run_completes(backend: RunningBackend, tiny_dataset: 
     # add_deployment (not add_flow): the run re-imports the entrypoint in `python -m prefect.engine`, as a
     # work-pool worker does. add_flow would cloudpickle the flow object instead, which currently breaks
     # fine_tune's string annotations (`from __future__ import annotations` in flows/fine_tune.py).
-    runner.add_deployment(fine_tune.to_deployment(name="served-test"))
+    deployment: RunnerDeployment = fine_tune.to_deployment(name="served-test")  # type: ignore[assignment]
+    runner.add_deployment(deployment)
 
     # Schedule first, then let the runner execute what is due once (in a subprocess, like a worker would).
     params = base_params(tiny_dataset, tmp_path, seed=31)

@@ -56,7 +56,7 @@ def test_three_config_sweep_compares_and_picks_the_best(
     assert set(frame["status"]) == {"succeeded"}
     assert frame["full_valid_loss"].notna().all() and (frame["trained_tokens"] > 0).all()
     assert frame["job_id"].nunique() == 3 and frame["fine_tuned_model"].notna().all()
-    best = frame.loc[frame["full_valid_loss"].idxmin()]
+    best = min(result.rows, key=lambda r: r["full_valid_loss"])
     assert result.best is not None and result.best["name"] == best["name"]
     for name in ("csv", "parquet", "plot", "json"):
         assert result.outputs[name].is_file()
@@ -87,10 +87,10 @@ def test_a_bad_config_is_reported_and_does_not_sink_the_others(
     )
     result, _ = _run(params)
 
-    frame = result.frame().set_index("name")
-    assert len(frame) == 3 and result.n_succeeded == 2 and result.n_failed == 1
-    assert frame.loc["good-a", "status"] == frame.loc["good-b", "status"] == "succeeded"
-    assert frame.loc["no-such-model", "status"] == "failed"
-    assert "no-such-model" in str(frame.loc["no-such-model", "error"])
-    assert pd.isna(frame.loc["no-such-model", "fine_tuned_model"])
+    rows = {r["name"]: r for r in result.rows}
+    assert len(rows) == 3 and result.n_succeeded == 2 and result.n_failed == 1
+    assert rows["good-a"]["status"] == rows["good-b"]["status"] == "succeeded"
+    assert rows["no-such-model"]["status"] == "failed"
+    assert "no-such-model" in str(rows["no-such-model"]["error"])
+    assert rows["no-such-model"]["fine_tuned_model"] is None and rows["no-such-model"]["job_id"] is None
     assert result.best is not None and result.best["name"] in {"good-a", "good-b"}
