@@ -26,6 +26,8 @@ class TrainingSpec:
     seed: int = 0
     resume: bool = False
     metrics_every_n_steps: int = 10
+    # Stop after this many optimizer steps (a checkpoint and the final model are still written). None: no cap.
+    max_steps: int | None = None
 
 
 class TrainingCallbacks(Protocol):

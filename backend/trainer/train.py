@@ -95,6 +95,8 @@ class _Run:
         self.hp: Hyperparameters = resolve(spec, len(train_ex), base.base_learning_rate)
         self.steps_per_epoch = math.ceil(len(train_ex) / self.hp.batch_size)
         self.total_steps = self.steps_per_epoch * self.hp.n_epochs
+        if spec.max_steps is not None:
+            self.total_steps = min(self.total_steps, spec.max_steps)
         if spec.method == "dpo":
             # Reference = the starting weights, computed before any resumed weights are loaded.
             for examples in (train_ex, valid_ex):
@@ -222,9 +224,9 @@ class _Run:
         lengths = [e.length for e in self.data.train]
         every = max(1, spec.metrics_every_n_steps)
         self.model.train()
-        while p.epoch < hp.n_epochs:
+        while p.epoch < hp.n_epochs and not self._capped():
             batches = epoch_batches(lengths, hp.batch_size, spec.seed, p.epoch)
-            while p.batch_in_epoch < len(batches):
+            while p.batch_in_epoch < len(batches) and not self._capped():
                 signal = self.cb.control()
                 if signal == "cancel":
                     self.cb.on_event(f"Cancelled at step {p.step}", data={"step": p.step})
@@ -237,6 +239,8 @@ class _Run:
                 if p.step % every == 0:
                     self._emit_metrics()
             self._end_epoch()
+        if self._capped():
+            self.cb.on_event(f"Stopped at the {spec.max_steps}-step cap", data={"step": p.step})
         final_dir = spec.output_dir / "final"
         save_model_dir(self.loaded, final_dir)
         self.cb.on_event(
@@ -244,6 +248,10 @@ class _Run:
             data={"step": p.step, "trained_tokens": p.trained_tokens},
         )
         return self._outcome("succeeded", final_dir)
+
+    def _capped(self) -> bool:
+        """True once the spec's max_steps cap is reached (the current epoch ends early, with a checkpoint)."""
+        return self.spec.max_steps is not None and self.progress.step >= self.spec.max_steps
 
     def _step(self, idx: list[int]) -> None:
         p = self.progress
