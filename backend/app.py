@@ -14,6 +14,7 @@ from backend import routes_files, routes_jobs, routes_responses
 from backend.context import BackendState, Layout
 from backend.db import Database
 from backend.errors import install_error_handlers
+from backend.faults import FaultInjectionMiddleware, config_from_settings
 from backend.generation import GenerationService
 from backend.jobs import JobService
 from backend.limits import BodyLimitMiddleware
@@ -75,4 +76,15 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     app.include_router(router, prefix=API_PREFIX)
     app.include_router(router, prefix=OPENAI_PREFIX, include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    faults = config_from_settings(
+        settings.fault_rates,
+        settings.fault_kinds,
+        settings.fault_seed,
+        settings.fault_slow_s,
+        settings.fault_retry_after_s,
+    )
+    if faults.enabled:
+        # Added last, so it wraps everything: faults hit before the body limit and every handler.
+        app.add_middleware(FaultInjectionMiddleware, config=faults)
+        log.warning("fault injection enabled: %s (seed %d)", settings.fault_rates, settings.fault_seed)
     return app

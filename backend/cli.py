@@ -19,6 +19,24 @@ def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     serve.add_argument("--data-dir", type=Path, default=None, help="where files, jobs and models are kept")
     serve.add_argument("--workers", type=int, default=None, help="training worker processes (default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--max-steps-per-job",
+        type=int,
+        default=None,
+        help="benchmarks: train at most N optimizer steps per job",
+    )
+    faults = serve.add_argument_group("fault injection (reliability tests; off by default)")
+    faults.add_argument(
+        "--fault-rates", default=None, metavar="SPEC", help="e.g. 'all=0.2' or 'all=0.1,files.drop_after=0.3'"
+    )
+    faults.add_argument("--fault-kinds", default=None, help="comma-separated kinds (default: all)")
+    faults.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draws (default 0)")
+    faults.add_argument(
+        "--fault-slow-s", type=float, default=None, help="delay of 'slow' answers (default 65)"
+    )
+    faults.add_argument(
+        "--fault-retry-after-s", type=float, default=None, help="Retry-After of injected 429/503 (default 1)"
+    )
     serve.set_defaults(func=serve_command)
 
 
@@ -39,6 +57,16 @@ def serve_command(args: argparse.Namespace) -> int:
         overrides["data_dir"] = args.data_dir
     if args.workers is not None:
         overrides["worker_concurrency"] = args.workers
+    for flag in (
+        "max_steps_per_job",
+        "fault_rates",
+        "fault_kinds",
+        "fault_seed",
+        "fault_slow_s",
+        "fault_retry_after_s",
+    ):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
     settings = BackendSettings(**overrides)  # type: ignore[arg-type]
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -48,10 +76,13 @@ def serve_command(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
-    key = app.state.backend.api_key.get_secret_value()
-    # The one deliberate place the key is shown: the operator needs it to call the API.
     print(f"ftpipe backend listening on http://{settings.host}:{port}{API_PREFIX}", flush=True)
-    print(f"API key: {key}", flush=True)
+    if settings.api_key is None:
+        # The one deliberate place a generated key is shown: the operator needs it to call the API.
+        print(f"API key: {app.state.backend.api_key.get_secret_value()}", flush=True)
+    else:
+        # A configured key is already known to whoever set it; never copy it into (captured) stdout.
+        print("API key: from FTPIPE_BACKEND_API_KEY (not shown)", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -74,6 +74,18 @@ class RunningBackend:
         )
         if s.base_model_cache_dir is not None:
             env["FTPIPE_BACKEND_BASE_MODEL_CACHE_DIR"] = str(s.base_model_cache_dir)
+        if s.max_steps_per_job is not None:
+            env["FTPIPE_BACKEND_MAX_STEPS_PER_JOB"] = str(s.max_steps_per_job)
+        if s.fault_rates:
+            env.update(
+                {
+                    "FTPIPE_BACKEND_FAULT_RATES": s.fault_rates,
+                    "FTPIPE_BACKEND_FAULT_KINDS": s.fault_kinds,
+                    "FTPIPE_BACKEND_FAULT_SEED": str(s.fault_seed),
+                    "FTPIPE_BACKEND_FAULT_SLOW_S": str(s.fault_slow_s),
+                    "FTPIPE_BACKEND_FAULT_RETRY_AFTER_S": str(s.fault_retry_after_s),
+                }
+            )
         return env
 
     def _wait_healthy(self) -> None:

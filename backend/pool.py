@@ -49,7 +49,14 @@ class WorkerPool:
         cache = str(self.settings.base_model_cache_dir) if self.settings.base_model_cache_dir else None
         proc = self._ctx.Process(
             target=worker_main,
-            args=(str(self.layout.root), self.settings.metrics_every_n_steps, cache, os.getpid(), self._stop),
+            args=(
+                str(self.layout.root),
+                self.settings.metrics_every_n_steps,
+                cache,
+                os.getpid(),
+                self._stop,
+                self.settings.max_steps_per_job,
+            ),
             name=f"ftpipe-worker-{index}",
         )
         proc.start()

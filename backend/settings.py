@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -33,6 +33,25 @@ class BackendSettings(BaseSettings):
     metrics_every_n_steps: int = Field(default=10, ge=1)
     # None: the trainer's own default cache location.
     base_model_cache_dir: Path | None = None
+    # Benchmarks: stop every job after this many optimizer steps (a real, shorter run). None: no cap.
+    max_steps_per_job: int | None = Field(default=None, ge=1)
+    # Fault injection (backend/faults.py): off while fault_rates is empty. E.g. "all=0.2,events=0".
+    fault_rates: str = ""
+    fault_kinds: str = ""  # comma-separated subset of backend.faults.KINDS; empty: all kinds
+    fault_seed: int = 0
+    fault_slow_s: float = Field(default=65.0, ge=0)  # "slow" answers after this long (> client timeout)
+    fault_retry_after_s: float = Field(default=1.0, ge=0)  # Retry-After of injected 429/503
+
+    @field_validator("fault_rates", "fault_kinds")
+    @classmethod
+    def _check_fault_spec(cls, value: str, info: ValidationInfo) -> str:
+        from backend.faults import parse_kinds, parse_rates
+
+        if info.field_name == "fault_kinds":
+            parse_kinds(value)
+        else:
+            parse_rates(value)
+        return value.strip()
 
     def resolved_api_key(self) -> SecretStr:
         """The configured key, or the one persisted in data_dir/api_key (created on first use)."""

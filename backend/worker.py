@@ -39,7 +39,12 @@ def fine_tuned_model_id(job: sqlite3.Row) -> str:
 
 
 def worker_main(
-    data_dir: str, metrics_every: int, cache_dir: str | None, parent_pid: int, stop: MPEvent
+    data_dir: str,
+    metrics_every: int,
+    cache_dir: str | None,
+    parent_pid: int,
+    stop: MPEvent,
+    max_steps: int | None = None,
 ) -> None:
     """Process entry point: loop claiming jobs until asked to stop or the API process disappears."""
     logging.basicConfig(
@@ -56,7 +61,7 @@ def worker_main(
         if job is None:
             stop.wait(IDLE_POLL_S)
             continue
-        _run(db, layout, job, metrics_every, parent_pid, stop, train)
+        _run(db, layout, job, metrics_every, parent_pid, stop, train, max_steps)
 
 
 def _claim(db: Database) -> sqlite3.Row | None:
@@ -168,11 +173,12 @@ def _run(
     parent_pid: int,
     stop: MPEvent,
     train: Any,
+    max_steps: int | None = None,
 ) -> None:
     job_id = job["id"]
     callbacks = JobCallbacks(db, job, parent_pid, stop)
     try:
-        spec = _spec(db, layout, job, metrics_every)
+        spec = _spec(db, layout, job, metrics_every, max_steps)
         outcome: TrainingOutcome = train(spec, callbacks)
     except TrainingError as exc:
         fail_job(db, job_id, exc.code, exc.message, exc.param, from_statuses=("running",))
@@ -207,7 +213,9 @@ def _run(
             )
 
 
-def _spec(db: Database, layout: Layout, job: sqlite3.Row, metrics_every: int) -> TrainingSpec:
+def _spec(
+    db: Database, layout: Layout, job: sqlite3.Row, metrics_every: int, max_steps: int | None = None
+) -> TrainingSpec:
     def path_of(file_id: str, param: str) -> Path:
         row = db.one("SELECT path FROM files WHERE id=?", (file_id,))
         if row is None:
@@ -233,6 +241,7 @@ def _spec(db: Database, layout: Layout, job: sqlite3.Row, metrics_every: int) ->
         seed=job["seed"],
         resume=bool(job["resume"]),
         metrics_every_n_steps=metrics_every,
+        max_steps=max_steps,
     )
 
 
