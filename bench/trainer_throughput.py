@@ -26,6 +26,9 @@ from backend.trainer.spec import TrainingSpec
 from backend.trainer.train import GRAD_CLIP, WEIGHT_DECAY, configure_threads, train
 
 DEFAULT_DATA = Path("datasets/customer-support/train.jsonl")
+OURS = "ours (length-bucketed, head on loss positions)"
+HF = "transformers.Trainer (default sampler)"
+HF_GROUPED = "transformers.Trainer (group_by_length)"
 
 _ISSUES = [
     ("I forgot my password and can't log in", "reset your password"),
@@ -188,7 +191,9 @@ def bench_hf(
         seed=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=loaded.model, args=args, train_dataset=rows, data_collator=collator)  # type: ignore[arg-type]
+    trainer = Trainer(
+        model=loaded.model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Timer()]
+    )  # type: ignore[arg-type]
     trainer.train()
     # The first batch is collated before on_step_begin fires; all batches collated were trained on.
     return timing["t1"] - timing["t0"], counted["tokens"]
@@ -200,6 +205,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-full-job", action="store_true")
     args = ap.parse_args()
     threads = configure_threads()
@@ -216,13 +222,13 @@ def main() -> None:
             f"data: {source}; model: local:tiny-chat; batch size {args.batch_size}; {args.steps} steps; "
             f"lr {lr}; torch threads {threads}"
         )
-        results = []
-        ours_s, ours_tok = bench_ours(data, args.steps, args.batch_size, work)
-        results.append(("ours (length-bucketed, head on loss positions)", ours_s, ours_tok))
-        hf_s, hf_tok = bench_hf(data, args.steps, args.batch_size, lr, False, work)
-        results.append(("transformers.Trainer (default sampler)", hf_s, hf_tok))
-        hfg_s, hfg_tok = bench_hf(data, args.steps, args.batch_size, lr, True, work)
-        results.append(("transformers.Trainer (group_by_length)", hfg_s, hfg_tok))
+        runs: dict[str, list[tuple[float, int]]] = {OURS: [], HF: [], HF_GROUPED: []}
+        for _ in range(args.repeats):  # interleaved, best-of: the machine may be shared and noisy
+            runs[OURS].append(bench_ours(data, args.steps, args.batch_size, work))
+            runs[HF].append(bench_hf(data, args.steps, args.batch_size, lr, False, work))
+            runs[HF_GROUPED].append(bench_hf(data, args.steps, args.batch_size, lr, True, work))
+        results = [(name, *max(r, key=lambda x: x[1] / x[0])) for name, r in runs.items()]
+        ours_s, ours_tok = results[0][1], results[0][2]
         ours_tps = ours_tok / ours_s
         print(f"\n{'trainer':<50} {'seconds':>8} {'real tokens':>12} {'tokens/s':>9} {'ours / this':>11}")
         for name, s, tok in results:

@@ -13,8 +13,8 @@ from backend.trainer.chat import ChatFormat
 from backend.trainer.spec import TrainingError
 
 IGNORE = -100
-# Shuffle, then sort by length inside windows of this many batches: little padding, still random order.
-BUCKET_WINDOW_BATCHES = 16
+# Shuffle, then sort by length inside windows of this many batches (as HF group_by_length): little padding.
+BUCKET_WINDOW_BATCHES = 50
 
 
 @dataclass(frozen=True)

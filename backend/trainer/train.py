@@ -320,6 +320,11 @@ class _Run:
 
 
 def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingOutcome:
-    """Run (or resume) one fine-tuning job to completion, pause or cancellation."""
+    """Run (or resume) one fine-tuning job to completion, pause or cancellation.
+
+    Layout under spec.output_dir: checkpoints/step-NNNNNN/ (one per epoch), final/, state/ (latest
+    resumable state). Without a validation file, valid_* use the first 32 training examples and
+    full_valid_* the whole training set, so every checkpoint still carries all six metrics.
+    """
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     return _Run(spec, callbacks).run()
