@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from backend.trainer.chat import ChatFormat
+from backend.trainer.device import prepare_device, resolve_device
 from backend.trainer.modeling import load_for_inference
 from backend.trainer.train import configure_threads
 
@@ -35,13 +36,18 @@ class _Entry:
 
 
 class Generator:
-    """Generates chat replies; keeps the `cache_size` most recently used models loaded."""
+    """Generates chat replies; keeps the `cache_size` most recently used models loaded.
+
+    Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA).
+    """
 
     def __init__(self, cache_size: int = 4) -> None:
         self.cache_size = max(1, cache_size)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         configure_threads()
+        self.device = resolve_device()
+        prepare_device(self.device)
 
     def _get(self, model_ref: str | Path) -> _Entry:
         key = str(model_ref)
@@ -50,6 +56,8 @@ class Generator:
             self._cache.move_to_end(key)
             return entry
         model, tokenizer, max_len = load_for_inference(model_ref)
+        mod: Any = model
+        mod.to(self.device)  # in place; PreTrainedModel.to is typed too narrowly for mypy
         entry = _Entry(model, ChatFormat(tokenizer, max_len), max_len)
         self._cache[key] = entry
         while len(self._cache) > self.cache_size:
@@ -77,7 +85,7 @@ class Generator:
             keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
             prompt = prompt[-keep:]
             max_new = min(wanted, entry.max_seq_len - keep)
-            input_ids = torch.tensor([prompt], dtype=torch.long)
+            input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
             tok = entry.fmt.tokenizer
             stop = [entry.fmt.end_token_id]
             if tok.eos_token_id is not None and tok.eos_token_id not in stop:
@@ -95,7 +103,9 @@ class Generator:
                 kwargs["top_k"] = 0
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            # Seeding must not disturb the global RNG streams (the CUDA one too, when sampling there).
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
                 if seed is not None:
                     torch.manual_seed(seed)
                 model: Any = entry.model

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.trainer.data import IGNORE, Batch
+from backend.trainer.device import autocast, to_device
 
 
 @dataclass
@@ -16,7 +17,7 @@ class TokenStats:
     """Summed loss / correct predictions / token count, so windows can be averaged token-weighted."""
 
     loss_sum: torch.Tensor
-    correct: int
+    correct: torch.Tensor  # kept on the device until a metrics window is read
     count: int
 
 
@@ -33,8 +34,16 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return backbone, head
 
 
-def selected_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at positions whose next token carries loss, their targets, and each one's row index."""
+def selected_logits(
+    model: torch.nn.Module, batch: Batch, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at positions whose next token carries loss, their targets, and each one's row index.
+
+    `batch` is on the CPU; with a CUDA `device` the selection is computed there first and only index
+    tensors travel, so the step never waits on the GPU (a boolean mask on the GPU would sync).
+    """
+    if device is not None and device.type == "cuda":
+        return _selected_logits_cuda(model, batch, device)
     targets_all = batch.labels[:, 1:]
     select = targets_all != IGNORE
     rows = torch.arange(batch.labels.shape[0]).unsqueeze(1).expand_as(select)[select]
@@ -47,20 +56,48 @@ def selected_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor,
     return head(hidden[:, :-1][select]), targets_all[select], rows
 
 
-def sft_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, TokenStats]:
-    """Mean token cross-entropy over trained tokens, plus stats for metric windows."""
-    logits, targets, _ = selected_logits(model, batch)
-    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+def selection_indices(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For positions whose next token carries loss: row index, flat index into the (rows * width) grid of
+    per-position outputs, and the target token; ordered as boolean-mask indexing orders them (row-major)."""
+    targets_all = labels[:, 1:]
+    where = (targets_all != IGNORE).nonzero()
+    rows, cols = where[:, 0].contiguous(), where[:, 1].contiguous()
+    return rows, rows * labels.shape[1] + cols, targets_all[rows, cols]
+
+
+def _selected_logits_cuda(
+    model: torch.nn.Module, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows, flat, targets = (to_device(t, device) for t in selection_indices(batch.labels))
+    input_ids = to_device(batch.input_ids, device)
+    attention_mask = to_device(batch.attention_mask, device)
+    parts = _backbone_and_head(model)
+    with autocast(device):
+        if parts is None:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits.reshape(-1, logits.shape[-1]).index_select(0, flat), targets, rows
+        backbone, head = parts
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)), targets, rows
+
+
+def sft_loss(
+    model: torch.nn.Module, batch: Batch, device: torch.device | None = None
+) -> tuple[torch.Tensor, TokenStats]:
+    """Mean token cross-entropy over trained tokens, plus stats for metric windows (all fp32)."""
+    logits, targets, _ = selected_logits(model, batch, device)
+    logits = logits.float()  # a no-op on CPU; bf16 autocast output on CUDA
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
     count = int(targets.numel())
-    correct = int((logits.argmax(dim=-1) == targets).sum())
+    correct = (logits.argmax(dim=-1) == targets).sum()  # a tensor: reading it would sync the GPU
     return loss_sum / max(count, 1), TokenStats(loss_sum.detach(), correct, count)
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Sum of log-probabilities of the trained tokens of each row."""
-    logits, targets, rows = selected_logits(model, batch)
+def sequence_logps(model: torch.nn.Module, batch: Batch, device: torch.device | None = None) -> torch.Tensor:
+    """Sum of log-probabilities of the trained tokens of each row (fp32, on the model's device)."""
+    logits, targets, rows = selected_logits(model, batch, device)
     token_logp = -F.cross_entropy(logits.float(), targets, reduction="none")
-    out = torch.zeros(batch.labels.shape[0], dtype=token_logp.dtype)
+    out = torch.zeros(batch.labels.shape[0], dtype=token_logp.dtype, device=token_logp.device)
     return out.index_add(0, rows, token_logp)
 
 
@@ -75,4 +112,4 @@ def dpo_loss(
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     losses = -F.logsigmoid(beta * margin)
     n = int(losses.numel())
-    return losses.mean(), TokenStats(losses.detach().sum(), int((margin > 0).sum()), n)
+    return losses.mean(), TokenStats(losses.detach().sum(), (margin > 0).sum(), n)

@@ -54,6 +54,7 @@ def test_loss_decreases_and_succeeds(chat_file: Path, tmp_path: Path) -> None:
         "lr": pytest.approx(3e-3),
         "total_steps": 15,
         "method": "supervised",
+        "device": "cpu",
     }
 
 
