@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.trainer.device import resolve_device
 from backend.trainer.spec import ControlSignal
 
 SYSTEM = "You are a helpful support agent."
@@ -18,6 +19,11 @@ TOPICS = [
     ("cancel my plan", "Go to Billing in your settings and click Cancel plan."),
     ("change my address", "Go to Settings, then Addresses, and click Edit."),
 ]
+
+
+def loss_tolerance() -> float:
+    """How closely two runs that should agree must agree: exactly-ish on CPU, loosely under CUDA bf16."""
+    return 1e-6 if resolve_device().type == "cpu" else 2e-2
 
 
 def chat_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:

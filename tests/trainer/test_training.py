@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from backend.trainer.device import describe, resolve_device
 from backend.trainer.spec import TrainingError, TrainingSpec
 from backend.trainer.train import train
-from tests.trainer.helpers import Recorder, chat_rows, write_jsonl
+from tests.trainer.helpers import Recorder, chat_rows, loss_tolerance, write_jsonl
 
 SIX = (
     "train_loss",
@@ -54,7 +55,7 @@ def test_loss_decreases_and_succeeds(chat_file: Path, tmp_path: Path) -> None:
         "lr": pytest.approx(3e-3),
         "total_steps": 15,
         "method": "supervised",
-        "device": "cpu",
+        "device": describe(resolve_device()),
     }
 
 
@@ -83,7 +84,10 @@ def test_same_seed_same_losses_other_seed_differs(chat_file: Path, tmp_path: Pat
         rec = Recorder()
         train(_spec(chat_file, tmp_path / f"job{i}", seed=seed), rec)
         runs.append([loss for _, loss in rec.metric_losses()])
-    assert runs[0] == runs[1]
+    if resolve_device().type == "cpu":
+        assert runs[0] == runs[1]
+    else:  # GPU kernels with atomics are not bit-reproducible
+        assert runs[0] == pytest.approx(runs[1], abs=loss_tolerance())
     assert runs[0] != runs[2]
 
 
@@ -109,12 +113,12 @@ def test_pause_then_resume_matches_uninterrupted(
     expected = full.metric_losses()
     assert [s for s, _ in combined] == [s for s, _ in expected]
     for (_, a), (_, b) in zip(combined, expected, strict=True):
-        assert abs(a - b) < 1e-6
+        assert abs(a - b) < loss_tolerance()
     ckpts = first.checkpoints + second.checkpoints
     assert [c[0] for c in ckpts] == [c[0] for c in full.checkpoints]
     for (_, m1, _), (_, m2, _) in zip(ckpts, full.checkpoints, strict=True):
         for key in SIX:
-            assert abs(m1[key] - m2[key]) < 1e-6
+            assert abs(m1[key] - m2[key]) < loss_tolerance()
     assert out2.trained_tokens == train_tokens(full)
 
 
@@ -143,7 +147,7 @@ def test_resume_after_crash_uses_last_epoch_checkpoint(chat_file: Path, tmp_path
     expected = dict(full.metric_losses())
     assert [s for s, _ in resumed] == list(range(6, 11))
     for step, loss in resumed:
-        assert abs(loss - expected[step]) < 1e-6
+        assert abs(loss - expected[step]) < loss_tolerance()
 
 
 def test_resume_without_state_starts_fresh(chat_file: Path, tmp_path: Path) -> None:
