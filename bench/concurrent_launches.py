@@ -164,7 +164,7 @@ async def launch_all(
     async with AsyncMKA1Client(settings, transport=transport) as client:
         uploaded = await client.files.upload(train, purpose="fine-tune")
         # One job first: the backend's cold start (imports, base model build) is not per-job cost.
-        warm = await run_one(client, uploaded.id, -1, args.poll_interval, args.timeout)
+        warm = await run_one(client, uploaded.id, 10**6, args.poll_interval, args.timeout)
         transport.per_job.clear()
         transport.total, transport.max_latency_s, transport.slowest = 0, 0.0, ""
         t0 = time.monotonic()
