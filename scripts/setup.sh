@@ -14,8 +14,10 @@ stamp="$VENV/.ftpipe-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing dependencies (torch pinned by constraints.txt)"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # Some machines' pip config lists local indexes that may be absent; drop only those noise lines.
+  quiet() { { "$@" 2>&1; } | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+  quiet "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # constraints.txt pins torch to the CPU build: an unpinned torch would pull a multi-GB CUDA build.
-  "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
+  quiet "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
 fi
