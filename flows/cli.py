@@ -31,6 +31,9 @@ def _pair(value: str) -> tuple[str, str]:
     return key, val
 
 
+DELEGATED_COMMANDS = ("backend", "sweep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for all subcommands."""
     parser = argparse.ArgumentParser(prog="ftpipe", description="Fine-tuning pipeline for the MKA1 API.")
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("backend", help="the embedded MKA1-compatible backend", add_help=False)
     be.add_argument("backend_args", nargs=argparse.REMAINDER)
+
+    sw = sub.add_parser("sweep", help="run a sweep described by a YAML/JSON file", add_help=False)
+    sw.add_argument("sweep_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -205,23 +211,29 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return worst
 
 
-def cmd_backend(args: argparse.Namespace) -> int:
-    """Hand the remaining arguments to the backend's own CLI."""
-    from backend.cli import main as backend_main
+def _delegate(command: str, rest: list[str]) -> int:
+    """Hand ``rest`` to a subcommand that owns its flags (the backend server, the sweep runner)."""
+    if command == "backend":
+        from backend.cli import main as backend_main
 
-    code = backend_main(list(args.backend_args))
-    return int(code or 0)
+        return int(backend_main(rest) or 0)
+    from flows.sweep import sweep_main
+
+    return int(sweep_main(rest) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftpipe`` console script."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    arg_list = list(argv) if argv is not None else sys.argv[1:]
+    # argparse's REMAINDER cannot take a leading "--flag" (e.g. "--help"), so delegating subcommands get
+    # their argument lists before parsing; the parser still lists them for `ftpipe --help`.
+    if arg_list and arg_list[0] in DELEGATED_COMMANDS:
+        return _delegate(arg_list[0], arg_list[1:])
+    args = build_parser().parse_args(arg_list)
     console = Console()
     if args.command == "run":
         return cmd_run(args, console)
-    if args.command == "validate":
-        return cmd_validate(args, console)
-    return cmd_backend(args)
+    return cmd_validate(args, console)
 
 
 if __name__ == "__main__":

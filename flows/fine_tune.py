@@ -1,6 +1,7 @@
 """The ``fine-tune`` flow: validate -> upload -> create job -> wait -> metrics -> smoke test."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served deployment pickles the flow into a subprocess, where
+# string annotations such as "FineTuneParams" can no longer be resolved.
 
 import asyncio
 import json
