@@ -77,7 +77,7 @@ class ServerView:
     checkpoints: pd.DataFrame | None
 
 
-def server_view(rb: RunningBackend, user: str) -> ServerView:
+def server_view(rb: RunningBackend, user: str | None) -> ServerView:
     """Fault-free listing of the user's fine-tune files, jobs and (single job's) checkpoint frame."""
     set_faults(rb, False)
     try:

@@ -115,6 +115,7 @@ def test_key_never_leaks(
     ]
     assert any("httpx" in r.name or "httpcore" in r.name for r in caplog.records)  # DEBUG really captured
     for state in (ok, failed):
+        assert state.state_details.flow_run_id is not None
         places += asyncio.run(_read_back(state.state_details.flow_run_id))
     places += _events(canary_backend)
     places += _files(tmp_path / "ok") + _files(tmp_path / "bad")
