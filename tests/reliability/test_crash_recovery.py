@@ -1,0 +1,76 @@
+"""Backend crash mid-training while a flow polls: the job resumes and the flow rides out the outage.
+
+(Killing the *flow* process with SIGKILL and re-attaching is covered by
+tests/pipeline/test_e2e_backend.py::test_killed_run_reattaches_to_same_job.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.settings import get_current_settings
+
+from backend.launcher import RunningBackend, start_backend
+from backend.settings import BackendSettings
+from tests.reliability.reliability_kit import REPO, client_for, flow_params, small_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+USER = "crash-user"
+OUTAGE_S = 3.0
+
+
+def test_backend_killed_mid_training_job_resumes_and_flow_finishes(tmp_path: Path) -> None:
+    data = small_dataset(tmp_path / "ds", n_train=40)
+    with start_backend(BackendSettings(data_dir=tmp_path / "backend", metrics_every_n_steps=2), port=0) as rb:
+        params = flow_params(data, tmp_path, rb, USER, epochs=8)
+        (tmp_path / "params.json").write_text(params.model_dump_json())
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": str(get_current_settings().api.url),
+            "MKA1_API_KEY": rb.api_key.get_secret_value(),
+            "MKA1_TIMEOUT_S": "10",
+        }
+        log_path = tmp_path / "child.log"
+        with log_path.open("wb") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tests.pipeline._flow_child", str(tmp_path / "params.json")],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            job_id = _wait_for_checkpoint(rb, child, log_path)
+            rb.kill()  # SIGKILL: a crash, workers included (they exit when they see their parent gone)
+            time.sleep(OUTAGE_S)
+            rb.start()
+            assert child.wait(400) == 0, log_path.read_text()[-4000:]
+        finally:
+            if child.poll() is None:
+                child.kill()
+        with client_for(rb, USER) as c:
+            jobs = list(c.jobs.list())
+            messages = [e.message for e in reversed(c.jobs.list_events(job_id, limit=10000).data)]
+    assert [j.id for j in jobs] == [job_id] and jobs[0].status == "succeeded"
+    assert "Resumed after backend restart" in messages
+    assert any(m.startswith("Resumed from step") for m in messages), messages  # from the checkpoint
+    out = log_path.read_text()
+    assert "transient error polling" in out and "succeeded" in out, out[-4000:]
+
+
+def _wait_for_checkpoint(rb: RunningBackend, child: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The job id once it is running and has at least one checkpoint (so resume has state to use)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert child.poll() is None, log_path.read_text()[-3000:]
+        with client_for(rb, USER) as c:
+            jobs = list(c.jobs.list())
+            if jobs and jobs[0].status == "running" and next(c.jobs.list_checkpoints(jobs[0].id), None):
+                return jobs[0].id
+        time.sleep(0.2)
+    raise AssertionError("job never reached a first checkpoint:\n" + log_path.read_text()[-3000:])
