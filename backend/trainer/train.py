@@ -217,7 +217,12 @@ class _Run:
         if saved_hp != [float(x) for x in current_hp]:
             raise TrainingError("resume_failed", "Hyperparameters differ from the paused run", None)
         load_trainable_state(self.model, payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        optimizer_state = payload["optimizer"]
+        # A state may come from another device: fused AdamW is a CUDA choice here, so use this run's kernel
+        # (set before loading, which places each moment and step counter where that kernel wants them).
+        for group in optimizer_state["param_groups"]:
+            group["fused"] = self.optimizer.param_groups[0]["fused"]
+        self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(payload["scheduler"])
         restore_rng_state(payload, self.device)
         self.progress = progress

@@ -165,18 +165,30 @@ def test_saved_state_and_checkpoints_load_on_cpu(chat_file: Path, tmp_path: Path
 def test_resume_on_cpu_from_a_state_with_cuda_extras(
     chat_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A state carrying a CUDA RNG state (as written on a GPU) resumes on a CPU-only run."""
+    """A state as written on a GPU (CUDA RNG state, fused-AdamW flag) resumes exactly on a CPU-only run."""
     monkeypatch.setenv(DEVICE_ENV, "cpu")
-    job = tmp_path / "job"
-    spec = TrainingSpec("ftjob_dev", "local:micro-chat", chat_file, None, job, n_epochs=2, batch_size=4)
-    assert train(spec, Recorder(decide=lambda n: "pause" if n > 3 else "continue")).status == "paused"
-    state_file = next((job / STATE_DIR).glob("state-*.pt"))
+    spec = TrainingSpec(
+        "ftjob_dev", "local:micro-chat", chat_file, None, tmp_path / "full", n_epochs=2, batch_size=4
+    )
+    spec = replace(spec, metrics_every_n_steps=1)
+    full = Recorder()
+    train(spec, full)
+    job = replace(spec, output_dir=tmp_path / "job")
+    first = Recorder(decide=lambda n: "pause" if n > 3 else "continue")
+    assert train(job, first).status == "paused"
+    state_file = next((job.output_dir / STATE_DIR).glob("state-*.pt"))
     payload = torch.load(state_file, weights_only=True)
     payload["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)
+    for group in payload["optimizer"]["param_groups"]:
+        group["fused"] = True
     torch.save(payload, state_file)
     rec = Recorder()
-    out = train(replace(spec, resume=True), rec)
+    out = train(replace(job, resume=True), rec)
     assert out.status == "succeeded" and "Resumed from step 3" in rec.messages()
+    combined = first.metric_losses() + rec.metric_losses()
+    assert [s for s, _ in combined] == [s for s, _ in full.metric_losses()]
+    for (_, a), (_, b) in zip(combined, full.metric_losses(), strict=True):
+        assert abs(a - b) < 1e-6
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
