@@ -189,6 +189,13 @@ def bench_ours(
     return cb.t1 - cb.t0, out.trained_tokens
 
 
+def _sampler_args(arguments_cls: Any, group_by_length: bool) -> dict[str, Any]:
+    """The sampler choice in whichever spelling this transformers version has (5.x or 4.x)."""
+    if "train_sampling_strategy" in getattr(arguments_cls, "__dataclass_fields__", {}):
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random"}
+    return {"group_by_length": group_by_length}
+
+
 def bench_hf(
     model: str,
     data: Path,
@@ -247,7 +254,7 @@ def bench_hf(
         use_cpu=device.type == "cpu",
         bf16=device.type == "cuda",
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        **_sampler_args(TrainingArguments, group_by_length),
         remove_unused_columns=False,
         seed=0,
         disable_tqdm=True,
