@@ -19,7 +19,7 @@ from client import MKA1Client  # noqa: E402
 from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
 from tasks import _runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
-from tasks.retry_policy import api_task_options  # noqa: E402
+from tasks.retry_policy import api_task_options, retry_transient  # noqa: E402
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "train_loss",
@@ -152,8 +152,8 @@ def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> M
     """Fetch all events and checkpoints of ``job_id`` and write frames (Parquet + CSV) and a PNG."""
     log = _runtime.run_logger()
     publish(ProgressUpdate("metrics", f"collecting metrics of {job_id}", job_id=job_id))
-    events = client.jobs.new_events(job_id, None)
-    checkpoints = list(client.jobs.list_checkpoints(job_id))
+    events = retry_transient(lambda: client.jobs.new_events(job_id, None))
+    checkpoints = retry_transient(lambda: list(client.jobs.list_checkpoints(job_id)))
     ck = checkpoints_frame(checkpoints)
     ev = events_frame(events)
     out = Path(output_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from client.models import ResponseCreateRequest
 from tasks import _runtime
 from tasks.errors import SmokeTestFailed
 from tasks.progress import ProgressUpdate, publish
-from tasks.retry_policy import api_task_options
+from tasks.retry_policy import api_task_options, retry_transient
 
 
 class SmokePrompt(BaseModel):
@@ -83,11 +84,10 @@ def smoke_test_task(
     cases = []
     for p in prompts:
         started = time.perf_counter()
-        resp = client.responses.create(
-            ResponseCreateRequest(
-                model=model, input=p.prompt, max_output_tokens=max_output_tokens, temperature=0
-            )
+        request = ResponseCreateRequest(
+            model=model, input=p.prompt, max_output_tokens=max_output_tokens, temperature=0
         )
+        resp = retry_transient(functools.partial(client.responses.create, request))
         latency = time.perf_counter() - started
         output = resp.output_text
         cases.append(SmokeCase(p.prompt, output, latency, check_output(output, p.must_contain)))
