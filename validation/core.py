@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
 from validation.analysis import StatsAccumulator, analyze_chat, analyze_preference
-from validation.fastpath import chat_errors, preference_errors, simple_chat
+from validation.fastpath import TOKENS_MASK, chat_errors, preference_errors, simple_chat, unpack_simple
 from validation.hashlog import HashLog
 from validation.models import Issue, Kind, Severity, ValidationReport
 from validation.schema_errors import json_type, schema_issues
 from validation.sniff import ARRAY_HINT, sniff
-from validation.tokens import TOKENS_PER_EXAMPLE, TOKENS_PER_MESSAGE
 
 KindArg = Literal["auto", "chat", "preference"]
 DEFAULT_MIN_EXAMPLES = 10
@@ -23,6 +23,7 @@ DEFAULT_TOKEN_LIMIT = 4096
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_ISSUES = 50
 _BOM = b"\xef\xbb\xbf"
+_BOM_MESSAGE = "file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"
 _SKIP_CHUNK = 1 << 16
 
 
@@ -129,7 +130,7 @@ def validate_file_with_hashes(
     resolved: Kind | None = None if kind == "auto" else kind
     lines = nbytes = 0
 
-    def finish() -> tuple[ValidationReport, HashLog]:
+    def finish(lines: int, nbytes: int) -> tuple[ValidationReport, HashLog]:
         sink.errors.sort(key=lambda i: i.line)
         sink.warnings.sort(key=lambda i: i.line)
         report = ValidationReport(
@@ -148,13 +149,13 @@ def validate_file_with_hashes(
         f = Path(path).open("rb")  # noqa: SIM115 - closed below; the loop is long
     except OSError as exc:
         sink.add(0, "$", f"cannot open file: {exc.strerror or exc}")
-        return finish()
+        return finish(lines, nbytes)
     with f:
         head = f.read(1024)
         reason = sniff(head)
         if reason is not None:
             sink.add(0, "$", reason)
-            return finish()
+            return finish(lines, nbytes)
         f.seek(0)
 
         check: Callable[[object], list[str]] | None = None
@@ -166,91 +167,94 @@ def validate_file_with_hashes(
         decode_error = orjson.JSONDecodeError
         hash_append = hashes.hashes.append
         line_append = hashes.lines.append
-        simple: Callable[[object], tuple[int, int, int, int, int] | None] | None = (
-            simple_chat if resolved == "chat" else None
-        )
-        s_examples = s_tokens = s_max = s_sys = s_user = s_asst = s_dev = s_with_system = s_multi = 0
+        simple: Callable[[object], int | None] | None = simple_chat if resolved == "chat" else None
+        s_total = s_max = 0  # s_total: sum of the fast lane's packed simple_chat values
         s_min = 1 << 62
         readline = f.readline
+        tell = f.tell  # byte offsets come from the file position: no running byte count per line
         limit = max_line_bytes + 2  # room for "\r\n"
-        data_lines = 0
+        plain_max = max_line_bytes + 1  # a plain line's length with its "\n"
+        blank_lines = 0
         crlf_seen = False
         first_line_list = False
         kind_checked = False
 
-        while True:
-            raw = readline(limit)
-            if not raw:
-                break
-            lines += 1
-            n = len(raw)
-            nbytes += n
-            # Measure without the line terminator; note CRLF once. orjson ignores trailing whitespace,
-            # so the line is parsed and hashed as read (a copy per line costs more than the hash).
-            body = raw
-            if raw[-1] == 10:
-                end = n - 1
-                if end and raw[end - 1] == 13:
-                    end -= 1
-                    if not crlf_seen:
-                        crlf_seen = True
-                        sink.add(
-                            lines,
-                            "$",
-                            "file uses Windows (CRLF) line endings; accepted, but LF is preferred",
-                            "warning",
-                        )
-                    body = raw[:end] + b"\n"  # hash CRLF and LF copies of an example alike
+        # iter() + enumerate() read and number the lines in C; readline's limit bounds the memory per line.
+        for lines, raw in enumerate(iter(partial(readline, limit), b""), 1):
+            # Plain line: ends in "}\n" (so not blank, not CRLF) within plain_max bytes (a longer read has
+            # no "\n" before its end); one C call decides it. orjson ignores the trailing newline, so the
+            # line is parsed and hashed as read, without a copy.
+            if raw.endswith(b"}\n", 0, plain_max):
+                body = raw
+                try:
+                    obj = loads(raw)
+                except decode_error as err:
+                    if lines != 1 or not raw.startswith(_BOM):
+                        sink.add(lines, "$", _json_error(raw, err, tell() - len(raw)))
+                        continue
+                    sink.add(1, "$", _BOM_MESSAGE)
+                    body = raw[3:]
+                    try:
+                        obj = loads(body)
+                    except decode_error as err2:
+                        sink.add(lines, "$", _json_error(body, err2, tell() - len(raw)))
+                        continue
             else:
-                end = n
-                body = raw + b"\n"  # last line without a newline: hash it like the others
-            if end > max_line_bytes:
-                if n == limit and raw[-1] != 10:
-                    # Skip the rest of an over-long line without holding it in memory.
-                    while True:
-                        chunk = readline(_SKIP_CHUNK)
-                        nbytes += len(chunk)
-                        end += len(chunk)
-                        if not chunk or chunk[-1] == 10:
-                            break
-                data_lines += 1
-                sink.add(
-                    lines, "$", f"line is longer than {max_line_bytes} bytes (at least {end}); not parsed"
-                )
-                continue
-            if raw[0] != 123 and raw.isspace():  # 123 = "{": skip the call for normal lines
-                sink.add(lines, "$", "blank line; remove empty lines (the API rejects them)")
-                continue
-            data_lines += 1
-            if lines == 1 and body.startswith(_BOM):
-                sink.add(
-                    1, "$", "file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"
-                )
-                body = body[3:]
-            try:
-                obj = loads(body)
-            except decode_error as err:
-                sink.add(lines, "$", _json_error(body, err, nbytes - n))
-                continue
+                n = len(raw)
+                # Measure without the line terminator; note CRLF once.
+                body = raw
+                if raw[-1] == 10:
+                    end = n - 1
+                    if end and raw[end - 1] == 13:
+                        end -= 1
+                        if not crlf_seen:
+                            crlf_seen = True
+                            sink.add(
+                                lines,
+                                "$",
+                                "file uses Windows (CRLF) line endings; accepted, but LF is preferred",
+                                "warning",
+                            )
+                        body = raw[:end] + b"\n"  # hash CRLF and LF copies of an example alike
+                else:
+                    end = n
+                    body = raw + b"\n"  # last line without a newline: hash it like the others
+                if end > max_line_bytes:
+                    if n == limit and raw[-1] != 10:
+                        # Skip the rest of an over-long line without holding it in memory.
+                        while True:
+                            chunk = readline(_SKIP_CHUNK)
+                            end += len(chunk)
+                            if not chunk or chunk[-1] == 10:
+                                break
+                    sink.add(
+                        lines, "$", f"line is longer than {max_line_bytes} bytes (at least {end}); not parsed"
+                    )
+                    continue
+                if raw[0] != 123 and raw.isspace():
+                    blank_lines += 1
+                    sink.add(lines, "$", "blank line; remove empty lines (the API rejects them)")
+                    continue
+                if lines == 1 and body.startswith(_BOM):
+                    sink.add(1, "$", _BOM_MESSAGE)
+                    body = body[3:]
+                try:
+                    obj = loads(body)
+                except decode_error as err:
+                    sink.add(lines, "$", _json_error(body, err, tell() - n))
+                    continue
             if simple is not None:
-                got = simple(obj)
-                if got is not None:
-                    tokens, n_sys, n_user, n_asst, n_dev = got
-                    tokens += TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (n_sys + n_user + n_asst + n_dev)
-                    if tokens <= token_limit:
-                        # Fast lane: valid, warning-free chat example; tallied in locals for speed.
-                        s_examples += 1
-                        s_tokens += tokens
-                        if tokens < s_min:
-                            s_min = tokens
+                packed = simple(obj)
+                if packed is not None:
+                    tokens = packed & TOKENS_MASK
+                    # Fast lane: valid, warning-free chat example, tallied in one int. The token limit
+                    # is checked only when the maximum grows (s_max never exceeds the limit).
+                    if tokens <= s_max or tokens <= token_limit:
+                        s_total += packed
                         if tokens > s_max:
                             s_max = tokens
-                        s_sys += n_sys
-                        s_user += n_user
-                        s_asst += n_asst
-                        s_dev += n_dev
-                        s_with_system += n_sys + n_dev > 0
-                        s_multi += n_asst > 1
+                        if tokens < s_min:
+                            s_min = tokens
                         hash_append(hash(body))
                         line_append(lines)
                         continue
@@ -274,7 +278,8 @@ def validate_file_with_hashes(
                         f"expected {resolved} examples, but line {lines} is in {looks} format; "
                         f"pass kind={looks!r} or fix the file",
                     )
-                    return finish()
+                    nbytes = tell()
+                    return finish(lines, nbytes)
             bad = check(obj)
             if bad:
                 if sink.errors_full:
@@ -293,14 +298,22 @@ def validate_file_with_hashes(
                 for field, message in warnings:
                     sink.add(lines, field, message, "warning")
 
+        nbytes = tell()
+        data_lines = lines - blank_lines  # over-long lines count: they are examples we could not read
+        fast = unpack_simple(s_total)
         acc.merge_fast(
-            examples=s_examples,
-            tokens=s_tokens,
+            examples=fast.examples,
+            tokens=fast.tokens,
             min_tokens=s_min,
             max_tokens=s_max,
-            roles={"system": s_sys, "developer": s_dev, "user": s_user, "assistant": s_asst},
-            with_system=s_with_system,
-            multi_turn=s_multi,
+            roles={
+                "system": fast.system,
+                "developer": fast.developer,
+                "user": fast.user,
+                "assistant": fast.assistant,
+            },
+            with_system=fast.with_system,
+            multi_turn=fast.multi_turn,
         )
 
     if nbytes == 0:
@@ -315,4 +328,4 @@ def validate_file_with_hashes(
         )
     for line, first in hashes.duplicates():
         sink.add(line, "$", f"duplicate of line {first}", "warning")
-    return finish()
+    return finish(lines, nbytes)

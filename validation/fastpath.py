@@ -8,7 +8,10 @@ reported error text (see ``schema_errors``). Each function returns the dotted fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from validation.tokens import TOKENS_PER_EXAMPLE, TOKENS_PER_MESSAGE
 
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 MESSAGE_KEYS = frozenset(("role", "content", "name", "weight", "tool_calls", "tool_call_id"))
@@ -184,44 +187,101 @@ def preference_errors(obj: object) -> list[str]:
     return out
 
 
-def simple_chat(obj: object) -> tuple[int, int, int, int, int] | None:
+# simple_chat packs its per-example counts into one int so the hot loop does one addition per example
+# instead of a dozen: 64-bit fields, so a file-level sum of packed values cannot carry from one field into
+# the next below 2**64 tokens/messages. Assistants sit in the top field: "two or more" is one comparison.
+_F = 64
+_FIELD = (1 << _F) - 1
+TOKENS_MASK = _FIELD
+_EXAMPLE, _SYSTEM, _DEVELOPER, _USER, _WITH_SYSTEM, _MULTI_TURN, _ASSISTANT = (
+    1 << (_F * i) for i in range(1, 8)
+)
+# Per message, simple_chat adds a small int (7 bits per role, so at most 127 messages per example): wide
+# ints cost an allocation per addition. The example's role mix is widened once, through a cache.
+_MAX_SIMPLE_MESSAGES = 127
+_ROLE_BITS = {"system": 1, "developer": 1 << 7, "user": 1 << 14, "assistant": 1 << 21}
+_WIDE: dict[int, int] = {}
+_WIDE_CACHE_MAX = 4096
+
+
+def _widen(mix: int) -> int:
+    """The packed value of an example with role mix ``mix`` and no text (framing tokens only)."""
+    s, d, u, a = mix & 127, (mix >> 7) & 127, (mix >> 14) & 127, mix >> 21
+    wide = _EXAMPLE + TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (s + d + u + a)
+    wide += s * _SYSTEM + d * _DEVELOPER + u * _USER + a * _ASSISTANT
+    if s or d:
+        wide += _WITH_SYSTEM
+    if a > 1:
+        wide += _MULTI_TURN
+    if len(_WIDE) < _WIDE_CACHE_MAX:
+        _WIDE[mix] = wide
+    return wide
+
+
+@dataclass(frozen=True)
+class SimpleTotals:
+    """Totals decoded from a sum of ``simple_chat`` values."""
+
+    tokens: int
+    examples: int
+    system: int
+    developer: int
+    user: int
+    assistant: int
+    with_system: int
+    multi_turn: int
+
+
+def unpack_simple(total: int) -> SimpleTotals:
+    """Decode one ``simple_chat`` value, or the sum of many, into its fields."""
+    return SimpleTotals(
+        tokens=total & _FIELD,
+        examples=(total >> _F) & _FIELD,
+        system=(total >> (2 * _F)) & _FIELD,
+        developer=(total >> (3 * _F)) & _FIELD,
+        user=(total >> (4 * _F)) & _FIELD,
+        with_system=(total >> (5 * _F)) & _FIELD,
+        multi_turn=(total >> (6 * _F)) & _FIELD,
+        assistant=total >> (7 * _F),
+    )
+
+
+def simple_chat(obj: object) -> int | None:
     """Accept the common shape in one tight loop: ``{"messages": [...]}`` whose messages are all
     ``{"role": system|developer|user|assistant, "content": non-blank str}``, with an assistant message last.
 
-    Returns (text tokens, system-or-developer count, user count, assistant count, developer count) or
-    None when the example needs the general path (anything else, including every invalid example).
-    Whatever it accepts is valid under chat.schema.json and raises no warning except the token limit.
+    Returns the example's counts packed into one int (decode with ``unpack_simple``; the low field,
+    ``value & TOKENS_MASK``, is its estimated tokens with framing), or None when the example needs the
+    general path (anything else, including every invalid example). Whatever it accepts is valid under
+    chat.schema.json and raises no warning except the token limit.
     """
-    if type(obj) is not dict or len(obj) != 1:
-        return None
-    msgs = obj.get("messages")
-    if type(msgs) is not list or not msgs:
-        return None
-    tokens = n_sys = n_user = n_asst = n_dev = 0
+    mix = tokens = 0
     role = None
-    # Exceptions stand in for type checks on this hot loop: m["content"] fails on a non-dict (or a dict
-    # without that key), .isspace() on a non-string content, the role chain rejects everything else.
+    bits = _ROLE_BITS
+    # Exceptions stand in for type checks on this hot path: obj["messages"] fails on a non-dict (TypeError)
+    # or a dict without it (KeyError), m["content"] on a non-dict message, .strip() on a non-string
+    # content (AttributeError); the role lookup rejects any other role (KeyError) or an unhashable one
+    # (TypeError). An empty list leaves role None and is rejected below.
     try:
+        msgs = obj["messages"]  # type: ignore[index]
+        if len(obj) != 1 or type(msgs) is not list or len(msgs) > _MAX_SIMPLE_MESSAGES:  # type: ignore[arg-type]
+            return None
         for m in msgs:
             if len(m) != 2:
                 return None
             content = m["content"]
-            if not content or content.isspace():
+            # str.strip() drops exactly the characters str.isspace() (and the schema's \S) treat as
+            # space, and returns the string itself when there are none: one call rejects "" and blanks.
+            if not content.strip():
                 return None
             role = m["role"]
-            if role == "assistant":
-                n_asst += 1
-            elif role == "user":
-                n_user += 1
-            elif role == "system":
-                n_sys += 1
-            elif role == "developer":
-                n_dev += 1
-            else:
-                return None
+            mix += bits[role]
             tokens += (len(content) + 3) >> 2  # ceil(chars / 4), see validation.tokens
     except (KeyError, TypeError, AttributeError):
         return None
     if role != "assistant":
         return None
-    return tokens, n_sys, n_user, n_asst, n_dev
+    wide = _WIDE.get(mix)
+    if wide is None:
+        wide = _widen(mix)
+    return wide + tokens
