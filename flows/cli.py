@@ -123,6 +123,9 @@ def summary_table(result: Any) -> Table:
     table.add_row("upload reused", "yes" if result.uploads_reused else "no")
     table.add_row("attached to existing job", "yes" if result.job_attached else "no")
     table.add_row("smoke test", {True: "passed", False: "failed", None: "skipped"}[result.smoke_passed])
+    if result.smoke_answers:
+        first = result.smoke_answers[0]
+        table.add_row("smoke answer", f"{first['prompt']!r}\n-> {first['output'].strip()!r}")
     table.add_row("duration", f"{result.duration_s:.1f}s")
     table.add_row("output dir", str(result.output_dir))
     return table

@@ -121,10 +121,13 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
         output_dir = params.output_dir or Path("runs") / job_id
         metrics = collect_metrics_task(client, job_id, output_dir)
         smoke_passed: bool | None = None
+        smoke_answers: list[dict[str, str]] = []
         if smoke_prompts and job.fine_tuned_model:
-            smoke_passed = smoke_test_task(
+            smoke = smoke_test_task(
                 client, job.fine_tuned_model, smoke_prompts, max_output_tokens=params.smoke_max_output_tokens
-            ).passed
+            )
+            smoke_passed = smoke.passed
+            smoke_answers = [{"prompt": c.prompt, "output": c.output} for c in smoke.cases]
 
     result_path = metrics.output_dir / "result.json"
     result = FineTuneResult(
@@ -141,6 +144,7 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
         output_dir=metrics.output_dir,
         outputs={**metrics.files, "result_json": result_path},
         smoke_passed=smoke_passed,
+        smoke_answers=smoke_answers,
         duration_s=time.monotonic() - started,
     )
     result_path.write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")

@@ -172,4 +172,7 @@ class FineTuneResult(BaseModel):
     output_dir: Path | None = None
     outputs: dict[str, Path] = Field(default_factory=dict, description="Files written (frames, plot, result)")
     smoke_passed: bool | None = None
+    smoke_answers: list[dict[str, str]] = Field(
+        default_factory=list, description="What the fine-tuned model answered to each smoke prompt"
+    )
     duration_s: float

@@ -97,6 +97,7 @@ def test_flow_trains_and_rerun_creates_nothing(
     result = state.result()
     assert result.status == "succeeded" and result.fine_tuned_model and result.trained_tokens
     assert result.smoke_passed is True
+    assert result.smoke_answers and all(a["output"].strip() for a in result.smoke_answers)
     ck = pd.read_parquet(tmp_path / "out" / "checkpoints.parquet")
     assert len(ck) >= 1
     for name in METRIC_COLUMNS:

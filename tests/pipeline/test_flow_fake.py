@@ -68,6 +68,9 @@ def test_flow_succeeds_then_rerun_reuses_everything(
         state = fine_tune(params, return_state=True)
         result = state.result()
         assert result.status == "succeeded" and result.smoke_passed is True
+        # The answers the model gave travel in the result (the CLI prints the first one).
+        assert [a["prompt"] for a in result.smoke_answers] == ["What colour is item number 3?"]
+        assert "item" in result.smoke_answers[0]["output"].lower()
         assert result.fine_tuned_model and result.trained_tokens == 1234
         assert set(result.final_metrics) >= {"train_loss", "valid_loss"}
         assert (tmp_path / "out" / "checkpoints.parquet").is_file() and (
