@@ -6,6 +6,7 @@ Measures wall time, peak RSS of this launcher and of the backend's process tree,
 
     python bench/concurrent_launches.py --jobs 100 --worker-concurrency 4
     python bench/concurrent_launches.py --jobs 20 --max-steps 1     # "instant" training
+    python bench/concurrent_launches.py --quick --json out.json     # 100 jobs, --max-steps 1
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from common import Row, add_common_args, row, write_rows
 from rich.console import Console
 from rich.table import Table
 
@@ -186,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=10, help="training examples (10 is the minimum)")
     ap.add_argument("--max-steps", type=int, default=None, help="backend cap on optimizer steps per job")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per job")
+    add_common_args(ap)
     args = ap.parse_args(argv)
+    if args.quick:  # all 100 launches, but each job stops after one optimizer step
+        args.max_steps = args.max_steps or 1
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="ftpipe-bench-") as tmp:
@@ -238,6 +243,50 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         table.add_row(name, value)
     console.print(table)
+    name = "concurrency"
+    steps = f"max {args.max_steps} step(s)/job" if args.max_steps else "full jobs"
+    rows: list[Row] = [
+        row(
+            name,
+            f"{args.jobs} launches: jobs succeeded",
+            statuses.get("succeeded", 0),
+            len(outcomes),
+            direction=">=",
+            limit=1.0,
+            note=f"{args.worker_concurrency} workers, {steps}",
+        ),
+        row(
+            name,
+            "wall time create -> all terminal, s",
+            wall,
+            unit="s",
+            note=f"{60 * len(outcomes) / wall:.1f} jobs/min",
+        ),
+        row(
+            name,
+            "requests/job (mean vs bound duration/poll + 2)",
+            sum(per_job) / len(per_job),
+            sum(bounds) / len(bounds),
+            direction="<=",
+            limit=1.0,
+            note=f"max {max(per_job)}; {over} over",
+        ),
+        row(
+            name,
+            "launcher peak RSS MiB (vs before launch)",
+            rss.launcher_peak / mib,
+            rss_before / mib,
+            unit="MiB",
+        ),
+        row(
+            name,
+            "backend tree peak RSS MiB",
+            rss.tree_peak / mib,
+            unit="MiB",
+            note=f"{rss.tree_procs_peak} processes",
+        ),
+    ]
+    write_rows(args.json, rows)
     for msg, n in Counter(o.error for o in outcomes if o.error).most_common(3):
         console.print(f"[red]{n} job(s) failed:[/red] {msg}", markup=True, highlight=False)
     return 0 if statuses.get("succeeded", 0) == len(outcomes) and over == 0 else 1

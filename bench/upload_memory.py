@@ -5,7 +5,7 @@ Creates a sparse file (default 1 GiB) in a temp dir, uploads it through ``MKA1Cl
 process's RSS in a background thread. A streamed upload keeps RSS flat; reading the file whole would grow it
 by the file size.
 
-    python bench/upload_memory.py [--size-mb 1024] [--client sync|async|both] [--control]
+    python bench/upload_memory.py [--size-mb 1024] [--client sync|async|both] [--control] [--json PATH]
 
 ``--control`` adds a row that uploads the file read whole (slow: use e.g. ``--size-mb 256``), proving the
 probe does see a buffered upload.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from common import Row, add_common_args, row, write_rows
 from pydantic import SecretStr
 
 from client import AsyncMKA1Client, ClientSettings, MKA1Client
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also upload a body read whole into memory (not the client's path), to show the probe sees it",
     )
+    # The target is defined on 1 GiB and the upload is fast, so there is no smaller --quick variant.
+    add_common_args(parser, quick=False)
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # same run; accepted
     args = parser.parse_args(argv)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), SinkHandler)
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'target':>7}  result"
     )
     ok = True
+    rows: list[Row] = []
     for r in results:
         passed = r.peak_growth_mb < TARGET_MB and r.bytes_received >= size
         if r.client != "control":  # the control is expected to fail; it only validates the measurement
@@ -190,6 +195,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.peak_growth_mb:>13.1f} {r.maxrss_growth_mb:>11.1f} {'<' + str(int(TARGET_MB)):>7}  "
             f"{'PASS' if passed else 'FAIL'}"
         )
+        check = r.client != "control" and r.bytes_received >= size
+        rows.append(
+            row(
+                "upload",
+                f"peak RSS growth MiB, {r.size_mb:.0f} MiB file, {r.client} client",
+                r.peak_growth_mb,
+                direction="<=" if check else "info",
+                limit=TARGET_MB,
+                unit="MiB",
+                note=f"{r.size_mb / r.seconds:.0f} MiB/s"
+                + ("" if r.bytes_received >= size else f"; server got only {r.bytes_received} bytes"),
+            )
+        )
+        if r.client != "control" and r.bytes_received < size:
+            rows.append(
+                row("upload", f"bytes received ({r.client})", r.bytes_received, size, direction=">=", limit=1)
+            )
+    write_rows(args.json, rows)
     return 0 if ok else 1
 
 
