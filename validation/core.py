@@ -11,7 +11,7 @@ from typing import Any, Literal
 import orjson
 
 from validation.analysis import StatsAccumulator, analyze_chat, analyze_preference
-from validation.fastpath import TOKENS_MASK, chat_errors, preference_errors, simple_chat, unpack_simple
+from validation.fastpath import chat_errors, preference_errors, simple_chat, unpack_simple
 from validation.hashlog import HashLog
 from validation.models import Issue, Kind, Severity, ValidationReport
 from validation.schema_errors import json_type, schema_issues
@@ -167,9 +167,12 @@ def validate_file_with_hashes(
         decode_error = orjson.JSONDecodeError
         hash_append = hashes.hashes.append
         line_append = hashes.lines.append
-        simple: Callable[[object], int | None] | None = simple_chat if resolved == "chat" else None
-        s_total = s_max = 0  # s_total: sum of the fast lane's packed simple_chat values
+        simple: Callable[[object], tuple[int, int] | None] | None = (
+            simple_chat if resolved == "chat" else None
+        )
+        s_total = s_max = 0  # s_total: sum of the fast lane's packed simple_chat counts
         s_min = 1 << 62
+        s_tokens = 0
         readline = f.readline
         tell = f.tell  # byte offsets come from the file position: no running byte count per line
         limit = max_line_bytes + 2  # room for "\r\n"
@@ -244,13 +247,14 @@ def validate_file_with_hashes(
                     sink.add(lines, "$", _json_error(body, err, tell() - n))
                     continue
             if simple is not None:
-                packed = simple(obj)
-                if packed is not None:
-                    tokens = packed & TOKENS_MASK
+                got = simple(obj)
+                if got is not None:
+                    packed, tokens = got
                     # Fast lane: valid, warning-free chat example, tallied in one int. The token limit
                     # is checked only when the maximum grows (s_max never exceeds the limit).
                     if tokens <= s_max or tokens <= token_limit:
                         s_total += packed
+                        s_tokens += tokens
                         if tokens > s_max:
                             s_max = tokens
                         if tokens < s_min:
@@ -303,7 +307,7 @@ def validate_file_with_hashes(
         fast = unpack_simple(s_total)
         acc.merge_fast(
             examples=fast.examples,
-            tokens=fast.tokens,
+            tokens=s_tokens,
             min_tokens=s_min,
             max_tokens=s_max,
             roles={

@@ -187,12 +187,11 @@ def preference_errors(obj: object) -> list[str]:
     return out
 
 
-# simple_chat packs its per-example counts into one int so the hot loop does one addition per example
-# instead of a dozen: 64-bit fields, so a file-level sum of packed values cannot carry from one field into
-# the next below 2**64 tokens/messages. Assistants sit in the top field: "two or more" is one comparison.
+# simple_chat packs an example's counts into one int so the hot loop does one addition per example instead
+# of a dozen: 64-bit fields, so a file-level sum of packed values cannot carry from one field into the next
+# below 2**64 examples/messages. Field 0 is unused (tokens travel apart, as a small int).
 _F = 64
 _FIELD = (1 << _F) - 1
-TOKENS_MASK = _FIELD
 _EXAMPLE, _SYSTEM, _DEVELOPER, _USER, _WITH_SYSTEM, _MULTI_TURN, _ASSISTANT = (
     1 << (_F * i) for i in range(1, 8)
 )
@@ -200,29 +199,28 @@ _EXAMPLE, _SYSTEM, _DEVELOPER, _USER, _WITH_SYSTEM, _MULTI_TURN, _ASSISTANT = (
 # ints cost an allocation per addition. The example's role mix is widened once, through a cache.
 _MAX_SIMPLE_MESSAGES = 127
 _ROLE_BITS = {"system": 1, "developer": 1 << 7, "user": 1 << 14, "assistant": 1 << 21}
-_WIDE: dict[int, int] = {}
+_WIDE: dict[int, tuple[int, int]] = {}
 _WIDE_CACHE_MAX = 4096
 
 
-def _widen(mix: int) -> int:
-    """The packed value of an example with role mix ``mix`` and no text (framing tokens only)."""
+def _widen(mix: int) -> tuple[int, int]:
+    """(packed counts, framing tokens) of an example with role mix ``mix``."""
     s, d, u, a = mix & 127, (mix >> 7) & 127, (mix >> 14) & 127, mix >> 21
-    wide = _EXAMPLE + TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (s + d + u + a)
-    wide += s * _SYSTEM + d * _DEVELOPER + u * _USER + a * _ASSISTANT
+    framing = TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (s + d + u + a)
+    wide = _EXAMPLE + s * _SYSTEM + d * _DEVELOPER + u * _USER + a * _ASSISTANT
     if s or d:
         wide += _WITH_SYSTEM
     if a > 1:
         wide += _MULTI_TURN
     if len(_WIDE) < _WIDE_CACHE_MAX:
-        _WIDE[mix] = wide
-    return wide
+        _WIDE[mix] = (wide, framing)
+    return wide, framing
 
 
 @dataclass(frozen=True)
 class SimpleTotals:
-    """Totals decoded from a sum of ``simple_chat`` values."""
+    """Totals decoded from a sum of ``simple_chat`` packed counts."""
 
-    tokens: int
     examples: int
     system: int
     developer: int
@@ -233,9 +231,8 @@ class SimpleTotals:
 
 
 def unpack_simple(total: int) -> SimpleTotals:
-    """Decode one ``simple_chat`` value, or the sum of many, into its fields."""
+    """Decode one ``simple_chat`` packed count, or the sum of many, into its fields."""
     return SimpleTotals(
-        tokens=total & _FIELD,
         examples=(total >> _F) & _FIELD,
         system=(total >> (2 * _F)) & _FIELD,
         developer=(total >> (3 * _F)) & _FIELD,
@@ -246,13 +243,12 @@ def unpack_simple(total: int) -> SimpleTotals:
     )
 
 
-def simple_chat(obj: object) -> int | None:
+def simple_chat(obj: object) -> tuple[int, int] | None:
     """Accept the common shape in one tight loop: ``{"messages": [...]}`` whose messages are all
     ``{"role": system|developer|user|assistant, "content": non-blank str}``, with an assistant message last.
 
-    Returns the example's counts packed into one int (decode with ``unpack_simple``; the low field,
-    ``value & TOKENS_MASK``, is its estimated tokens with framing), or None when the example needs the
-    general path (anything else, including every invalid example). Whatever it accepts is valid under
+    Returns (the example's counts packed into one int, decoded with ``unpack_simple``; its estimated
+    tokens with framing), or None when the example needs the general path (anything else, including every invalid example). Whatever it accepts is valid under
     chat.schema.json and raises no warning except the token limit.
     """
     mix = tokens = 0
@@ -281,7 +277,6 @@ def simple_chat(obj: object) -> int | None:
         return None
     if role != "assistant":
         return None
-    wide = _WIDE.get(mix)
-    if wide is None:
-        wide = _widen(mix)
-    return wide + tokens
+    known = _WIDE.get(mix)
+    wide, framing = _widen(mix) if known is None else known
+    return wide, framing + tokens
