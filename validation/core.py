@@ -131,6 +131,7 @@ def validate_file_with_hashes(
     lines = nbytes = 0
 
     def finish(lines: int, nbytes: int) -> tuple[ValidationReport, HashLog]:
+        hashes.total_lines = lines
         sink.errors.sort(key=lambda i: i.line)
         sink.warnings.sort(key=lambda i: i.line)
         report = ValidationReport(
@@ -166,7 +167,9 @@ def validate_file_with_hashes(
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         hash_append = hashes.hashes.append
-        line_append = hashes.lines.append
+        # Lines that leave the fast lane are noted (rare), so the hashes need no line numbers beside them.
+        slow_append = hashes.slow.append
+        slow_hashed_append = hashes.slow_hashed.append
         simple: Callable[[object], tuple[int, int] | None] | None = (
             simple_chat if resolved == "chat" else None
         )
@@ -193,6 +196,7 @@ def validate_file_with_hashes(
                     obj = loads(raw)
                 except decode_error as err:
                     if lines != 1 or not raw.startswith(_BOM):
+                        slow_append(lines)
                         sink.add(lines, "$", _json_error(raw, err, tell() - len(raw)))
                         continue
                     sink.add(1, "$", _BOM_MESSAGE)
@@ -200,6 +204,7 @@ def validate_file_with_hashes(
                     try:
                         obj = loads(body)
                     except decode_error as err2:
+                        slow_append(lines)
                         sink.add(lines, "$", _json_error(body, err2, tell() - len(raw)))
                         continue
             else:
@@ -230,12 +235,14 @@ def validate_file_with_hashes(
                             end += len(chunk)
                             if not chunk or chunk[-1] == 10:
                                 break
+                    slow_append(lines)
                     sink.add(
                         lines, "$", f"line is longer than {max_line_bytes} bytes (at least {end}); not parsed"
                     )
                     continue
                 if raw[0] != 123 and raw.isspace():
                     blank_lines += 1
+                    slow_append(lines)
                     sink.add(lines, "$", "blank line; remove empty lines (the API rejects them)")
                     continue
                 if lines == 1 and body.startswith(_BOM):
@@ -244,6 +251,7 @@ def validate_file_with_hashes(
                 try:
                     obj = loads(body)
                 except decode_error as err:
+                    slow_append(lines)
                     sink.add(lines, "$", _json_error(body, err, tell() - n))
                     continue
             if simple is not None:
@@ -260,8 +268,8 @@ def validate_file_with_hashes(
                         if tokens < s_min:
                             s_min = tokens
                         hash_append(hash(body))
-                        line_append(lines)
                         continue
+            slow_append(lines)  # the general path: hashed below only if valid
             if check is None or analyze is None:
                 if type(obj) is not dict:
                     first_line_list = lines == 1 and type(obj) is list
@@ -296,13 +304,14 @@ def validate_file_with_hashes(
                     sink.add(lines, field, message)
                 continue
             hash_append(hash(body))
-            line_append(lines)
+            slow_hashed_append(lines)
             warnings = analyze(obj, acc)
             if warnings:
                 for field, message in warnings:
                     sink.add(lines, field, message, "warning")
 
         nbytes = tell()
+        hashes.total_lines = lines
         data_lines = lines - blank_lines  # over-long lines count: they are examples we could not read
         fast = unpack_simple(s_total)
         acc.merge_fast(
