@@ -42,6 +42,8 @@ def _ensure_backend_importable() -> None:
 
 _ensure_backend_importable()
 
+from common import Row, add_common_args, row, write_rows  # noqa: E402
+
 from backend.trainer.base_models import resolve_base_model  # noqa: E402
 from backend.trainer.chat import ChatFormat  # noqa: E402
 from backend.trainer.data import SFTExample, collate, load_examples  # noqa: E402
@@ -277,7 +279,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="one table per batch size")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-full-job", action="store_true")
+    add_common_args(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.repeats, args.skip_full_job = 10, 1, True
+    rows: list[Row] = []
     os.environ[DEVICE_ENV] = args.device  # our trainer and Generator read it
     device = resolve_device(args.device)
     if device.type == "cuda" and device.index not in (None, 0):
@@ -300,7 +306,9 @@ def main() -> None:
             f"precision: {'bf16 autocast, fp32 weights, TF32' if device.type == 'cuda' else 'fp32'}"
         )
         for batch_size in args.batch_size:
-            _bench_table(args.model, data, args.steps, batch_size, lr, args.repeats, device, work)
+            rows.append(
+                _bench_table(args.model, data, args.steps, batch_size, lr, args.repeats, device, work)
+            )
         if not args.skip_full_job:
             cb = _CancelAfter(None)
             spec = TrainingSpec("sample", args.model, data, None, work / "full")
@@ -331,6 +339,7 @@ def main() -> None:
                 temperature=0,
             )
             print(f"sample answer ({gen.output_tokens} tokens): {gen.text}")
+    write_rows(args.json, rows)
 
 
 def _bench_table(
@@ -342,8 +351,8 @@ def _bench_table(
     repeats: int,
     device: torch.device,
     work: Path,
-) -> None:
-    """Time both trainers at one batch size (interleaved, best of `repeats`) and print a table."""
+) -> Row:
+    """Time both trainers at one batch size (interleaved, best of `repeats`), print a table, return the row."""
     data = enough_data(data, (steps + 1) * batch_size, work)
     runs: dict[str, list[tuple[float, int]]] = {OURS: [], HF: [], HF_GROUPED: []}
     for _ in range(repeats):  # interleaved, best-of: the machine may be shared and noisy
@@ -357,6 +366,17 @@ def _bench_table(
     for name, s, tok in results:
         tps = tok / s
         print(f"{name:<50} {s:>8.2f} {tok:>12d} {tps:>9.0f} {ours_tps / tps:>10.2f}x")
+    best_hf = max(tok / s for name, s, tok in results[1:])  # the faster of the two Trainer set-ups
+    return row(
+        "trainer",
+        f"tokens/s vs HF Trainer, {model}, batch {batch_size}, {device.type}",
+        ours_tps,
+        best_hf,
+        direction=">=",
+        limit=1.0,
+        unit="tok/s",
+        note=f"{steps} steps, best of {repeats}",
+    )
 
 
 if __name__ == "__main__":
