@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from client import ClientSettings
+from client import ClientSettings, MKA1Client
+from client.errors import AuthenticationError, PermissionDeniedError
+from tasks.retry_policy import retry_transient
 
 HEALTH_PATH = "/health"
 API_PREFIX = "/api/v1/llm"
@@ -70,16 +72,17 @@ def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
 
 
 def _key_accepted(base_url: str, api_key: SecretStr) -> bool:
-    try:
-        resp = httpx.get(
-            base_url.rstrip("/") + "/files",
-            params={"limit": 1},
-            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
-            timeout=5.0,
-        )
-    except httpx.HTTPError:
-        return False
-    return resp.is_success
+    """True when the running backend accepts ``api_key``; False on 401/403.
+
+    Transient failures are retried in place and re-raised when they persist: a False here would start a
+    second backend on the same data directory and port.
+    """
+    with MKA1Client(_settings(base_url=base_url, api_key=api_key)) as client:
+        try:
+            retry_transient(lambda: next(iter(client.files.list(limit=1)), None))
+        except (AuthenticationError, PermissionDeniedError):
+            return False
+    return True
 
 
 @contextmanager
