@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+
+import pytest
 
 # Must happen before prefect is imported anywhere, so its settings pick these up.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="ftpipe-prefect-home-")
@@ -15,3 +18,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Never let a developer's real credentials leak into tests.
 os.environ.pop("MKA1_API_KEY", None)
 os.environ.pop("MKA1_BASE_URL", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole test session (starting one costs ~15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -5,20 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
 from tests.reliability.reliability_kit import CLIENT_TIMEOUT_S, SLOW_S
 
 FAULT_SEED = 1234
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """A temporary Prefect API for the reliability session."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from backend.launcher import RunningBackend, free_port, start_backend
 from backend.settings import BackendSettings
+from tests.jsonl_data import chat_example, write_jsonl
 
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """A temporary Prefect API for the whole session (starting one costs ~15 s)."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+COLOURS = ("blue", "red", "green")
 
 
 @pytest.fixture(scope="session")
@@ -33,30 +27,12 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend
             yield rb
 
 
-def chat_example(i: int) -> dict[str, object]:
-    """One valid supervised chat example."""
-    return {
-        "messages": [
-            {"role": "system", "content": "You answer with the colour of the item."},
-            {"role": "user", "content": f"What colour is item number {i}?"},
-            {"role": "assistant", "content": f"Item {i} is {('blue', 'red', 'green')[i % 3]}."},
-        ]
-    }
-
-
-def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
-    """Write rows as JSONL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train (12) + validation (10) examples: a local:micro-chat epoch over them takes seconds."""
     d = tmp_path_factory.mktemp("sweep-ds")
-    write_jsonl(d / "train.jsonl", [chat_example(i) for i in range(12)])
-    write_jsonl(d / "validation.jsonl", [chat_example(100 + i) for i in range(10)])
+    write_jsonl(d / "train.jsonl", [chat_example(i, COLOURS) for i in range(12)])
+    write_jsonl(d / "validation.jsonl", [chat_example(100 + i, COLOURS) for i in range(10)])
     return d
 
 
