@@ -182,4 +182,6 @@ def transport_error(exc: httpx.TransportError, request_desc: str) -> APIError:
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(redact(f"{request_desc} timed out ({type(exc).__name__}: {detail})"))
-    return APIConnectionError(redact(f"{request_desc} failed to connect ({type(exc).__name__}: {detail})"))
+    # A refused/unreachable host and a connection the server dropped mid-exchange need different fixes.
+    what = "failed to connect" if isinstance(exc, httpx.ConnectError) else "lost its connection"
+    return APIConnectionError(redact(f"{request_desc} {what} ({type(exc).__name__}: {detail})"))

@@ -177,6 +177,10 @@ def test_transport_errors_map_to_our_classes(runner: Runner, exc: Exception, cls
     assert info.value.__cause__ is exc
     assert "GET fine_tuning/jobs/ftjob_1" in str(info.value) and str(exc) in str(info.value)
     assert is_transient(info.value)
+    if cls is APIConnectionError:
+        # Refused connections and dropped ones read differently: they call for different fixes.
+        expected = "failed to connect" if isinstance(exc, httpx.ConnectError) else "lost its connection"
+        assert expected in str(info.value)
 
 
 def status_exc(code: int) -> APIStatusError:
