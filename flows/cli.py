@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from validation.core import DEFAULT_MAX_LINE_BYTES, DEFAULT_MIN_EXAMPLES, DEFAULT_TOKEN_LIMIT
+
 MAX_ISSUES_SHOWN = 20
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -71,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+", type=Path)
     val.add_argument("--kind", choices=("auto", "chat", "preference"), default="auto")
     val.add_argument("--max-issues", type=int, default=MAX_ISSUES_SHOWN)
+    val.add_argument("--min-examples", type=int, default=DEFAULT_MIN_EXAMPLES, help="fewer is an error")
+    val.add_argument(
+        "--token-limit",
+        type=int,
+        default=DEFAULT_TOKEN_LIMIT,
+        help="longer examples get a truncation warning",
+    )
+    val.add_argument(
+        "--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES, help="longer lines are errors"
+    )
 
     be = sub.add_parser("backend", help="the embedded MKA1-compatible backend", add_help=False)
     be.add_argument("backend_args", nargs=argparse.REMAINDER)
@@ -194,7 +206,13 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
             console.print(f"{path}: no such file", markup=False)
             worst = EXIT_FAILED
             continue
-        report = validate_file(path, kind=args.kind)
+        report = validate_file(
+            path,
+            kind=args.kind,
+            min_examples=args.min_examples,
+            token_limit=args.token_limit,
+            max_line_bytes=args.max_line_bytes,
+        )
         errors = [str(i) for i in report.errors]
         warnings = [str(i) for i in report.warnings]
         n_err, n_warn = report.error_count_total, report.warning_count_total
