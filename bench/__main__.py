@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,13 +59,20 @@ def run_one(bench: Benchmark, quick: bool, out_dir: Path, console: Console) -> t
     cmd += ["--json", str(out)]
     console.rule(f"{bench.name}: {shlex.join(cmd[1:])}")
     started = time.perf_counter()
+    # Output streams through so the detailed per-script tables stay visible; only rows are collected. Its
+    # own session, so a timeout also ends the backend processes it started.
+    proc = subprocess.Popen(cmd, start_new_session=True)
     try:
-        # Output streams through so the detailed per-script tables stay visible; only rows are collected.
-        proc = subprocess.run(cmd, timeout=bench.timeout_s, check=False)
+        proc.wait(timeout=bench.timeout_s)
     except subprocess.TimeoutExpired:
-        return [
-            failed_row(bench.name, f"timed out after {bench.timeout_s:.0f}s")
-        ], time.perf_counter() - started
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reason = f"timed out after {bench.timeout_s:.0f}s"
+        return [failed_row(bench.name, reason)], time.perf_counter() - started
     elapsed = time.perf_counter() - started
     rows: list[Row] = []
     if out.exists():
