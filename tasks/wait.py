@@ -37,6 +37,9 @@ class PollPolicy:
     timeout_s: float = 3600.0
     max_consecutive_errors: int = 10
     error_delay_max_s: float = 60.0
+    # Each progress-artifact update is a call to the Prefect API; on a busy machine a call per poll
+    # competes with the training it reports on. Status changes are always published at once.
+    progress_every_s: float = 5.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ def wait_for_job_task(
     artifact = _runtime.progress(
         0.0, key=_runtime.artifact_key("job-progress"), description=f"job {job_id}: starting"
     )
+    artifact_updated = clock()
 
     while True:
         try:
@@ -136,8 +140,9 @@ def wait_for_job_task(
             _echo(log, job_id, event)
             progress.absorb(event)
             since_id = event.id
-        changed = bool(events) or job.status != last_status
-        if job.status != last_status:
+        status_changed = job.status != last_status
+        changed = bool(events) or status_changed
+        if status_changed:
             if job.status == JobStatus.PAUSED:
                 log.warning("job %s is paused; waiting for it to be resumed", job_id)
             else:
@@ -145,7 +150,10 @@ def wait_for_job_task(
             last_status = job.status
         if changed:
             description = f"job {job_id}: {job.status}{progress.describe()}"
-            _runtime.update_progress(artifact, progress.percent(job.status), description=description)
+            now = clock()
+            if status_changed or job.is_terminal or now - artifact_updated >= policy.progress_every_s:
+                _runtime.update_progress(artifact, progress.percent(job.status), description=description)
+                artifact_updated = now
             publish(
                 ProgressUpdate(
                     "wait",

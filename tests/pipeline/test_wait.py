@@ -117,3 +117,28 @@ def test_non_transient_error_fails_immediately(fake: FakeMKA1) -> None:
     with pytest.raises(AuthenticationError):
         _wait(fake, job_id, t)
     assert t.sleeps == []
+
+
+def test_progress_artifact_updates_are_throttled_but_status_changes_are_not(
+    fake: FakeMKA1, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks._runtime as runtime
+
+    fake.timeline = ["queued", *["running"] * 10, "succeeded"]
+    job_id = _job(fake)
+    descriptions: list[str] = []
+    monkeypatch.setattr(runtime, "progress", lambda *a, **k: "artifact-id")
+    monkeypatch.setattr(
+        runtime, "update_progress", lambda artifact, value, description=None: descriptions.append(description)
+    )
+    policy = PollPolicy(interval_s=1.0, max_interval_s=1.0, timeout_s=600.0, progress_every_s=5.0)
+    t = FakeTime()
+    _wait(fake, job_id, t, policy)
+    # 12 polls, each with news: queued (t=0), running (t=1), one throttled refresh (t=6), succeeded (t=11).
+    assert len(descriptions) == 4
+    assert [d.split(": ")[1].split()[0] for d in descriptions] == [
+        "queued",
+        "running",
+        "running",
+        "succeeded",
+    ]
