@@ -16,6 +16,7 @@ from validation.hashlog import HashLog
 from validation.models import Issue, Kind, Severity, ValidationReport
 from validation.schema_errors import json_type, schema_issues
 from validation.sniff import ARRAY_HINT, sniff
+from validation.typedlane import simple_chat_line
 
 KindArg = Literal["auto", "chat", "preference"]
 DEFAULT_MIN_EXAMPLES = 10
@@ -173,6 +174,9 @@ def validate_file_with_hashes(
         simple: Callable[[object], tuple[int, int] | None] | None = (
             simple_chat if resolved == "chat" else None
         )
+        simple_line: Callable[[bytes], tuple[int, int] | None] | None = (
+            simple_chat_line if resolved == "chat" else None
+        )
         s_total = s_max = 0  # s_total: sum of the fast lane's packed simple_chat counts
         s_min = 1 << 62
         s_tokens = 0
@@ -191,6 +195,21 @@ def validate_file_with_hashes(
             # no "\n" before its end); one C call decides it. orjson ignores the trailing newline, so the
             # line is parsed and hashed as read, without a copy.
             if raw.endswith(b"}\n", 0, plain_max):
+                if simple_line is not None:
+                    # Typed decoding in C: the common chat shape without building dicts (the orjson path
+                    # below gives the same answer, and the exact error text, for whatever this declines).
+                    got = simple_line(raw)
+                    if got is not None:
+                        packed, tokens = got
+                        if tokens <= s_max or tokens <= token_limit:  # same tally as the lane below
+                            s_total += packed
+                            s_tokens += tokens
+                            if tokens > s_max:
+                                s_max = tokens
+                            if tokens < s_min:
+                                s_min = tokens
+                            hash_append(hash(raw))
+                            continue
                 body = raw
                 try:
                     obj = loads(raw)
@@ -280,6 +299,7 @@ def validate_file_with_hashes(
                 check = chat_errors if resolved == "chat" else preference_errors
                 analyze = analyze_chat if resolved == "chat" else analyze_preference
                 simple = simple_chat if resolved == "chat" else None
+                simple_line = simple_chat_line if resolved == "chat" else None
             if not kind_checked:
                 kind_checked = True
                 looks = _detect_kind(obj) if type(obj) is dict else resolved

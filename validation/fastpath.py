@@ -197,14 +197,14 @@ _EXAMPLE, _SYSTEM, _DEVELOPER, _USER, _WITH_SYSTEM, _MULTI_TURN, _ASSISTANT = (
 )
 # Per message, simple_chat adds a small int (7 bits per role, so at most 127 messages per example): wide
 # ints cost an allocation per addition. The example's role mix is widened once, through a cache.
-_MAX_SIMPLE_MESSAGES = 127
-_ROLE_BITS = {"system": 1, "developer": 1 << 7, "user": 1 << 14, "assistant": 1 << 21}
-_WIDE: dict[int, tuple[int, int]] = {}
-_WIDE_CACHE_MAX = 4096
+MAX_SIMPLE_MESSAGES = 127
+ROLE_BITS = {"system": 1, "developer": 1 << 7, "user": 1 << 14, "assistant": 1 << 21}
+WIDE_MIX: dict[int, tuple[int, int]] = {}
+_WIDE_MAX = 4096
 
 
-def _widen(mix: int) -> tuple[int, int]:
-    """(packed counts, framing tokens) of an example with role mix ``mix``."""
+def widen_mix(mix: int) -> tuple[int, int]:
+    """(packed counts, framing tokens) of an example with role mix ``mix`` (cached in ``WIDE_MIX``)."""
     s, d, u, a = mix & 127, (mix >> 7) & 127, (mix >> 14) & 127, mix >> 21
     framing = TOKENS_PER_EXAMPLE + TOKENS_PER_MESSAGE * (s + d + u + a)
     wide = _EXAMPLE + s * _SYSTEM + d * _DEVELOPER + u * _USER + a * _ASSISTANT
@@ -212,8 +212,8 @@ def _widen(mix: int) -> tuple[int, int]:
         wide += _WITH_SYSTEM
     if a > 1:
         wide += _MULTI_TURN
-    if len(_WIDE) < _WIDE_CACHE_MAX:
-        _WIDE[mix] = (wide, framing)
+    if len(WIDE_MIX) < _WIDE_MAX:
+        WIDE_MIX[mix] = (wide, framing)
     return wide, framing
 
 
@@ -253,14 +253,14 @@ def simple_chat(obj: object) -> tuple[int, int] | None:
     """
     mix = tokens = 0
     role = None
-    bits = _ROLE_BITS
+    bits = ROLE_BITS
     # Exceptions stand in for type checks on this hot path: obj["messages"] fails on a non-dict (TypeError)
     # or a dict without it (KeyError), m["content"] on a non-dict message, .strip() on a non-string
     # content (AttributeError); the role lookup rejects any other role (KeyError) or an unhashable one
     # (TypeError). An empty list leaves role None and is rejected below.
     try:
         msgs = obj["messages"]  # type: ignore[index]
-        if len(obj) != 1 or type(msgs) is not list or len(msgs) > _MAX_SIMPLE_MESSAGES:  # type: ignore[arg-type]
+        if len(obj) != 1 or type(msgs) is not list or len(msgs) > MAX_SIMPLE_MESSAGES:  # type: ignore[arg-type]
             return None
         for m in msgs:
             if len(m) != 2:
@@ -277,6 +277,6 @@ def simple_chat(obj: object) -> tuple[int, int] | None:
         return None
     if role != "assistant":
         return None
-    known = _WIDE.get(mix)
-    wide, framing = _widen(mix) if known is None else known
+    known = WIDE_MIX.get(mix)
+    wide, framing = widen_mix(mix) if known is None else known
     return wide, framing + tokens
