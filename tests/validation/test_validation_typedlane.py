@@ -217,9 +217,9 @@ def _report_and_log(path: Path, kind: str) -> tuple[Any, ...]:
     return report, list(log.hashes), log.line_numbers().tolist(), log.duplicates()
 
 
-@pytest.mark.parametrize("kind", ["auto", "chat"])
+@pytest.mark.parametrize(("kind", "patience"), [("auto", 64), ("chat", 64), ("chat", 3)])
 def test_reports_identical_with_and_without_typed_lane(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, patience: int
 ) -> None:
     rng = random.Random(99 if kind == "auto" else 7)
     paths = [*(p for d in (BAD, WARN) for p in sorted(d.glob("*.jsonl"))), *SAMPLE_FILES]
@@ -227,17 +227,26 @@ def test_reports_identical_with_and_without_typed_lane(
         p = tmp_path / f"mixed{i}.jsonl"
         _mixed_file(p, rng)
         paths.append(p)
-    accepted = 0
+    calls = accepted = 0
 
     def counting(raw: bytes) -> tuple[int, int] | None:
-        nonlocal accepted
+        nonlocal calls, accepted
         got = simple_chat_line(raw)
+        calls += 1
         accepted += got is not None
         return got
 
     monkeypatch.setattr(core, "simple_chat_line", counting)
+    if patience < 64:  # how many lines the lane sees when it is never dropped
+        monkeypatch.setattr(core, "TYPED_LANE_PATIENCE", 10**9)
+        for p in paths:
+            _report_and_log(p, kind)
+        undropped, calls, accepted = calls, 0, 0
+    monkeypatch.setattr(core, "TYPED_LANE_PATIENCE", patience)
     with_lane = [_report_and_log(p, kind) for p in paths]
-    assert accepted > 500  # the typed lane really ran
+    assert accepted > 300  # the typed lane really ran
+    if patience < 64:
+        assert calls < undropped  # and was dropped in files where many lines decline
     monkeypatch.setattr(core, "simple_chat_line", lambda raw: None)  # the orjson lane alone, as before
     without = [_report_and_log(p, kind) for p in paths]
     for p, a, b in zip(paths, with_lane, without, strict=True):
