@@ -17,20 +17,13 @@ from backend.context import Layout
 from backend.db import Database, new_checkpoint_id, new_file_id, now
 from backend.jobstore import add_event, fail_job
 from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
+from client.models import CHECKPOINT_METRICS
 
 log = logging.getLogger("backend.worker")
 
 CONTROL_POLL_S = 0.2
 IDLE_POLL_S = 0.5
-METRIC_COLUMNS = (
-    "step",
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
+METRIC_COLUMNS = ("step", *CHECKPOINT_METRICS)
 
 
 def fine_tuned_model_id(job: sqlite3.Row) -> str:

@@ -210,6 +210,17 @@ class FineTuningJobEvent(_Model):
     data: dict[str, Any] | None = None
 
 
+# The six checkpoint metrics of the wire contract, in the contract's order: the one list every layer uses.
+CHECKPOINT_METRICS: tuple[str, ...] = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
 class CheckpointMetrics(_Model):
     """Metrics recorded at a checkpoint."""
 

@@ -11,16 +11,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from client.models import CHECKPOINT_METRICS
 from tasks import _runtime
 
-METRIC_COLUMNS = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
+METRIC_COLUMNS = CHECKPOINT_METRICS
 CONFIG_COLUMNS = ("name", "model", "n_epochs", "learning_rate_multiplier", "batch_size", "seed", "suffix")
 OUTCOME_COLUMNS = (
     "status",

@@ -16,19 +16,12 @@ import pandas as pd  # noqa: E402
 from prefect import task  # noqa: E402
 
 from client import MKA1Client  # noqa: E402
-from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
+from client.models import CHECKPOINT_METRICS, FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
 from tasks import _runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
 from tasks.retry_policy import api_task_options, retry_transient  # noqa: E402
 
-METRIC_COLUMNS: tuple[str, ...] = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
+METRIC_COLUMNS = CHECKPOINT_METRICS
 _MAX_ARTIFACT_ROWS = 200
 
 

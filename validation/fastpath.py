@@ -3,7 +3,7 @@
 They exist for speed: a compiled jsonschema validator costs ~50x an ``orjson.loads`` per line, so every
 line goes through these checks and only the lines they flag are re-run through the schema to produce the
 reported error text (see ``schema_errors``). Each function returns the dotted field paths it found wrong
-(an empty list means "valid"). tests/validation/test_agreement.py keeps the two in lock-step.
+(an empty list means "valid"). tests/validation/test_validation_agreement.py keeps the two in lock-step.
 """
 
 from __future__ import annotations

@@ -92,3 +92,12 @@ def test_load_sweep_file_resolves_relative_paths(tmp_path: Path) -> None:
     p = load_sweep_file(cfg)
     assert p.base.dataset_dir == (tmp_path / "ds").resolve()
     assert p.max_concurrency == 3 and len(p.all_configs()) == 2
+
+
+def test_select_by_choices_are_the_contract_metrics() -> None:
+    from typing import get_args
+
+    from client.models import CHECKPOINT_METRICS
+    from flows.sweep import SelectMetric
+
+    assert get_args(SelectMetric) == CHECKPOINT_METRICS
