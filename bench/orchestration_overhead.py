@@ -133,7 +133,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, default=Path("datasets/customer-support"))
     ap.add_argument("--model", default="local:tiny-chat")
-    ap.add_argument("--epochs", default="1")
+    ap.add_argument(
+        "--epochs", default="auto", help="auto: the sample job as `ftpipe run` trains it (3 epochs)"
+    )
     ap.add_argument("--interval", type=float, default=0.5, help="poll interval (fixed) for both variants")
     ap.add_argument("--repeats", type=int, default=4, help="pairs; even numbers balance the order bias")
     add_common_args(ap)
