@@ -121,9 +121,8 @@ class JobService:
             )
             add_event(self.db, job_id, owner, f"Created fine-tuning job: {job_id}", conn=conn)
             add_event(self.db, job_id, owner, "Validating training file: " + req.training_file, conn=conn)
-        created = self.get(
-            owner, job_id
-        )  # read before validation starts: the answer is always validating_files
+        # Read before validation starts: the answer is always validating_files.
+        created = self.get(owner, job_id)
         self._validator.submit(self._validate, job_id)
         return created
 
@@ -191,9 +190,11 @@ class JobService:
                     f"line {i.line}: {i.field}: {i.message}" if i.line else f"{i.field}: {i.message}"
                     for i in report.errors[:MAX_REPORTED_ISSUES]
                 ]
-                more = len(report.errors) - len(shown)
+                # errors holds at most max_issues; error_count_total counts every one found.
+                total = report.error_count_total
+                more = total - len(shown)
                 message = (
-                    f"{param.replace('_', ' ').capitalize()} {file_id} has {len(report.errors)} error(s): "
+                    f"{param.replace('_', ' ').capitalize()} {file_id} has {total} error(s): "
                     + "; ".join(shown)
                 )
                 if more > 0:

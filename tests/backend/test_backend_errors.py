@@ -206,6 +206,16 @@ def test_invalid_training_data_fails_job(api: Api, tmp_path: Path) -> None:
     assert done["status"] == "failed" and done["error"]["code"] == "invalid_training_file"
 
 
+def test_failed_validation_counts_every_error(api: Api, tmp_path: Path) -> None:
+    # 60 bad lines: the validator keeps 50 issues but the job error must count all 60.
+    bad = tmp_path / "many-bad.jsonl"
+    bad.write_text((json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n") * 60)
+    done = api.wait_status(api.create_job(api.upload(bad)["id"])["id"], TERMINAL)
+    assert done["status"] == "failed" and done["error"]["code"] == "invalid_training_file"
+    assert "has 60 error(s)" in done["error"]["message"]
+    assert done["error"]["message"].endswith("; ... and 55 more")
+
+
 def test_files_list_order_and_cursor(api: Api, tmp_path: Path) -> None:
     owner_api = Api(api.rb, owner="lister")
     ids = [owner_api.upload(write_chat_jsonl(tmp_path / f"f{i}.jsonl", n=10 + i))["id"] for i in range(3)]
