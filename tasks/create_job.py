@@ -8,7 +8,9 @@ recent jobs for servers that ignore the filter.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,11 @@ def _matches(job: FineTuningJob, key: str) -> bool:
     return (job.metadata or {}).get(IDEMPOTENCY_KEY) == key
 
 
+def _matching(jobs: Iterable[FineTuningJob], key: str, limit: int) -> list[FineTuningJob]:
+    """The jobs tagged with ``key`` among the first ``limit`` of ``jobs``."""
+    return [job for job in itertools.islice(jobs, limit) if _matches(job, key)]
+
+
 def _pick(candidates: list[FineTuningJob], fresh_if_dead: bool) -> FineTuningJob | None:
     """Newest live job first; a dead one only when the caller accepts dead jobs."""
     ordered = sorted(candidates, key=lambda j: j.created_at or 0, reverse=True)
@@ -95,23 +102,13 @@ def find_existing_job(
             if picked is not None:
                 return picked, "index"
     # Filter client-side too (a server may ignore the filter), and bound the walk in case it does.
-    filtered: list[FineTuningJob] = []
-    for n, job in enumerate(client.jobs.list(metadata={IDEMPOTENCY_KEY: key})):
-        if n >= FILTERED_JOBS_SCAN:
-            break
-        if _matches(job, key):
-            filtered.append(job)
-    picked = _pick(filtered, fresh_if_dead)
+    picked = _pick(
+        _matching(client.jobs.list(metadata={IDEMPOTENCY_KEY: key}), key, FILTERED_JOBS_SCAN), fresh_if_dead
+    )
     if picked is not None:
         return picked, "metadata-filter"
     # A server that mis-parses the filter may return nothing: scan the most recent jobs ourselves.
-    recent: list[FineTuningJob] = []
-    for n, job in enumerate(client.jobs.list()):
-        if n >= RECENT_JOBS_SCAN:
-            break
-        if _matches(job, key):
-            recent.append(job)
-    picked = _pick(recent, fresh_if_dead)
+    picked = _pick(_matching(client.jobs.list(), key, RECENT_JOBS_SCAN), fresh_if_dead)
     return (picked, "recent-scan") if picked is not None else (None, "created")
 
 
