@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import sqlite3
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -59,17 +61,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=10000)] = 20,
 ) -> dict[str, Any]:
     """Events newest first; ``after=<event id>`` returns the older ones."""
-    ctx.state.jobs.get(ctx.owner, job_id)
-    return paginate(
-        ctx.db,
-        "events",
-        "owner = ? AND job_id = ?",
-        [ctx.owner, job_id],
-        after=after,
-        limit=limit,
-        order="desc",
-        to_object=event_object,
-    )
+    return _job_children(ctx, job_id, "events", event_object, after=after, limit=limit)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
@@ -80,16 +72,29 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> dict[str, Any]:
     """Checkpoints newest first; ``after=<checkpoint id>`` returns the older ones."""
+    return _job_children(ctx, job_id, "checkpoints", checkpoint_object, after=after, limit=limit)
+
+
+def _job_children(
+    ctx: RequestContext,
+    job_id: str,
+    table: Literal["events", "checkpoints"],
+    to_object: Callable[[sqlite3.Row], dict[str, Any]],
+    *,
+    after: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """One page of a job's events or checkpoints, newest first (404 unless the job is this owner's)."""
     ctx.state.jobs.get(ctx.owner, job_id)
     return paginate(
         ctx.db,
-        "checkpoints",
+        table,
         "owner = ? AND job_id = ?",
         [ctx.owner, job_id],
         after=after,
         limit=limit,
         order="desc",
-        to_object=checkpoint_object,
+        to_object=to_object,
     )
 
 
