@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,28 +32,29 @@ class GenerationOutput:
 
 
 class GenerationService:
-    """Serialises generations on a single thread: the Generator caches loaded models and is not thread-safe."""
+    """Serialises generations on a single thread: the Generator caches loaded models and is not thread-safe.
+
+    The one-worker executor is the only caller of ``_generate``, so it needs no lock of its own.
+    """
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
         self._generator: Any = None
-        self._lock = threading.Lock()
 
     def _generate(self, req: GenerationRequest) -> GenerationOutput:
-        with self._lock:
-            if self._generator is None:
-                from backend.trainer.generate import Generator
+        if self._generator is None:
+            from backend.trainer.generate import Generator
 
-                self._generator = Generator()
-            result = self._generator.generate(
-                req.model_ref,
-                req.messages,
-                instructions=req.instructions,
-                max_output_tokens=req.max_output_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                seed=req.seed,
-            )
+            self._generator = Generator()
+        result = self._generator.generate(
+            req.model_ref,
+            req.messages,
+            instructions=req.instructions,
+            max_output_tokens=req.max_output_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+        )
         return GenerationOutput(
             text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens
         )
