@@ -13,6 +13,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run as current_flow_run
 
 from client import MKA1Client
+from client.models import FineTuningJob
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.params import FineTuneParams, FineTuneResult
@@ -95,8 +96,9 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
         )
         job_id = handle.job.id
         obo = client.settings.on_behalf_of
+        finished: FineTuningJob | None = None
         try:
-            job = wait_for_job_task(client, job_id, params.polling.policy())
+            finished = wait_for_job_task(client, job_id, params.polling.policy())
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)
             status = cancel_job(client, job_id, log)
@@ -111,12 +113,14 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
                 )
             raise
         finally:
-            # Keep jobs.json's status current so the cancellation hook skips finished jobs.
+            # Keep jobs.json's status current so the cancellation hook skips finished jobs; a wait that
+            # returned already holds the terminal job, so only the failure paths read it again.
             try:
-                latest = client.jobs.retrieve(job_id)
+                latest = finished or client.jobs.retrieve(job_id)
                 record_job(state_dir, conn.server_id, obo, handle.idempotency_key, latest, flow_run_id)
             except Exception:
                 log.debug("could not refresh job %s status in the state dir", job_id)
+        job = finished
 
         output_dir = params.output_dir or Path("runs") / job_id
         metrics = collect_metrics_task(client, job_id, output_dir)
