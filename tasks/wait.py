@@ -131,7 +131,9 @@ def wait_for_job_task(
                 delay,
             )
             if clock() - start + delay > policy.timeout_s:
-                raise JobTimeout(job_id, str(last_status), clock() - start) from exc
+                # No poll may have succeeded yet: say so rather than "still None".
+                status = "unknown" if last_status is None else str(last_status)
+                raise JobTimeout(job_id, status, clock() - start) from exc
             sleep(delay)
             continue
         errors = 0

@@ -142,3 +142,13 @@ def test_progress_artifact_updates_are_throttled_but_status_changes_are_not(
         "running",
         "succeeded",
     ]
+
+
+def test_timeout_before_any_successful_poll_names_no_status(fake: FakeMKA1) -> None:
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 503, count=10)
+    policy = PollPolicy(interval_s=1.0, timeout_s=5.0, max_consecutive_errors=10)
+    with pytest.raises(JobTimeout) as info:
+        _wait(fake, job_id, FakeTime(), policy)
+    assert info.value.status == "unknown"
+    assert f"job {job_id} still unknown after" in str(info.value)
