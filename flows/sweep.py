@@ -11,6 +11,7 @@ reported in the comparison instead of failing the sweep.
 import argparse
 import itertools
 import json
+import logging
 import os
 import re
 import time
@@ -463,6 +464,19 @@ def load_sweep_file(path: Path) -> SweepParams:
     return SweepParams.model_validate(data)
 
 
+# The loggers Prefect's logging.yml levels from PREFECT_LOGGING_LEVEL (the rest inherit from "prefect").
+_PREFECT_LEVELLED_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
+
+
+def quiet_prefect_logging() -> None:
+    """Only warnings from Prefect's loggers, here and in worker processes started from here."""
+    # Prefect configured logging when this module imported it, so the env var alone only reaches child
+    # processes (Dask workers); this process's loggers are lowered directly.
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    for name in _PREFECT_LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``ftpipe sweep CONFIG [--output DIR] [--max-concurrency N] [--task-runner thread|dask]``: 0 if all succeeded."""
     from rich.console import Console
@@ -494,7 +508,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]bad sweep file:[/red] {exc}")
         return 2
     if args.quiet:
-        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        quiet_prefect_logging()
     state = sweep(params, return_state=True)
     if not state.is_completed():
         console.print(f"[red]sweep failed:[/red] {_error_text(state)}")

@@ -101,3 +101,44 @@ def test_select_by_choices_are_the_contract_metrics() -> None:
     from flows.sweep import SelectMetric
 
     assert get_args(SelectMetric) == CHECKPOINT_METRICS
+
+
+def test_sweep_cli_quiet_lowers_prefect_logging_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # flows.sweep imported Prefect (and so configured its logging) long before --quiet is parsed.
+    import logging
+
+    import flows.sweep as sweep_module
+
+    class _FailedState:
+        message = "stopped by the test"
+
+        def is_completed(self) -> bool:
+            return False
+
+        def result(self, raise_on_failure: bool = True) -> BaseException:
+            return RuntimeError("stopped by the test")
+
+    seen: dict[str, int] = {}
+
+    def fake_sweep(params: SweepParams, return_state: bool = False) -> _FailedState:
+        seen["level"] = logging.getLogger("prefect.flow_runs").getEffectiveLevel()
+        return _FailedState()
+
+    loggers = [
+        logging.getLogger(n) for n in ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
+    ]
+    levels = [lg.level for lg in loggers]
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")
+    monkeypatch.setattr(sweep_module, "sweep", fake_sweep)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text("{}\n")
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("base:\n  dataset_dir: ds\ngrid:\n  seed: [1]\n")
+    try:
+        assert sweep_module.sweep_main([str(cfg), "--quiet"]) == 1
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+    assert seen["level"] == logging.WARNING
