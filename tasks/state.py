@@ -71,9 +71,14 @@ class JsonIndex:
 
     def _write(self, data: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            # A failed write must not leave a stray temp file beside the index (the index itself is intact).
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def uploads_index(state_dir: Path) -> JsonIndex:

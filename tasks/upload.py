@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from prefect import task
@@ -64,12 +65,9 @@ def _from_index(client: MKA1Client, file_id: str, size: int) -> FileObject | Non
 
 
 def _from_server_list(client: MKA1Client, name: str, size: int) -> FileObject | None:
-    for n, obj in enumerate(client.files.list(purpose="fine-tune")):
-        if n >= _MAX_LISTED:
-            break
-        if obj.filename == name and obj.bytes == size and _usable(obj):
-            return obj
-    return None
+    # islice stops at the bound without fetching another page.
+    listed = islice(client.files.list(purpose="fine-tune"), _MAX_LISTED)
+    return next((o for o in listed if o.filename == name and o.bytes == size and _usable(o)), None)
 
 
 @task(name="upload-file", task_run_name="upload-{role}", **api_task_options())
