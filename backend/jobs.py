@@ -94,7 +94,7 @@ class JobService:
                 400,
                 "beta only applies to method type 'dpo'.",
                 code="invalid_hyperparameter",
-                param="method.supervised.hyperparameters.beta",
+                param=f"{req.hyperparameters_param()}.beta",
             )
         job_id = new_job_id()
         seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)

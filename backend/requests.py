@@ -75,13 +75,21 @@ class JobCreate(BaseModel):
     def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(value)
 
+    def _method_section(self) -> tuple[Literal["supervised", "dpo"], MethodHyperparameters | None]:
+        method = self.method or Method()
+        return method.type, method.dpo if method.type == "dpo" else method.supervised
+
     def resolved_method(self) -> tuple[Literal["supervised", "dpo"], Hyperparameters]:
         """Method type and the hyperparameters that apply (method form wins over the deprecated one)."""
-        method = self.method or Method()
-        section = method.dpo if method.type == "dpo" else method.supervised
+        method_type, section = self._method_section()
         if section is not None:
-            return method.type, section.hyperparameters
-        return method.type, self.hyperparameters or Hyperparameters()
+            return method_type, section.hyperparameters
+        return method_type, self.hyperparameters or Hyperparameters()
+
+    def hyperparameters_param(self) -> str:
+        """Field path of the hyperparameters `resolved_method` picked, for error ``param`` values."""
+        method_type, section = self._method_section()
+        return f"method.{method_type}.hyperparameters" if section is not None else "hyperparameters"
 
 
 class InputMessage(BaseModel):

@@ -152,6 +152,14 @@ def test_json_body_errors(api: Api, train_file: Path) -> None:
         assert_error(
             post({**ok, "hyperparameters": {"batch_size": 0}}), 400, param="hyperparameters.batch_size"
         )
+        beta_hp = {"hyperparameters": {"beta": 0.5}}
+        assert_error(
+            post({**ok, "method": {"type": "supervised", "supervised": beta_hp}}),
+            400,
+            param="method.supervised.hyperparameters.beta",
+        )
+        # The deprecated top-level form is named as such, not as the method form it was not sent in.
+        assert_error(post({**ok, **beta_hp}), 400, param="hyperparameters.beta")
         assert_error(post({**ok, "model": "gpt-17"}), 404, param="model", code="model_not_found")
         assert_error(post({**ok, "model": "local:/definitely/not/here"}), 404, param="model")
         assert_error(post({**ok, "training_file": "file-000"}), 404, param="training_file")
