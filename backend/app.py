@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +17,7 @@ from backend.faults import FaultInjectionMiddleware, config_from_settings
 from backend.generation import GenerationService
 from backend.jobs import JobService
 from backend.limits import BodyLimitMiddleware
-from backend.settings import BackendSettings
+from backend.settings import BackendSettings, apply_base_model_cache_dir
 
 log = logging.getLogger("backend")
 
@@ -47,8 +46,7 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     layout.ensure()
     db = Database(layout.db_path)
     db.init_schema()
-    if settings.base_model_cache_dir is not None:
-        os.environ.setdefault("FTPIPE_BASE_MODEL_CACHE", str(settings.base_model_cache_dir))
+    apply_base_model_cache_dir(settings.base_model_cache_dir)
     state = BackendState(
         settings=settings,
         layout=layout,

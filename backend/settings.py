@@ -11,6 +11,9 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# Read by backend.trainer.base_models.default_cache_dir (CACHE_ENV there); named here so that importing the
+# settings does not import torch.
+BASE_MODEL_CACHE_ENV = "FTPIPE_BASE_MODEL_CACHE"
 
 
 def _default_data_dir() -> Path:
@@ -58,6 +61,16 @@ class BackendSettings(BaseSettings):
         if self.api_key is not None:
             return self.api_key
         return load_or_create_api_key(self.data_dir)
+
+
+def apply_base_model_cache_dir(cache_dir: Path | str | None) -> None:
+    """Point this process's trainer at the base-model cache: the explicit setting wins when given; otherwise
+    ``$FTPIPE_BASE_MODEL_CACHE`` stays as it is, else the trainer's default applies.
+
+    The API process (Responses) and every training worker call this with the same setting, so they agree.
+    """
+    if cache_dir is not None and str(cache_dir):
+        os.environ[BASE_MODEL_CACHE_ENV] = str(Path(cache_dir).expanduser())
 
 
 def load_or_create_api_key(data_dir: Path) -> SecretStr:

@@ -16,6 +16,7 @@ from typing import Any
 from backend.context import Layout
 from backend.db import Database, new_checkpoint_id, new_file_id, now
 from backend.jobstore import add_event, fail_job
+from backend.settings import apply_base_model_cache_dir
 from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
 from client.models import CHECKPOINT_METRICS
 
@@ -43,8 +44,7 @@ def worker_main(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s"
     )
-    if cache_dir:
-        os.environ["FTPIPE_BASE_MODEL_CACHE"] = cache_dir
+    apply_base_model_cache_dir(cache_dir)
     layout = Layout(Path(data_dir))
     db = Database(layout.db_path)
     from backend.trainer.train import train  # heavy import (torch): once per worker, before the first job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from backend.errors import APIError, _loc_to_param
 from backend.multipart_upload import sanitize_filename
 from backend.routes_files import check_jsonl
-from backend.settings import BackendSettings
+from backend.settings import BASE_MODEL_CACHE_ENV, BackendSettings, apply_base_model_cache_dir
 
 
 def test_api_key_generated_once_with_private_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,3 +65,26 @@ def test_loc_to_param() -> None:
     assert _loc_to_param(("body", "input", 0, "role")) == "input[0].role"
     assert _loc_to_param(("query", "limit")) == "limit"
     assert _loc_to_param(("body",)) is None
+
+
+def test_base_model_cache_setting_wins_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API process (Responses) must use the cache that the workers get: the explicit setting."""
+    from backend.app import create_app
+
+    monkeypatch.setenv(BASE_MODEL_CACHE_ENV, str(tmp_path / "from-env"))
+    create_app(BackendSettings(data_dir=tmp_path / "data", base_model_cache_dir=tmp_path / "from-setting"))
+    assert os.environ[BASE_MODEL_CACHE_ENV] == str(tmp_path / "from-setting")
+
+
+def test_base_model_cache_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.trainer.base_models import CACHE_ENV, default_cache_dir
+
+    assert BASE_MODEL_CACHE_ENV == CACHE_ENV
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    apply_base_model_cache_dir(None)
+    assert CACHE_ENV not in os.environ  # neither given: the trainer's default
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    apply_base_model_cache_dir(None)
+    assert default_cache_dir() == tmp_path / "env"  # no setting: the env var
+    apply_base_model_cache_dir(tmp_path / "setting")
+    assert default_cache_dir() == tmp_path / "setting"  # the setting wins
