@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from backend.settings import BackendSettings
 
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+ENV_PREFIX = str(BackendSettings.model_config.get("env_prefix", "")).upper()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,33 +61,21 @@ class RunningBackend:
         return self
 
     def _child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FTPIPE_BACKEND_")}
-        s = self.settings
-        env.update(
-            {
-                "FTPIPE_BACKEND_DATA_DIR": str(self.data_dir),
-                "FTPIPE_BACKEND_API_KEY": self.api_key.get_secret_value(),
-                "FTPIPE_BACKEND_WORKER_CONCURRENCY": str(s.worker_concurrency),
-                "FTPIPE_BACKEND_MAX_UPLOAD_BYTES": str(s.max_upload_bytes),
-                "FTPIPE_BACKEND_MAX_REQUEST_BODY_BYTES": str(s.max_request_body_bytes),
-                "FTPIPE_BACKEND_METRICS_EVERY_N_STEPS": str(s.metrics_every_n_steps),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        if s.base_model_cache_dir is not None:
-            env["FTPIPE_BACKEND_BASE_MODEL_CACHE_DIR"] = str(s.base_model_cache_dir)
-        if s.max_steps_per_job is not None:
-            env["FTPIPE_BACKEND_MAX_STEPS_PER_JOB"] = str(s.max_steps_per_job)
-        if s.fault_rates:
-            env.update(
-                {
-                    "FTPIPE_BACKEND_FAULT_RATES": s.fault_rates,
-                    "FTPIPE_BACKEND_FAULT_KINDS": s.fault_kinds,
-                    "FTPIPE_BACKEND_FAULT_SEED": str(s.fault_seed),
-                    "FTPIPE_BACKEND_FAULT_SLOW_S": str(s.fault_slow_s),
-                    "FTPIPE_BACKEND_FAULT_RETRY_AFTER_S": str(s.fault_retry_after_s),
-                }
-            )
+        """This environment without its own backend settings, plus every field of `settings` as an env var.
+
+        Built from the model's fields, so a newly added setting reaches the server too. The API key travels
+        only here (never argv, never printed): the server then treats it as configured and does not echo it.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        values = self.settings.model_dump(mode="json")  # secrets come out masked; the key is set below
+        values.update(data_dir=str(self.data_dir), port=self.port)
+        for name in BackendSettings.model_fields:
+            value = values[name]
+            if value is None:
+                continue  # unset optional setting: the server applies the same default
+            env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        env[f"{ENV_PREFIX}API_KEY"] = self.api_key.get_secret_value()
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def _wait_healthy(self) -> None:

@@ -88,3 +88,44 @@ def test_base_model_cache_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert default_cache_dir() == tmp_path / "env"  # no setting: the env var
     apply_base_model_cache_dir(tmp_path / "setting")
     assert default_cache_dir() == tmp_path / "setting"  # the setting wins
+
+
+def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the launcher hands its server subprocess rebuilds the same settings, field for field."""
+    from pydantic import SecretStr
+
+    from backend.launcher import ENV_PREFIX, RunningBackend
+
+    sample: dict[str, object] = {
+        "host": "127.0.0.2",
+        "port": 9123,
+        "data_dir": tmp_path / "data",
+        "api_key": SecretStr("sk-sample"),
+        "worker_concurrency": 3,
+        "max_upload_bytes": 1234,
+        "max_request_body_bytes": 5678,
+        "metrics_every_n_steps": 7,
+        "base_model_cache_dir": tmp_path / "cache",
+        "max_steps_per_job": 11,
+        "fault_rates": "all=0.25,files.drop=0.5",
+        "fault_kinds": "429,drop",
+        "fault_seed": 42,
+        "fault_slow_s": 1.5,
+        "fault_retry_after_s": 2.5,
+    }
+    # A new setting must get a non-default sample here, so this test covers it too.
+    assert set(sample) == set(BackendSettings.model_fields)
+    settings = BackendSettings(**sample)  # type: ignore[arg-type]
+    for name, field in BackendSettings.model_fields.items():
+        assert getattr(settings, name) != field.get_default(call_default_factory=True), name
+    monkeypatch.setenv(f"{ENV_PREFIX}WORKER_CONCURRENCY", "9")  # a stale parent value must not leak through
+    env = RunningBackend(settings, port=settings.port)._child_env()
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.setenv(key, value)
+    rebuilt = BackendSettings()
+    for name in BackendSettings.model_fields:
+        assert getattr(rebuilt, name) == getattr(settings, name), name
+    assert rebuilt.api_key is not None and rebuilt.api_key.get_secret_value() == "sk-sample"
