@@ -275,8 +275,12 @@ def _succeed(
     result_path = layout.files / result_id
     content = _metrics_csv(db, job_id)
     tmp = layout.tmp / f"{result_id}.part"
-    tmp.write_bytes(content)
-    os.replace(tmp, result_path)
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, result_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # tmp/ must only hold writes in progress
+        raise
     with db.tx() as conn:
         changed = conn.execute(
             "UPDATE jobs SET status='succeeded', fine_tuned_model=?, finished_at=?, trained_tokens=?, result_files=?, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,20 @@ def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest
     for name in BackendSettings.model_fields:
         assert getattr(rebuilt, name) == getattr(settings, name), name
     assert rebuilt.api_key is not None and rebuilt.api_key.get_secret_value() == "sk-sample"
+
+
+def test_failed_result_csv_write_leaves_no_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import worker
+    from backend.context import Layout
+    from backend.db import Database
+    from backend.trainer.spec import TrainingOutcome
+
+    layout = Layout(tmp_path / "data")
+    layout.ensure()
+    layout.files.rmdir()  # the rename into files/ fails after the .part file was written
+    monkeypatch.setattr(worker, "_metrics_csv", lambda db, job_id: b"step\n1\n")
+    outcome = TrainingOutcome(status="succeeded", trained_tokens=1, final_model_dir=tmp_path / "model")
+    job: Any = {"id": "ftjob-x", "owner": "owner"}
+    with pytest.raises(OSError):
+        worker._succeed(Database(layout.db_path), layout, job, "ft:m:local:x", outcome, {})
+    assert list(layout.tmp.iterdir()) == []
