@@ -48,6 +48,11 @@ class Layout:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def server_log(self) -> Path:
+        """stdout/stderr of a launcher-started server (mode 0600)."""
+        return self.logs / "server.log"
+
     def ensure(self) -> None:
         """Create the directories (private to this user)."""
         for d in (self.root, self.files, self.tmp, self.jobs, self.logs):

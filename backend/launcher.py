@@ -15,6 +15,7 @@ import httpx
 from pydantic import SecretStr
 
 from backend.app import API_PREFIX
+from backend.context import Layout
 from backend.settings import BackendSettings
 
 STARTUP_TIMEOUT_S = 120.0
@@ -39,7 +40,7 @@ class RunningBackend:
         self.data_dir = settings.data_dir.expanduser().resolve()
         self.api_key: SecretStr = settings.resolved_api_key()
         self.base_url = f"http://{self.host}:{self.port}{API_PREFIX}"
-        self.log_path = self.data_dir / "logs" / "server.log"
+        self.log_path = Layout(self.data_dir).server_log
         self._proc: subprocess.Popen[bytes] | None = None
 
     # process control ---------------------------------------------------------------------------

@@ -147,3 +147,14 @@ def test_failed_result_csv_write_leaves_no_part_file(tmp_path: Path, monkeypatch
     with pytest.raises(OSError):
         worker._succeed(Database(layout.db_path), layout, job, "ft:m:local:x", outcome, {})
     assert list(layout.tmp.iterdir()) == []
+
+
+def test_launcher_log_path_is_the_layouts(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from backend.context import Layout
+    from backend.launcher import RunningBackend
+
+    rb = RunningBackend(BackendSettings(data_dir=tmp_path, api_key=SecretStr("k")), port=1)
+    assert rb.log_path == Layout(tmp_path.resolve()).server_log
+    assert rb.log_path.parent == Layout(tmp_path.resolve()).logs
