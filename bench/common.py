@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+
+import psutil
 
 Direction = Literal[">=", "<=", "info"]
 
@@ -90,3 +93,51 @@ def read_rows(path: Path) -> list[Row]:
         d["passed"] = d.pop("pass", None)
         out.append(Row(**d))
     return out
+
+
+class RssSampler:
+    """Background sampler of peak RSS (bytes): this process, and optionally a process tree (a server).
+
+    ``peak`` includes the RSS at construction and at exit, so a short run still has a true peak.
+    """
+
+    def __init__(self, interval_s: float = 0.1, tree_root: int | None = None) -> None:
+        self._me = psutil.Process()
+        self._root = psutil.Process(tree_root) if tree_root else None
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak = self._me.memory_info().rss
+        self.tree_peak = self.tree_procs_peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree_rss(self) -> tuple[int, int]:
+        if self._root is None:
+            return 0, 0
+        total, n = 0, 0
+        for p in [self._root, *self._root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+                n += 1
+            except psutil.Error:
+                continue  # exited between listing and reading
+        return total, n
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self._me.memory_info().rss)
+        rss, n = self._tree_rss()
+        self.tree_peak = max(self.tree_peak, rss)
+        self.tree_procs_peak = max(self.tree_procs_peak, n)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

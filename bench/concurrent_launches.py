@@ -16,7 +16,6 @@ import asyncio
 import json
 import re
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import Row, add_common_args, row, write_rows
+from common import Row, RssSampler, add_common_args, row, write_rows
 from rich.console import Console
 from rich.table import Table
 
@@ -69,47 +68,6 @@ class CountingTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close the wrapped transport."""
         await self._inner.aclose()
-
-
-class RssSampler:
-    """Background sampler of peak RSS (bytes) for this process and for a process tree."""
-
-    def __init__(self, tree_root: int | None, every_s: float = 0.1) -> None:
-        self._me = psutil.Process()
-        self._root = psutil.Process(tree_root) if tree_root else None
-        self._every = every_s
-        self._stop = threading.Event()
-        self.launcher_peak = self.tree_peak = 0
-        self.tree_procs_peak = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _tree_rss(self) -> tuple[int, int]:
-        if self._root is None:
-            return 0, 0
-        total, n = 0, 0
-        for p in [self._root, *self._root.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-                n += 1
-            except psutil.Error:
-                continue  # exited between listing and reading
-        return total, n
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.launcher_peak = max(self.launcher_peak, self._me.memory_info().rss)
-            rss, n = self._tree_rss()
-            self.tree_peak = max(self.tree_peak, rss)
-            self.tree_procs_peak = max(self.tree_procs_peak, n)
-            self._stop.wait(self._every)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -205,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         with start_backend(bs) as rb:
             settings = ClientSettings(base_url=rb.base_url, api_key=rb.api_key, timeout_s=60.0)
             rss_before = psutil.Process().memory_info().rss
-            with RssSampler(rb.pid) as rss:
+            with RssSampler(0.1, tree_root=rb.pid) as rss:
                 outcomes, transport, wall, warm = asyncio.run(launch_all(settings, train, args))
             rss_after = psutil.Process().memory_info().rss
 
@@ -232,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ("job duration p50 / max", f"{durations[len(durations) // 2]:.1f}s / {durations[-1]:.1f}s"),
         (
             "launcher RSS before / peak / after",
-            f"{rss_before / mib:.0f} / {rss.launcher_peak / mib:.0f} / {rss_after / mib:.0f} MiB",
+            f"{rss_before / mib:.0f} / {rss.peak / mib:.0f} / {rss_after / mib:.0f} MiB",
         ),
         ("backend tree peak RSS (procs)", f"{rss.tree_peak / mib:.0f} MiB ({rss.tree_procs_peak})"),
         ("HTTP requests total", str(transport.total)),
@@ -274,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         row(
             name,
             "launcher peak RSS MiB (vs before launch)",
-            rss.launcher_peak / mib,
+            rss.peak / mib,
             rss_before / mib,
             unit="MiB",
         ),

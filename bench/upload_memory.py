@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import Row, add_common_args, row, write_rows
+from common import Row, RssSampler, add_common_args, row, write_rows
 from pydantic import SecretStr
 
 from client import AsyncMKA1Client, ClientSettings, MKA1Client
@@ -74,31 +74,6 @@ class SinkHandler(BaseHTTPRequestHandler):
         return
 
 
-class RssSampler:
-    """Samples this process's RSS every few milliseconds and keeps the peak."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self._proc = psutil.Process()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
 @dataclass
 class Result:
     """One measured upload."""
@@ -121,7 +96,7 @@ def measure(name: str, upload: Callable[[], int], size_bytes: int) -> Result:
     baseline = psutil.Process().memory_info().rss
     maxrss_before = _maxrss_mb()  # lifetime max: only growth beyond the earlier max shows up here
     start = time.perf_counter()
-    with RssSampler() as sampler:
+    with RssSampler(0.005) as sampler:
         received = upload()
     seconds = time.perf_counter() - start
     return Result(
