@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import SecretStr
 
 from backend.db import Database
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 from backend.settings import BackendSettings
 
 if TYPE_CHECKING:
@@ -89,14 +89,14 @@ def require_auth(request: Request) -> RequestContext:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(
+        raise BackendHTTPError(
             401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
     if not secrets.compare_digest(token.strip().encode(), state.api_key.get_secret_value().encode()):
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise BackendHTTPError(401, "Incorrect API key provided.", code="invalid_api_key")
     owner = request.headers.get("x-on-behalf-of", "").strip() or DEFAULT_OWNER
     if len(owner) > MAX_OWNER_LEN:
-        raise APIError(
+        raise BackendHTTPError(
             400,
             f"X-On-Behalf-Of must be at most {MAX_OWNER_LEN} characters.",
             code="invalid_header",

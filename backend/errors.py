@@ -25,8 +25,9 @@ _TYPES = {
 }
 
 
-class APIError(Exception):
-    """Raised anywhere in a request to answer with a contract error."""
+class BackendHTTPError(Exception):
+    """The server's error: raised anywhere in a request to answer with a contract error (the client's
+    ``client.errors.APIError`` is what a caller sees on the other side)."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -36,9 +37,9 @@ class APIError(Exception):
         self.param = param
 
 
-def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
+def not_found(kind: str, ident: str, param: str | None = None) -> BackendHTTPError:
     """404 for an object this owner cannot see (missing or someone else's: indistinguishable)."""
-    return APIError(404, f"No {kind} found with id '{ident}'.", code=f"{kind}_not_found", param=param)
+    return BackendHTTPError(404, f"No {kind} found with id '{ident}'.", code=f"{kind}_not_found", param=param)
 
 
 def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
@@ -77,8 +78,8 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every failure (ours, FastAPI's, Starlette's, unexpected) to a contract error."""
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    @app.exception_handler(BackendHTTPError)
+    async def _api_error(_: Request, exc: BackendHTTPError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.code, exc.param)
 
     @app.exception_handler(RequestValidationError)

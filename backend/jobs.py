@@ -18,9 +18,9 @@ from typing import Literal
 
 from backend.context import Layout
 from backend.db import Database, new_job_id, now
-from backend.errors import APIError, not_found
+from backend.errors import BackendHTTPError, not_found
 from backend.jobstore import TERMINAL, add_event, fail_job
-from backend.models import resolve_model
+from backend.model_refs import resolve_model
 from backend.pool import WorkerPool
 from backend.requests import JobCreate
 from backend.settings import BackendSettings
@@ -90,7 +90,7 @@ class JobService:
         method_type, hp = req.resolved_method()
         hp_dict = hp.model_dump()
         if method_type != "dpo" and hp.beta != "auto":
-            raise APIError(
+            raise BackendHTTPError(
                 400,
                 "beta only applies to method type 'dpo'.",
                 code="invalid_hyperparameter",
@@ -138,7 +138,7 @@ class JobService:
         if row is None:
             raise not_found("file", file_id, param=param)
         if row["purpose"] != "fine-tune":
-            raise APIError(
+            raise BackendHTTPError(
                 400,
                 f"File '{file_id}' has purpose '{row['purpose']}', expected 'fine-tune'.",
                 code="invalid_file_purpose",
@@ -259,5 +259,7 @@ class JobService:
         return row
 
 
-def _illegal(action: str, status: str, why: str) -> APIError:
-    return APIError(409, f"Cannot {action} a job whose status is '{status}': {why}.", code="invalid_state")
+def _illegal(action: str, status: str, why: str) -> BackendHTTPError:
+    return BackendHTTPError(
+        409, f"Cannot {action} a job whose status is '{status}': {why}.", code="invalid_state"
+    )

@@ -13,13 +13,13 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 
 MAX_FIELD_BYTES = 4096
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class UploadTooLarge(APIError):
+class UploadTooLarge(BackendHTTPError):
     """The file part exceeded max_upload_bytes."""
 
     def __init__(self, limit: int) -> None:
@@ -66,7 +66,7 @@ async def parse_upload(
     ctype, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
-        raise APIError(
+        raise BackendHTTPError(
             400,
             "Uploads must be multipart/form-data with 'file' and 'purpose' parts.",
             code="invalid_multipart",
@@ -106,7 +106,7 @@ async def parse_upload(
             sink[-1].write(data[start:end])
         else:
             if len(part.buf) + end - start > MAX_FIELD_BYTES:
-                raise APIError(
+                raise BackendHTTPError(
                     400, f"Form field '{part.name}' is too long.", code="invalid_multipart", param=part.name
                 )
             part.buf.extend(data[start:end])
@@ -142,7 +142,7 @@ async def parse_upload(
         if out.tmp_path is not None:
             out.tmp_path.unlink(missing_ok=True)
         if isinstance(exc, MultipartParseError):
-            raise APIError(
+            raise BackendHTTPError(
                 400, f"Malformed multipart body: {exc}", code="invalid_multipart", param="file"
             ) from exc
         raise

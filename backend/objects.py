@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from backend.db import Database
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 
 ORGANIZATION_ID = "org-local"
 
@@ -112,7 +112,7 @@ def paginate(
     if after is not None:
         row = db.one(f"SELECT seq FROM {table} WHERE {where} AND id = ?", [*params, after])
         if row is None:
-            raise APIError(
+            raise BackendHTTPError(
                 400,
                 f"Invalid cursor: no object with id '{after}' in this list.",
                 code="invalid_cursor",

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 
 from backend.context import RequestContext, require_auth
 from backend.db import new_file_id, now
-from backend.errors import APIError, not_found
+from backend.errors import BackendHTTPError, not_found
 from backend.multipart_upload import parse_upload
 from backend.objects import file_object, paginate
 
@@ -31,7 +31,7 @@ def check_jsonl(path: Path) -> None:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise APIError(
+                raise BackendHTTPError(
                     400,
                     f"line {lineno}: not valid UTF-8 ({exc.reason})",
                     code="invalid_file_format",
@@ -42,14 +42,14 @@ def check_jsonl(path: Path) -> None:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise APIError(
+                raise BackendHTTPError(
                     400,
                     f"line {lineno}: not valid JSON: {exc.msg}"[:MAX_JSONL_ERROR_LEN],
                     code="invalid_file_format",
                     param="file",
                 ) from exc
             if not isinstance(value, dict):
-                raise APIError(
+                raise BackendHTTPError(
                     400,
                     f"line {lineno}: expected a JSON object, got {type(value).__name__}",
                     code="invalid_file_format",
@@ -57,7 +57,9 @@ def check_jsonl(path: Path) -> None:
                 )
             examples += 1
     if examples == 0:
-        raise APIError(400, "The file has no JSONL examples.", code="invalid_file_format", param="file")
+        raise BackendHTTPError(
+            400, "The file has no JSONL examples.", code="invalid_file_format", param="file"
+        )
 
 
 @router.post("/files")
@@ -71,21 +73,21 @@ async def upload_file(
     try:
         purpose = parsed.fields.get("purpose")
         if purpose is None:
-            raise APIError(
+            raise BackendHTTPError(
                 400,
                 "Missing required parameter: 'purpose'.",
                 code="missing_required_parameter",
                 param="purpose",
             )
         if purpose not in UPLOAD_PURPOSES:
-            raise APIError(
+            raise BackendHTTPError(
                 400,
                 f"Invalid purpose '{purpose}': expected one of {', '.join(UPLOAD_PURPOSES)}.",
                 code="invalid_purpose",
                 param="purpose",
             )
         if parsed.tmp_path is None:
-            raise APIError(
+            raise BackendHTTPError(
                 400, "Missing required parameter: 'file'.", code="missing_required_parameter", param="file"
             )
         if purpose == "fine-tune":

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from backend.context import RequestContext, require_auth
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 from backend.objects import checkpoint_object, event_object, job_object, paginate
 from backend.requests import JobCreate
 
@@ -39,7 +39,9 @@ def list_jobs(
         if key.startswith("metadata[") and key.endswith("]"):
             name = key[len("metadata[") : -1]
             if not name:
-                raise APIError(400, "Empty metadata key in filter.", code="invalid_request", param="metadata")
+                raise BackendHTTPError(
+                    400, "Empty metadata key in filter.", code="invalid_request", param="metadata"
+                )
             where += " AND json_extract(metadata, ?) = ?"
             params += ['$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"', value]
     return paginate(

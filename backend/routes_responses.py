@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends
 
 from backend.context import RequestContext, require_auth
 from backend.db import new_response_id, now
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 from backend.generation import GenerationRequest
-from backend.models import resolve_model
+from backend.model_refs import resolve_model
 from backend.requests import ResponseCreate
 
 router = APIRouter()
@@ -27,7 +27,7 @@ def _conversation(ctx: RequestContext, body: ResponseCreate) -> list[dict[str, A
             (body.previous_response_id, ctx.owner),
         )
         if row is None:
-            raise APIError(
+            raise BackendHTTPError(
                 404,
                 f"Previous response '{body.previous_response_id}' not found.",
                 code="response_not_found",
@@ -42,7 +42,9 @@ def _conversation(ctx: RequestContext, body: ResponseCreate) -> list[dict[str, A
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.input
         )
     if not messages:
-        raise APIError(400, "input must contain at least one message.", code="invalid_request", param="input")
+        raise BackendHTTPError(
+            400, "input must contain at least one message.", code="invalid_request", param="input"
+        )
     return messages
 
 

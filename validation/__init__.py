@@ -7,6 +7,6 @@ report.ok, report.errors, report.warnings, report.stats
 
 from validation.core import validate_file
 from validation.dataset import validate_dataset
-from validation.models import DatasetReport, DatasetStats, Issue, ValidationReport
+from validation.results import DatasetReport, DatasetStats, Issue, ValidationReport
 
 __all__ = ["DatasetReport", "DatasetStats", "Issue", "ValidationReport", "validate_dataset", "validate_file"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from validation.models import DatasetStats
+from validation.results import DatasetStats
 from validation.tokens import CHARS_PER_TOKEN, TOKENS_PER_EXAMPLE, TOKENS_PER_MESSAGE, message_tokens
 
 Warning = tuple[str, str]

@@ -13,7 +13,7 @@ import orjson
 from validation.analysis import StatsAccumulator, analyze_chat, analyze_preference
 from validation.fastpath import chat_errors, preference_errors, simple_chat, unpack_simple
 from validation.hashlog import HashLog
-from validation.models import Issue, Kind, Severity, ValidationReport
+from validation.results import Issue, Kind, Severity, ValidationReport
 from validation.schema_errors import json_type, schema_issues
 from validation.sniff import ARRAY_HINT, sniff
 from validation.typedlane import simple_chat_line

@@ -15,7 +15,7 @@ from validation.core import (
     KindArg,
     validate_file_with_hashes,
 )
-from validation.models import DatasetReport, Issue
+from validation.results import DatasetReport, Issue
 
 # OpenAI's "auto" epochs (fine-tuning cookbook): aim for 100..25000 examples seen, 1..25 epochs.
 _MIN_TARGET_EXAMPLES, _MAX_TARGET_EXAMPLES = 100, 25_000

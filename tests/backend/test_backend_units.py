@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backend.errors import APIError, _loc_to_param
+from backend.errors import BackendHTTPError, _loc_to_param
 from backend.multipart_upload import sanitize_filename
 from backend.routes_files import check_jsonl
 from backend.settings import BASE_MODEL_CACHE_ENV, BackendSettings, apply_base_model_cache_dir
@@ -51,11 +51,11 @@ def test_check_jsonl(tmp_path: Path) -> None:
     p.write_text('{"a": 1}\n\n{"b": 2}\n')
     check_jsonl(p)
     p.write_text('{"a": 1}\n\n"str"\n')
-    with pytest.raises(APIError) as e:
+    with pytest.raises(BackendHTTPError) as e:
         check_jsonl(p)
     assert e.value.param == "file" and "line 3" in e.value.message
     p.write_text("\n\n")
-    with pytest.raises(APIError):
+    with pytest.raises(BackendHTTPError):
         check_jsonl(p)
 
 

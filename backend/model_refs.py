@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from backend.db import Database
-from backend.errors import APIError
+from backend.errors import BackendHTTPError
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ def resolve_model(db: Database, owner: str, name: str, *, param: str = "model") 
     if row is not None:
         path = Path(row["path"])
         if not path.is_dir():
-            raise APIError(
+            raise BackendHTTPError(
                 404, f"Model '{name}' no longer has weights on disk.", code="model_not_found", param=param
             )
         return ModelRef(name=name, kind=row["kind"], ref=path)
     if is_known_base_model(name):
         return ModelRef(name=name, kind="base", ref=name)
-    raise APIError(
+    raise BackendHTTPError(
         404,
         f"The model '{name}' does not exist or you do not have access to it. Use a built-in base model "
         "(local:tiny-chat, local:micro-chat), local:/abs/path/to/hf-model-dir or one of your fine-tuned models.",
