@@ -17,7 +17,6 @@ ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 MESSAGE_KEYS = frozenset(("role", "content", "name", "weight", "tool_calls", "tool_call_id"))
 CHAT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
 PREFERENCE_KEYS = frozenset(("input", "preferred_output", "non_preferred_output"))
-INPUT_KEYS = CHAT_KEYS
 TOOL_CALL_KEYS = frozenset(("id", "type", "function"))
 TOOL_CALL_FUNCTION_KEYS = frozenset(("name", "arguments"))
 

@@ -13,31 +13,22 @@ class HashLog:
     The validator's hot loop only appends hashes: line numbers are implied. Every line that leaves that
     loop's fast lane is noted in ``slow`` (its line number; repeats are fine), and of those, the ones that
     still got a hash are noted in ``slow_hashed``. The hashed lines are then: all lines up to ``total_lines``
-    except the slow ones, plus the slow ones that were hashed, in order. ``add`` records an explicit line
-    number instead, for callers outside that loop.
+    except the slow ones, plus the slow ones that were hashed, in order.
     """
 
-    __slots__ = ("_explicit", "hashes", "slow", "slow_hashed", "total_lines")
+    __slots__ = ("hashes", "slow", "slow_hashed", "total_lines")
 
     def __init__(self) -> None:
         self.hashes = array("q")
         self.slow = array("q")
         self.slow_hashed = array("q")
         self.total_lines = 0
-        self._explicit = array("q")
-
-    def add(self, digest: int, line: int) -> None:
-        """Record one example at an explicit line number (do not mix with the implied-line form)."""
-        self.hashes.append(digest)
-        self._explicit.append(line)
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     def line_numbers(self) -> np.ndarray:
         """The line number of each recorded hash, in recording order."""
-        if self._explicit:
-            return np.frombuffer(self._explicit, dtype=np.int64)
         skipped = np.unique(np.frombuffer(self.slow, dtype=np.int64))
         fast = np.setdiff1d(np.arange(1, self.total_lines + 1, dtype=np.int64), skipped, assume_unique=True)
         lines = np.union1d(fast, np.frombuffer(self.slow_hashed, dtype=np.int64))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 Severity = Literal["error", "warning"]
 Kind = Literal["chat", "preference"]
@@ -76,28 +76,6 @@ class ValidationReport:
         """True when some issues were counted but not kept."""
         return self.issue_count_total > len(self.errors) + len(self.warnings)
 
-    def summary(self) -> str:
-        """One line: file, verdict, counts."""
-        verdict = "OK" if self.ok else "INVALID"
-        return (
-            f"{self.file}: {verdict} ({self.kind or 'unknown'}; {self.stats.examples} examples, "
-            f"{self.error_count_total} errors, {self.warning_count_total} warnings)"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (issues as dicts plus their one-line text)."""
-        return {
-            "file": self.file,
-            "kind": self.kind,
-            "ok": self.ok,
-            "errors": [asdict(i) for i in self.errors],
-            "warnings": [asdict(i) for i in self.warnings],
-            "error_count_total": self.error_count_total,
-            "warning_count_total": self.warning_count_total,
-            "issue_count_total": self.issue_count_total,
-            "stats": asdict(self.stats),
-        }
-
 
 @dataclass(slots=True)
 class DatasetReport:
@@ -124,15 +102,3 @@ class DatasetReport:
     def warnings(self) -> list[Issue]:
         """Kept warnings of both files plus the overlap warnings."""
         return [*self.train.warnings, *(self.validation.warnings if self.validation else []), *self.overlap]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return {
-            "ok": self.ok,
-            "train": self.train.to_dict(),
-            "validation": self.validation.to_dict() if self.validation else None,
-            "overlap": [asdict(i) for i in self.overlap],
-            "overlap_count_total": self.overlap_count_total,
-            "n_epochs": self.n_epochs,
-            "estimated_billed_tokens": self.estimated_billed_tokens,
-        }

@@ -54,7 +54,6 @@ class ChatFormat:
             if eos is None:
                 raise ValueError("tokenizer has neither ChatML tokens nor an eos token")
             self.end_token_id = int(eos)
-        self._end_text = IM_END if self._chatml_native else (tokenizer.eos_token or "")
 
     # --- public -------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict[str, Any]]) -> EncodedChat:

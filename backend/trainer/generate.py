@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ class _Entry:
 
 
 class Generator:
-    """Generates chat replies; keeps the `cache_size` most recently used models loaded.
+    """Generates chat replies; keeps the `cache_size` most recently used models loaded. Not thread-safe:
+    callers serialise (``backend.generation.GenerationService`` runs it on one thread).
 
     Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA).
     """
@@ -44,7 +44,6 @@ class Generator:
     def __init__(self, cache_size: int = 4) -> None:
         self.cache_size = max(1, cache_size)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
         configure_threads()
         self.device = resolve_device()
         prepare_device(self.device)
@@ -76,43 +75,42 @@ class Generator:
         seed: int | None = None,
     ) -> GenerationResult:
         """Reply to `messages` (instructions become a leading system message); greedy when temperature is 0/None."""
-        with self._lock:
-            entry = self._get(model_ref)
-            chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
-            wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
-            prompt = entry.fmt.encode_prompt(chat)
-            # Stay within the context window; the prompt keeps at least half of it when both are long.
-            keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
-            prompt = prompt[-keep:]
-            max_new = min(wanted, entry.max_seq_len - keep)
-            input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-            tok = entry.fmt.tokenizer
-            stop = [entry.fmt.end_token_id]
-            if tok.eos_token_id is not None and tok.eos_token_id not in stop:
-                stop.append(int(tok.eos_token_id))
-            sample = bool(temperature)
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new,
-                "eos_token_id": stop,
-                "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stop[0],
-                "do_sample": sample,
-            }
-            if sample:
-                kwargs["temperature"] = float(temperature or 1.0)
-                kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
-                kwargs["top_k"] = 0
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            # Seeding must not disturb the global RNG streams (the CUDA one too, when sampling there).
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                if seed is not None:
-                    torch.manual_seed(seed)
-                model: Any = entry.model
-                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-            new = out[0, len(prompt) :].tolist()
-            n_out = len(new)
-            while new and new[-1] in stop:
-                new.pop()
-            text = str(tok.decode(new, skip_special_tokens=True)).strip()
-            return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)
+        entry = self._get(model_ref)
+        chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
+        wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
+        prompt = entry.fmt.encode_prompt(chat)
+        # Stay within the context window; the prompt keeps at least half of it when both are long.
+        keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
+        prompt = prompt[-keep:]
+        max_new = min(wanted, entry.max_seq_len - keep)
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        tok = entry.fmt.tokenizer
+        stop = [entry.fmt.end_token_id]
+        if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+            stop.append(int(tok.eos_token_id))
+        sample = bool(temperature)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "eos_token_id": stop,
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stop[0],
+            "do_sample": sample,
+        }
+        if sample:
+            kwargs["temperature"] = float(temperature or 1.0)
+            kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
+            kwargs["top_k"] = 0
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        # Seeding must not disturb the global RNG streams (the CUDA one too, when sampling there).
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            model: Any = entry.model
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        new = out[0, len(prompt) :].tolist()
+        n_out = len(new)
+        while new and new[-1] in stop:
+            new.pop()
+        text = str(tok.decode(new, skip_special_tokens=True)).strip()
+        return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)

@@ -75,13 +75,8 @@ def save_model_dir(loaded: LoadedModel, out: Path) -> None:
     (out / MODEL_META).write_text(json.dumps(meta, indent=2))
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters being trained (all of a built-in model, the adapter of a LoRA model)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of `trainable_state`; every trainable parameter must be present."""
+    """Load the trainable parameters a resumable state holds; every trainable parameter must be present."""
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
     if missing:

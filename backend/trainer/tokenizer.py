@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -48,10 +46,3 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     fast.chat_template = CHATML_TEMPLATE
     fast.model_max_length = 4096
     return fast
-
-
-def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved by `build_tokenizer(...).save_pretrained(path)`."""
-    tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-    assert isinstance(tok, PreTrainedTokenizerFast)
-    return tok
