@@ -264,8 +264,9 @@ class _Run:
                     self.cb.on_event(f"Paused at step {p.step}", data={"step": p.step})
                     return self._outcome("paused", None)
                 self._step(batches[p.batch_in_epoch])
-                if p.step % every == 0:
-                    self._emit_metrics()
+                # The last step always gets a point, so a curve never stops short of the end.
+                if p.step % every == 0 or p.step == self.total_steps:
+                    self._emit_metrics(len(batches))
             self._end_epoch()
         if self._capped():
             self.cb.on_event(f"Stopped at the {spec.max_steps}-step cap", data={"step": p.step})
@@ -306,11 +307,17 @@ class _Run:
             p.epoch_window = [a + b for a, b in zip(p.epoch_window, add, strict=True)]
         self._pending = []
 
-    def _emit_metrics(self) -> None:
+    def _emit_metrics(self, batches_in_epoch: int) -> None:
+        """train_* average the steps since the previous metrics event; valid_* the validation sample now."""
         self._flush()
         p = self.progress
         loss, acc = _mean(p.window)
-        data: dict[str, Any] = {"step": p.step, "train_loss": loss, "train_mean_token_accuracy": acc}
+        data: dict[str, Any] = {
+            "step": p.step,
+            "epoch": p.epoch + p.batch_in_epoch / batches_in_epoch,  # fractional, as Hugging Face logs it
+            "train_loss": loss,
+            "train_mean_token_accuracy": acc,
+        }
         if self.spec.validation_file is not None:
             data["valid_loss"], data["valid_mean_token_accuracy"] = self.evaluate(self.data.valid_sample)
         data["total_steps"] = self.total_steps

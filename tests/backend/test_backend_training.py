@@ -51,6 +51,7 @@ def test_loss_decreases_and_lifecycle_events(api: Api, trained_job: dict[str, An
     assert len(metrics) >= 2
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert [m["step"] for m in metrics] == sorted(m["step"] for m in metrics)
+    assert metrics[-1]["step"] == metrics[-1]["total_steps"]  # the curve reaches the last step
 
 
 def test_checkpoints_have_all_metrics_and_work_in_responses(api: Api, trained_job: dict[str, Any]) -> None:

@@ -78,6 +78,26 @@ def test_every_checkpoint_has_six_float_metrics(
         assert all("valid_loss" in d for _, _, t, d in rec.events if t == "metrics" and d)
 
 
+def test_last_step_gets_a_metrics_event_with_its_window(chat_file: Path, tmp_path: Path) -> None:
+    """15 steps with events every 10: points at 10 and 15 (the last), each averaging its own window."""
+    per_step, sparse = Recorder(), Recorder()
+    train(_spec(chat_file, tmp_path / "a", n_epochs=3), per_step)
+    train(_spec(chat_file, tmp_path / "b", n_epochs=3, metrics_every_n_steps=10), sparse)
+    points = [d for _, _, t, d in sparse.events if t == "metrics" and d]
+    assert [d["step"] for d in points] == [10, 15]
+    assert [d["epoch"] for d in points] == [2.0, 3.0]  # 5 steps per epoch
+    assert all(d["total_steps"] == 15 and d["learning_rate"] > 0 for d in points)
+    # The same seed trains the same steps, so each window's loss is its steps' losses averaged (weighted
+    # by tokens, hence the tolerance; an epoch mean or a since-start mean would be far off).
+    losses = dict(per_step.metric_losses())
+    for d, window in ((points[0], range(1, 11)), (points[1], range(11, 16))):
+        expected = sum(losses[s] for s in window) / len(window)
+        assert d["train_loss"] == pytest.approx(expected, rel=0.02)
+    capped = Recorder()
+    train(_spec(chat_file, tmp_path / "c", n_epochs=3, metrics_every_n_steps=10, max_steps=7), capped)
+    assert [step for step, _ in capped.metric_losses()] == [7]
+
+
 def test_same_seed_same_losses_other_seed_differs(chat_file: Path, tmp_path: Path) -> None:
     runs = []
     for i, seed in enumerate([7, 7, 8]):
