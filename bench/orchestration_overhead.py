@@ -42,7 +42,7 @@ from client.models import JobCreateRequest, ResponseCreateRequest  # noqa: E402
 from flows.fine_tune import fine_tune  # noqa: E402
 from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings  # noqa: E402
 from tasks.metrics import checkpoints_frame, events_frame, final_metrics, loss_curve_png  # noqa: E402
-from tasks.smoke import load_smoke_file  # noqa: E402
+from tasks.smoke_prompts import load_smoke_file  # noqa: E402
 from validation import validate_dataset  # noqa: E402
 
 TARGET = 1.10

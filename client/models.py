@@ -11,9 +11,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_MAX_METADATA_PAIRS = 16
-_MAX_METADATA_KEY = 64
-_MAX_METADATA_VALUE = 512
+from contract import wire
+from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, NEpochs, Seed
 
 
 class _Model(BaseModel):
@@ -27,15 +26,9 @@ class _Request(_Model):
 
 
 def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if len(value) > _MAX_METADATA_PAIRS:
-        raise ValueError(f"metadata has {len(value)} pairs; at most {_MAX_METADATA_PAIRS} allowed")
-    for key, item in value.items():
-        if len(key) > _MAX_METADATA_KEY:
-            raise ValueError(f"metadata key {key[:20]!r}... longer than {_MAX_METADATA_KEY} chars")
-        if len(item) > _MAX_METADATA_VALUE:
-            raise ValueError(f"metadata value for {key!r} longer than {_MAX_METADATA_VALUE} chars")
+    problem = wire.metadata_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -93,7 +86,7 @@ class FileDeleted(_Model):
 
 
 class JobStatus(StrEnum):
-    """Known fine-tuning job statuses; servers may send others (kept as plain strings)."""
+    """Known fine-tuning job statuses (``contract.wire.JOB_STATUSES``, pinned by a test); others stay str."""
 
     VALIDATING_FILES = "validating_files"
     QUEUED = "queued"
@@ -104,29 +97,24 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
-)
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(JobStatus(s) for s in wire.TERMINAL_STATUSES)
 
 # left_to_right: a known value becomes the enum member, anything else stays a str instead of failing.
 StatusField = Annotated[JobStatus | str, Field(union_mode="left_to_right")]
 
-AutoInt = Annotated[int, Field(ge=1)] | Literal["auto"]
-AutoFloat = Annotated[float, Field(gt=0)] | Literal["auto"]
-
 
 class SupervisedHyperparameters(_Model):
-    """Hyperparameters for supervised fine-tuning; each a number or ``"auto"``."""
+    """Hyperparameters for supervised fine-tuning; each a number in the wire range or ``"auto"``."""
 
-    n_epochs: AutoInt | None = None
-    batch_size: AutoInt | None = None
-    learning_rate_multiplier: AutoFloat | None = None
+    n_epochs: NEpochs | None = None
+    batch_size: BatchSize | None = None
+    learning_rate_multiplier: LearningRateMultiplier | None = None
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
     """Hyperparameters for DPO; adds ``beta``."""
 
-    beta: AutoFloat | None = None
+    beta: Beta | None = None
 
 
 class SupervisedMethod(_Model):
@@ -210,19 +198,12 @@ class FineTuningJobEvent(_Model):
     data: dict[str, Any] | None = None
 
 
-# The six checkpoint metrics of the wire contract, in the contract's order: the one list every layer uses.
-CHECKPOINT_METRICS: tuple[str, ...] = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
+# The contract's list; kept importable here until backend/worker.py imports it from contract.wire.
+CHECKPOINT_METRICS = wire.CHECKPOINT_METRICS
 
 
 class CheckpointMetrics(_Model):
-    """Metrics recorded at a checkpoint."""
+    """Metrics recorded at a checkpoint (``contract.wire.CHECKPOINT_METRICS``, pinned by a test)."""
 
     step: int | float | None = None
     train_loss: float | None = None
@@ -256,8 +237,8 @@ class JobCreateRequest(_Request):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
-    suffix: str | None = Field(default=None, max_length=64)
-    seed: int | None = None
+    suffix: str | None = Field(default=None, max_length=wire.MAX_SUFFIX_CHARS)
+    seed: Seed | None = None
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = Field(
         None, description="Deprecated top-level form; prefer method"
@@ -273,8 +254,9 @@ class JobCreateRequest(_Request):
     @field_validator("method")
     @classmethod
     def _method_type(cls, value: Method | None) -> Method | None:
-        if value is not None and value.type not in ("supervised", "dpo"):
-            raise ValueError(f"method.type must be 'supervised' or 'dpo', got {value.type!r}")
+        if value is not None and value.type not in wire.METHODS:
+            allowed = " or ".join(repr(m) for m in wire.METHODS)
+            raise ValueError(f"method.type must be {allowed}, got {value.type!r}")
         return value
 
 

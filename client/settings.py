@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_BASE_URL = "https://apigw.mka1.com/api/v1/llm"
+from contract.wire import DEFAULT_BASE_URL
 
 
 class ClientSettings(BaseSettings):

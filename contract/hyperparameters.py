@@ -7,6 +7,7 @@ pydantic's union noise.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -14,13 +15,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from contract import wire
 
 
-def _rule_checker(name: str, *, integer: bool, low: float, inclusive: bool, high: float | None = None):  # type: ignore[no-untyped-def]
+def _rule_checker(  # type: ignore[no-untyped-def]
+    name: str, *, integer: bool, low: float, inclusive: bool, high: float | None = None, auto: bool = True
+):
     rule = f"{name} must be {wire.HYPERPARAMETER_RULES[name]}"
 
     def check(value: Any) -> Any:
-        if value == wire.AUTO:
+        if auto and value == wire.AUTO:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(rule)
+        if isinstance(value, float) and not math.isfinite(value):  # NaN compares False with every bound
             raise ValueError(rule)
         if integer and (isinstance(value, float) and not value.is_integer()):
             raise ValueError(rule)
@@ -54,7 +59,12 @@ Beta = Annotated[
     Annotated[float, Field(gt=wire.BETA_GT)] | Literal["auto"],
     BeforeValidator(_rule_checker("beta", integer=False, low=wire.BETA_GT, inclusive=False)),
 ]
-Seed = Annotated[int, Field(ge=wire.SEED_MIN, le=wire.SEED_MAX)]
+Seed = Annotated[
+    Annotated[int, Field(ge=wire.SEED_MIN, le=wire.SEED_MAX)],
+    BeforeValidator(
+        _rule_checker("seed", integer=True, low=wire.SEED_MIN, inclusive=True, high=wire.SEED_MAX, auto=False)
+    ),
+]
 MethodType = Literal["supervised", "dpo"]
 
 

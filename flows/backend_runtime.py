@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 from client import ClientSettings, MKA1Client
 from client.errors import AuthenticationError, PermissionDeniedError
+from contract.wire import API_PREFIX
 from tasks.retry_policy import retry_transient
 
 HEALTH_PATH = "/health"
-API_PREFIX = "/api/v1/llm"
 
 
 @dataclass(frozen=True)

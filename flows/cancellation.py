@@ -13,7 +13,7 @@ from typing import Any
 
 from client import MKA1Client
 from client.errors import APIError, ConflictError, NotFoundError
-from client.models import TERMINAL_STATUSES
+from contract.wire import TERMINAL_STATUSES
 from flows.backend_runtime import open_connection
 from flows.params import FineTuneParams
 from tasks.state import default_state_dir, jobs_index
@@ -38,13 +38,12 @@ def cancel_job(client: MKA1Client, job_id: str, log: Any = _log) -> str | None:
 
 def jobs_of_flow_run(state_dir: Path, flow_run_id: str) -> list[str]:
     """Job ids recorded for ``flow_run_id`` whose last known status was not terminal."""
-    terminal = {str(s) for s in TERMINAL_STATUSES}
     return [
         entry["job_id"]
         for entry in jobs_index(state_dir).read().values()
         if isinstance(entry, dict)
         and entry.get("flow_run_id") == flow_run_id
-        and entry.get("status") not in terminal
+        and entry.get("status") not in TERMINAL_STATUSES
     ]
 
 

@@ -20,7 +20,8 @@ from flows.params import FineTuneParams, FineTuneResult
 from tasks import _runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.metrics import collect_metrics_task
-from tasks.smoke import SmokePrompt, load_smoke_file, smoke_test_task
+from tasks.smoke import smoke_test_task
+from tasks.smoke_prompts import SmokePrompt, load_smoke_file
 from tasks.state import default_state_dir
 from tasks.upload import upload_file_task
 from tasks.validate import validate_dataset_task

@@ -1,33 +1,26 @@
-"""Typed flow parameters and result (rendered as a form by the Prefect UI). No secrets live here."""
+"""Typed flow parameters and result (rendered as a form by the Prefect UI). No secrets live here.
+
+Prefect-free on purpose: the CLI reads its defaults from these models while building its parser.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from client.models import DpoHyperparameters, DpoMethod, Method, SupervisedHyperparameters, SupervisedMethod
-from tasks.smoke import SmokePrompt
-from tasks.wait import PollPolicy
+from client.models import Method
+from contract import wire
+from contract.hyperparameters import Hyperparameters, MethodType, Seed
+from tasks.smoke_prompts import SmokePrompt
 
-AutoInt = int | Literal["auto"]
-AutoFloat = float | Literal["auto"]
+if TYPE_CHECKING:
+    from tasks.wait import PollPolicy
 
 TRAIN_NAMES = ("train.jsonl", "training.jsonl")
 VALIDATION_NAMES = ("validation.jsonl", "valid.jsonl", "val.jsonl")
 SMOKE_NAMES = ("smoke.jsonl",)
-
-
-class Hyperparameters(BaseModel):
-    """Training hyperparameters; each a number or ``"auto"`` (the server decides). ``beta`` is DPO only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_epochs: AutoInt = Field(default="auto", description="Passes over the training file")
-    batch_size: AutoInt = Field(default="auto", description="Examples per optimiser step")
-    learning_rate_multiplier: AutoFloat = Field(default="auto", description="Scales the base learning rate")
-    beta: AutoFloat | None = Field(default=None, description="DPO only: strength of the preference penalty")
 
 
 class PollingSettings(BaseModel):
@@ -41,6 +34,8 @@ class PollingSettings(BaseModel):
 
     def policy(self) -> PollPolicy:
         """The wait task's policy object."""
+        from tasks.wait import PollPolicy  # the wait module imports Prefect
+
         return PollPolicy(
             interval_s=self.interval_s,
             max_interval_s=max(self.interval_s, self.max_interval_s),
@@ -76,19 +71,21 @@ class FineTuneParams(BaseModel):
     smoke_file: Path | None = Field(
         default=None, description="Smoke prompts JSONL (overrides the dataset folder's)"
     )
-    model: str = Field(default="local:tiny-chat", description="Base model id")
+    model: str = Field(default="local:tiny-chat", min_length=1, description="Base model id")
     suffix: str | None = Field(
-        default=None, max_length=64, description="Added to the fine-tuned model's name"
+        default=None, max_length=wire.MAX_SUFFIX_CHARS, description="Added to the fine-tuned model's name"
     )
-    seed: int | None = Field(default=42, description="Training seed (part of the job's identity)")
-    method: Literal["supervised", "dpo"] = "supervised"
+    seed: Seed | None = Field(default=42, description="Training seed (part of the job's identity)")
+    method: MethodType = Field(default="supervised", description="Training method")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     metadata: dict[str, str] = Field(default_factory=dict, description="Extra job metadata (string pairs)")
     polling: PollingSettings = Field(default_factory=PollingSettings)
     smoke_prompts: list[SmokePrompt] = Field(
         default_factory=list, description="Used in addition to the smoke file"
     )
-    smoke_max_output_tokens: int = Field(default=32, ge=1, le=4096)
+    smoke_max_output_tokens: int = Field(
+        default=32, ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP, description="Answer length of each smoke prompt"
+    )
     output_dir: Path | None = Field(
         default=None, description="Where frames and plots go (default runs/<job id>)"
     )
@@ -100,6 +97,15 @@ class FineTuneParams(BaseModel):
         description="Create a new job when the previous job with the same inputs failed or was cancelled",
     )
     backend: BackendOptions = Field(default_factory=BackendOptions)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        # Checked here, before anything is uploaded, not only when the job-create body is built.
+        problem = wire.metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _need_training_data(self) -> FineTuneParams:
@@ -131,29 +137,7 @@ class FineTuneParams(BaseModel):
 
     def job_method(self) -> Method:
         """The wire ``method`` object."""
-        hp = self.hyperparameters
-        if self.method == "dpo":
-            return Method(
-                type="dpo",
-                dpo=DpoMethod(
-                    hyperparameters=DpoHyperparameters(
-                        n_epochs=hp.n_epochs,
-                        batch_size=hp.batch_size,
-                        learning_rate_multiplier=hp.learning_rate_multiplier,
-                        beta=hp.beta,
-                    )
-                ),
-            )
-        return Method(
-            type="supervised",
-            supervised=SupervisedMethod(
-                hyperparameters=SupervisedHyperparameters(
-                    n_epochs=hp.n_epochs,
-                    batch_size=hp.batch_size,
-                    learning_rate_multiplier=hp.learning_rate_multiplier,
-                )
-            ),
-        )
+        return Method.model_validate(self.hyperparameters.wire(self.method))
 
 
 class FineTuneResult(BaseModel):

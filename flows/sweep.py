@@ -30,9 +30,11 @@ from prefect.states import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.hyperparameters import BatchSize, LearningRateMultiplier, NEpochs, Seed
+from contract.wire import MAX_SUFFIX_CHARS
 from flows.backend_runtime import Connection, open_connection, use_connection
 from flows.fine_tune import fine_tune
-from flows.params import AutoFloat, AutoInt, FineTuneParams, FineTuneResult
+from flows.params import FineTuneParams, FineTuneResult
 from flows.sweep_report import (
     FAILED,
     METRIC_COLUMNS,
@@ -69,11 +71,11 @@ class SweepConfig(BaseModel):
         default=None, max_length=64, description="Label (default: built from the values)"
     )
     model: str | None = Field(default=None, description="Base model id")
-    n_epochs: AutoInt | None = None
-    learning_rate_multiplier: AutoFloat | None = None
-    batch_size: AutoInt | None = None
-    seed: int | None = None
-    suffix: str | None = Field(default=None, max_length=64)
+    n_epochs: NEpochs | None = None
+    learning_rate_multiplier: LearningRateMultiplier | None = None
+    batch_size: BatchSize | None = None
+    seed: Seed | None = None
+    suffix: str | None = Field(default=None, max_length=MAX_SUFFIX_CHARS)
 
 
 class SweepGrid(BaseModel):
@@ -82,10 +84,10 @@ class SweepGrid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: list[str] = Field(default_factory=list)
-    n_epochs: list[AutoInt] = Field(default_factory=list)
-    learning_rate_multiplier: list[AutoFloat] = Field(default_factory=list)
-    batch_size: list[AutoInt] = Field(default_factory=list)
-    seed: list[int] = Field(default_factory=list)
+    n_epochs: list[NEpochs] = Field(default_factory=list)
+    learning_rate_multiplier: list[LearningRateMultiplier] = Field(default_factory=list)
+    batch_size: list[BatchSize] = Field(default_factory=list)
+    seed: list[Seed] = Field(default_factory=list)
     suffix: list[str] = Field(default_factory=list)
 
     def expand(self) -> list[SweepConfig]:

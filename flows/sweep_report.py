@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from client.models import CHECKPOINT_METRICS
+from contract.wire import CHECKPOINT_METRICS
 from tasks import _runtime
 
 METRIC_COLUMNS = CHECKPOINT_METRICS

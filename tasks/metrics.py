@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 from prefect import task  # noqa: E402
 
 from client import MKA1Client  # noqa: E402
-from client.models import CHECKPOINT_METRICS, FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
+from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
+from contract.wire import CHECKPOINT_METRICS  # noqa: E402
 from tasks import _runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
 from tasks.retry_policy import api_task_options, retry_transient  # noqa: E402

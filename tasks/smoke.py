@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prefect import task
-from pydantic import BaseModel, Field
 
 from client import MKA1Client
 from client.models import ResponseCreateRequest
@@ -17,13 +14,7 @@ from tasks import _runtime
 from tasks.errors import SmokeTestFailed
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options, retry_transient
-
-
-class SmokePrompt(BaseModel):
-    """One smoke check: a prompt and substrings the answer must contain (case-insensitive)."""
-
-    prompt: str = Field(min_length=1)
-    must_contain: list[str] = Field(default_factory=list)
+from tasks.smoke_prompts import SmokePrompt
 
 
 @dataclass(frozen=True)
@@ -52,19 +43,6 @@ class SmokeResult:
     def passed(self) -> bool:
         """True when every case passed."""
         return all(c.passed for c in self.cases)
-
-
-def load_smoke_file(path: Path) -> list[SmokePrompt]:
-    """Read ``smoke.jsonl`` (one ``{"prompt", "must_contain"}`` per line; blank lines skipped)."""
-    prompts = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            prompts.append(SmokePrompt.model_validate(json.loads(line)))
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{path}:{lineno}: invalid smoke prompt: {exc}") from exc
-    return prompts
 
 
 def check_output(output: str, must_contain: list[str]) -> list[str]:

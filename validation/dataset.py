@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import replace
 from typing import Literal
 
+from contract.wire import DEFAULT_EPOCHS, auto_epochs
 from validation.core import (
     DEFAULT_MAX_ISSUES,
     DEFAULT_MAX_LINE_BYTES,
@@ -17,28 +17,14 @@ from validation.core import (
 )
 from validation.results import DatasetReport, Issue
 
-# OpenAI's "auto" epochs (fine-tuning cookbook): aim for 100..25000 examples seen, 1..25 epochs.
-_MIN_TARGET_EXAMPLES, _MAX_TARGET_EXAMPLES = 100, 25_000
-_MIN_EPOCHS, _MAX_EPOCHS = 1, 25
 OVERLAP_PAIRS_SHOWN = 5
-
-
-def auto_epochs(n_examples: int) -> int:
-    """Epochs OpenAI picks for ``n_epochs="auto"``: 3, more for small sets, fewer for huge ones."""
-    if n_examples <= 0:
-        return 3
-    if n_examples * 3 < _MIN_TARGET_EXAMPLES:
-        return min(_MAX_EPOCHS, math.ceil(_MIN_TARGET_EXAMPLES / n_examples))
-    if n_examples * 3 > _MAX_TARGET_EXAMPLES:
-        return max(_MIN_EPOCHS, _MAX_TARGET_EXAMPLES // n_examples)
-    return 3
 
 
 def validate_dataset(
     train_path: str | os.PathLike[str],
     validation_path: str | os.PathLike[str] | None = None,
     *,
-    n_epochs: int | Literal["auto"] = 3,
+    n_epochs: int | Literal["auto"] = DEFAULT_EPOCHS,
     kind: KindArg = "auto",
     min_examples: int = DEFAULT_MIN_EXAMPLES,
     token_limit: int = DEFAULT_TOKEN_LIMIT,
@@ -52,9 +38,9 @@ def validate_dataset(
         "max_line_bytes": max_line_bytes,
         "max_issues": max_issues,
     }
-    train, train_hashes = validate_file_with_hashes(train_path, kind, n_epochs=3, **opts)
+    train, train_hashes = validate_file_with_hashes(train_path, kind, n_epochs=DEFAULT_EPOCHS, **opts)
     epochs = auto_epochs(train.stats.examples) if n_epochs == "auto" else n_epochs
-    if epochs != 3:  # "auto" depends on the example count, known only now
+    if epochs != DEFAULT_EPOCHS:  # "auto" depends on the example count, known only now
         st = train.stats
         train.stats = replace(
             st, n_epochs=epochs, estimated_billed_tokens=st.billable_tokens_per_epoch * epochs

@@ -142,3 +142,34 @@ def test_output_text_prefers_server_field_else_joins() -> None:
     assert server.output_text == "from server"
     empty = ResponseObject.model_validate({"id": "resp_1"})
     assert empty.output_text == "" and empty.output == []
+
+
+def test_client_enums_and_fields_follow_the_contract() -> None:
+    from client.models import CheckpointMetrics
+    from contract import wire
+
+    assert tuple(s.value for s in JobStatus) == wire.JOB_STATUSES
+    assert {str(s) for s in TERMINAL_STATUSES} == wire.TERMINAL_STATUSES
+    assert tuple(f for f in CheckpointMetrics.model_fields if f != "step") == wire.CHECKPOINT_METRICS
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("n_epochs", 51, "n_epochs must be an integer from 1 to 50"),
+        ("n_epochs", "2", "n_epochs must be an integer from 1 to 50"),
+        ("batch_size", -3, "batch_size must be an integer >= 1"),
+        ("learning_rate_multiplier", 0, "learning_rate_multiplier must be a number > 0"),
+        ("beta", 0.0, "beta must be a number > 0"),
+    ],
+)
+def test_request_hyperparameters_use_the_contract_rules(field: str, value: object, rule: str) -> None:
+    with pytest.raises(ValidationError, match=rule):
+        DpoHyperparameters.model_validate({field: value})
+
+
+def test_job_create_seed_range() -> None:
+    assert JobCreateRequest(model="m", training_file="f", seed=0).to_body()["seed"] == 0
+    for seed in (-1, 2**31):
+        with pytest.raises(ValidationError, match="seed"):
+            JobCreateRequest(model="m", training_file="f", seed=seed)

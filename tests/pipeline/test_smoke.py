@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import SmokeTestFailed
-from tasks.smoke import SmokePrompt, load_smoke_file, smoke_test_task
+from tasks.smoke import smoke_test_task
+from tasks.smoke_prompts import SmokePrompt, load_smoke_file
 from tests.pipeline.fake_api import FakeMKA1
 
 

@@ -97,7 +97,7 @@ def test_load_sweep_file_resolves_relative_paths(tmp_path: Path) -> None:
 def test_select_by_choices_are_the_contract_metrics() -> None:
     from typing import get_args
 
-    from client.models import CHECKPOINT_METRICS
+    from contract.wire import CHECKPOINT_METRICS
     from flows.sweep import SelectMetric
 
     assert get_args(SelectMetric) == CHECKPOINT_METRICS
