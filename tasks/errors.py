@@ -42,3 +42,19 @@ class SmokeTestFailed(PipelineError):
     def __init__(self, failures: list[str]) -> None:
         super().__init__("smoke test failed: " + "; ".join(failures))
         self.failures = failures
+
+
+class EvalSetInvalid(PipelineError):
+    """An eval or smoke file has an invalid line (the message names ``file:line: field``)."""
+
+
+class EvaluationFailed(PipelineError):
+    """The fine-tuned model itself could not be evaluated (a non-transient error on its calls)."""
+
+
+class GateFailed(PipelineError):
+    """The selected model missed a gate threshold; the message names each threshold and measured value."""
+
+    def __init__(self, reason: str, failures: list[str]) -> None:
+        super().__init__(reason)
+        self.failures = failures
