@@ -38,6 +38,10 @@ class BackendSettings(BaseSettings):
     base_model_cache_dir: Path | None = None
     # Benchmarks: stop every job after this many optimizer steps (a real, shorter run). None: no cap.
     max_steps_per_job: int | None = Field(default=None, ge=1)
+    # What GET /models/pricing reports for training on this backend, per 1M trained tokens. Local training
+    # costs nothing, hence 0; set a price to rehearse budgets (ftpipe run --max-cost) against it.
+    training_price_per_million: float = Field(default=0.0, ge=0)
+    price_currency: str = Field(default="USD", min_length=3, max_length=3, pattern="^[A-Z]{3}$")
     # Fault injection (backend/faults.py): off while fault_rates is empty. E.g. "all=0.2,events=0".
     fault_rates: str = ""
     fault_kinds: str = ""  # comma-separated subset of backend.faults.KINDS; empty: all kinds

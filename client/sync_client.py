@@ -23,6 +23,7 @@ from client.models import (
     ResponseCreateRequest,
     ResponseObject,
 )
+from client.pricing import Pricing
 from client.settings import ClientSettings
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class MKA1Client:
         self.files = Files(self)
         self.jobs = Jobs(self)
         self.responses = Responses(self)
+        self.pricing = Pricing(self)
 
     def __repr__(self) -> str:
         return req.client_repr(type(self).__name__, self.settings)

@@ -1,4 +1,7 @@
-"""Built-in base models (built locally from a fixed seed, never downloaded) and base-model name resolution."""
+"""Built-in base models (built locally from a fixed seed, never downloaded) and base-model name resolution.
+
+torch is imported only to build a model, so resolving names and reading tokenizers stays light.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from typing import TYPE_CHECKING, Literal
 
 from backend.trainer.spec import TrainingError
 from backend.trainer.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 # Bump when the recipe changes so stale caches are rebuilt instead of reused.
 BUILD_VERSION = "v1"
@@ -95,6 +98,34 @@ def is_known_base_model(name: str) -> bool:
     return False
 
 
+def training_tokenizer(name: str) -> tuple[PreTrainedTokenizerBase, int]:
+    """The tokenizer and sequence limit that training ``name`` uses, without building or loading weights."""
+    if name in BUILTIN_MODELS:
+        # build_tokenizer is deterministic: the same vocabulary the cached model directory holds.
+        return build_tokenizer(), BUILTIN_MODELS[name].max_seq_len
+    if is_known_base_model(name):
+        from transformers import AutoTokenizer
+
+        path = name[len(LOCAL_PREFIX) :]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TrainingError(
+                "model_not_available", f"Cannot load the tokenizer of {path}: {exc}", "model"
+            ) from exc
+        return tokenizer, HF_MAX_SEQ_LEN
+    raise _unknown_model(name)
+
+
+def _unknown_model(name: str) -> TrainingError:
+    known = ", ".join(BUILTIN_MODELS)
+    return TrainingError(
+        "model_not_available",
+        f"Unknown base model {name!r}: use one of {known} or local:/abs/path/to/hf-model-dir.",
+        "model",
+    )
+
+
 def resolve_base_model(name: str, cache_dir: Path | None = None) -> ResolvedBaseModel:
     """Resolve a base model name, building (and caching) built-in models on first use."""
     if name in BUILTIN_MODELS:
@@ -105,16 +136,14 @@ def resolve_base_model(name: str, cache_dir: Path | None = None) -> ResolvedBase
         path = Path(name[len(LOCAL_PREFIX) :])
         if path.is_absolute() and (path / "config.json").is_file():
             return ResolvedBaseModel(name, path, "hf", True, HF_LORA_LEARNING_RATE, HF_MAX_SEQ_LEN)
-    known = ", ".join(BUILTIN_MODELS)
-    raise TrainingError(
-        "model_not_available",
-        f"Unknown base model {name!r}: use one of {known} or local:/abs/path/to/hf-model-dir.",
-        "model",
-    )
+    raise _unknown_model(name)
 
 
 def build_builtin_model(spec: BuiltinModelSpec) -> LlamaForCausalLM:
     """Create the randomly initialised model for `spec`; identical weights for the same spec."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -1,16 +1,21 @@
-"""Reading training JSONL (chat or preference), encoding it, and length-bucketed deterministic batching."""
+"""Reading training JSONL (chat or preference), encoding it, and length-bucketed deterministic batching.
+
+Reading and encoding need no torch (the cost estimator counts tokens with them); the batching functions
+import it when called.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from backend.trainer.chat import ChatFormat
 from backend.trainer.spec import TrainingError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 # Shuffle, then sort by length inside windows of this many batches (as HF group_by_length): little padding.
@@ -28,6 +33,11 @@ class SFTExample:
     def length(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens one training pass over this example processes (its share of the job's trained_tokens)."""
+        return self.length
+
 
 @dataclass(frozen=True)
 class PreferenceExample:
@@ -39,6 +49,11 @@ class PreferenceExample:
     @property
     def length(self) -> int:
         return max(self.chosen.length, self.rejected.length)
+
+    @property
+    def trained_tokens(self) -> int:
+        """Both full sequences go through the model on every pass, so both are counted."""
+        return self.chosen.length + self.rejected.length
 
 
 Example = SFTExample | PreferenceExample
@@ -135,6 +150,8 @@ def _preference_example(obj: dict[str, Any], fmt: ChatFormat, where: str, param:
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Deterministic batches for one epoch: seeded shuffle, sort by length within windows, shuffle batches."""
+    import torch
+
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
     window = batch_size * BUCKET_WINDOW_BATCHES
@@ -158,6 +175,8 @@ class Batch:
 
 def collate(seqs: list[SFTExample], pad_id: int) -> Batch:
     """Pad a list of sequences to the longest one."""
+    import torch
+
     width = max(s.length for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)

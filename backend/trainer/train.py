@@ -162,11 +162,7 @@ class _Run:
             ref_r = torch.stack([r for _, r in refs])
             n = len(idx)
             loss, stats = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, self.hp.beta)
-            tokens = sum(
-                e.chosen.length + e.rejected.length
-                for e in (examples[i] for i in idx)
-                if isinstance(e, PreferenceExample)
-            )
+            tokens = sum(examples[i].trained_tokens for i in idx)
             return loss, stats, tokens
         seqs = [examples[i] for i in idx]
         batch = collate([s for s in seqs if isinstance(s, SFTExample)], self.pad_id)

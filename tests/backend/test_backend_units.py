@@ -113,6 +113,8 @@ def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest
         "fault_seed": 42,
         "fault_slow_s": 1.5,
         "fault_retry_after_s": 2.5,
+        "training_price_per_million": 4.5,
+        "price_currency": "EUR",
     }
     # A new setting must get a non-default sample here, so this test covers it too.
     assert set(sample) == set(BackendSettings.model_fields)

@@ -1,0 +1,149 @@
+"""The pre-flight estimate of one job (tokens, cost, duration) and the budget it is checked against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from estimate.duration import DurationEstimate, from_history
+from estimate.pricing import Price, PriceTable, find_price
+from estimate.tokens import Epochs, Method, TokenCount, count_tokens
+
+if TYPE_CHECKING:
+    from client import MKA1Client
+
+
+class Budget(BaseModel):
+    """Limits a run must fit in before anything is uploaded; None: no limit."""
+
+    max_cost: float | None = Field(default=None, ge=0, description="Most the training may cost")
+    max_tokens: int | None = Field(default=None, ge=1, description="Most trained tokens")
+
+    @property
+    def is_set(self) -> bool:
+        return self.max_cost is not None or self.max_tokens is not None
+
+
+class JobEstimate(BaseModel):
+    """What one job will train on, cost and take, with where each number came from."""
+
+    model: str
+    method: str
+    training_file: str
+    tokens: TokenCount
+    price: Price | None = None
+    price_note: str | None = Field(default=None, description="Why there is no price, or a remark on it")
+    duration: DurationEstimate
+
+    @property
+    def cost(self) -> float | None:
+        """Estimated cost in ``price.currency``; None when the price is unknown."""
+        return None if self.price is None else self.price.cost(self.tokens.tokens)
+
+
+def estimate_job(
+    client: MKA1Client | None,
+    train_path: Path,
+    *,
+    model: str,
+    method: Method = "supervised",
+    n_epochs: Epochs = "auto",
+    embedded: bool = False,
+    table: PriceTable | None = None,
+) -> JobEstimate:
+    """Count tokens, look the price up and predict the duration (price and duration need ``client``)."""
+    tokens = count_tokens(train_path, model, method, n_epochs)
+    lookup = find_price(client, model, table)
+    note = lookup.note
+    if lookup.price is not None and embedded and lookup.price.per_million_tokens == 0:
+        note = "local training is free (FTPIPE_BACKEND_TRAINING_PRICE_PER_MILLION=0)"
+    duration = (
+        from_history(client, model, method, tokens.tokens)
+        if client is not None
+        else DurationEstimate(basis="no API connection to read job history from")
+    )
+    return JobEstimate(
+        model=model,
+        method=method,
+        training_file=str(train_path),
+        tokens=tokens,
+        price=lookup.price,
+        price_note=note,
+        duration=duration,
+    )
+
+
+class Totals(BaseModel):
+    """The sum over several jobs (a sweep): cost is None when any job's price is unknown."""
+
+    tokens: int
+    cost: float | None
+    currency: str | None
+    jobs: int
+
+
+def totals(estimates: list[JobEstimate]) -> Totals:
+    """Add up tokens and cost; mixed currencies or any unknown price leave the cost unknown."""
+    currencies = {e.price.currency for e in estimates if e.price is not None}
+    costs = [e.cost for e in estimates]
+    known = all(c is not None for c in costs) and len(currencies) <= 1
+    return Totals(
+        tokens=sum(e.tokens.tokens for e in estimates),
+        cost=sum(c for c in costs if c is not None) if known else None,
+        currency=next(iter(currencies)) if len(currencies) == 1 else None,
+        jobs=len(estimates),
+    )
+
+
+def _money(amount: float, currency: str | None) -> str:
+    return f"{amount:,.2f} {currency or ''}".rstrip()
+
+
+def budget_problem(estimates: list[JobEstimate], budget: Budget) -> str | None:
+    """One line (estimate, budget, what to change) when the jobs do not fit ``budget``; None when they do."""
+    if not budget.is_set or not estimates:
+        return None
+    total = totals(estimates)
+    single = estimates[0].tokens if len(estimates) == 1 else None
+    scope = "" if single is not None else f" over {total.jobs} jobs"
+    if budget.max_tokens is not None and total.tokens > budget.max_tokens:
+        max_tokens = budget.max_tokens
+        return (
+            f"over budget: estimate {total.tokens:,} trained tokens{scope} > max_tokens {max_tokens:,}; "
+            + _advice(single, lambda tokens: tokens <= max_tokens, "--max-tokens")
+        )
+    if budget.max_cost is None:
+        return None
+    if total.cost is None:
+        unknown = next((e for e in estimates if e.price is None), estimates[0])
+        return (
+            f"cannot check max_cost {budget.max_cost:,.2f}: no training price for {unknown.model}"
+            f" ({unknown.price_note or 'the jobs are priced in different currencies'}), or drop --max-cost"
+        )
+    if total.cost > budget.max_cost:
+        price = estimates[0].price
+        assert price is not None  # total.cost is known, so every price is
+        max_cost = budget.max_cost
+        return (
+            f"over budget: estimate {_money(total.cost, total.currency)} ({total.tokens:,} trained tokens{scope}"
+            f" at {_money(price.per_million_tokens, price.currency)} per 1M, {price.source}) > max_cost "
+            f"{_money(max_cost, total.currency)}; "
+            + _advice(single, lambda tokens: price.cost(tokens) <= max_cost, "--max-cost")
+        )
+    return None
+
+
+def _advice(tokens: TokenCount | None, fits: Callable[[int], bool], flag: str) -> str:
+    """What to change: the most epochs that fit (one job), else fewer or shorter examples; or the budget."""
+    if tokens is None:
+        return f"drop configs or lower their epochs, or raise {flag}"
+    fitting = max((k for k in range(1, tokens.n_epochs) if fits(k * tokens.tokens_per_epoch)), default=0)
+    if fitting:
+        return f"use --epochs {fitting} ({tokens.tokens_per_epoch:,} tokens per epoch), or raise {flag}"
+    return (
+        f"one epoch is already {tokens.tokens_per_epoch:,} tokens: train on fewer or shorter examples,"
+        f" or raise {flag}"
+    )

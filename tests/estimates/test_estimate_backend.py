@@ -1,0 +1,87 @@
+"""The embedded backend's pricing endpoints (SDK shapes) and a full estimate against its real job history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backend.launcher import RunningBackend, start_backend
+from backend.settings import BackendSettings
+from client import ClientSettings, MKA1Client
+from client.models import JobCreateRequest, Method, SupervisedHyperparameters, SupervisedMethod
+from estimate.core import estimate_job
+from estimate.duration import job_training_seconds
+from estimate.pricing import Price, PriceTable
+from tests.jsonl_data import chat_example, write_jsonl
+
+pytestmark = pytest.mark.integration
+MODEL = "local:micro-chat"
+
+
+@pytest.fixture(scope="module")
+def priced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+    settings = BackendSettings(
+        data_dir=tmp_path_factory.mktemp("priced"), training_price_per_million=2.5, price_currency="EUR"
+    )
+    with start_backend(settings, port=0) as rb:
+        yield rb
+
+
+def _client(rb: RunningBackend) -> MKA1Client:
+    return MKA1Client(ClientSettings(base_url=rb.base_url, api_key=rb.api_key))
+
+
+def test_pricing_endpoints_serve_the_configured_price_in_sdk_shapes(priced: RunningBackend) -> None:
+    with _client(priced) as c:
+        effective = c.pricing.effective()
+        assert effective.currency == "EUR"
+        row = next(r for r in effective.data if r.model == MODEL)
+        assert row.rates is not None and row.rates.training_tokens == 2.5 and row.source == "cluster_default"
+        (listed,) = c.pricing.list(model=MODEL).data
+        assert listed.rates.training_tokens == 2.5 and listed.effective_to is None
+        assert c.pricing.list(model="local:no-such-model").data == []
+        assert c.pricing.currency().currency == "EUR"
+    sdk = pytest.importorskip("meetkai_mka1.models")
+    headers = {"Authorization": f"Bearer {priced.api_key.get_secret_value()}"}
+    with httpx.Client(base_url=priced.base_url, headers=headers) as raw:
+        sdk.EffectivePricesResponse.model_validate(raw.get("/models/pricing/effective").json())
+        sdk.ListModelPricesResponse.model_validate(raw.get("/models/pricing").json())
+        sdk.ClusterCurrencyResponse.model_validate(raw.get("/models/pricing/currency").json())
+
+
+def _train(c: MKA1Client, path: Path, n_epochs: int) -> str:
+    file_id = c.files.upload(path).id
+    method = Method(
+        type="supervised",
+        supervised=SupervisedMethod(
+            hyperparameters=SupervisedHyperparameters(n_epochs=n_epochs, batch_size=4)
+        ),
+    )
+    job = c.jobs.create(JobCreateRequest(model=MODEL, training_file=file_id, method=method))
+    deadline = time.monotonic() + 300
+    while not (job := c.jobs.retrieve(job.id)).is_terminal:
+        assert time.monotonic() < deadline, "job did not finish"
+        time.sleep(0.3)
+    assert job.status == "succeeded", job.error
+    return job.id
+
+
+def test_estimate_matches_the_job_and_learns_its_throughput(priced: RunningBackend, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", [chat_example(i) for i in range(24)])
+    with _client(priced) as c:
+        before = estimate_job(c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable())
+        assert before.duration.seconds is None and "no finished supervised job" in before.duration.basis
+        assert before.price == Price(per_million_tokens=2.5, currency="EUR", source="API cluster_default")
+        assert before.cost == pytest.approx(before.tokens.tokens * 2.5 / 1e6)
+
+        job = c.jobs.retrieve(_train(c, path, n_epochs=2))
+        assert job.trained_tokens == before.tokens.tokens
+
+        after = estimate_job(c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable())
+        actual = job_training_seconds(c, job)
+    assert after.duration.jobs == [job.id]
+    assert actual is not None and after.duration.seconds == pytest.approx(actual)
