@@ -18,11 +18,9 @@ from backend.generation import GenerationService
 from backend.jobs import JobService
 from backend.limits import BodyLimitMiddleware
 from backend.settings import BackendSettings, apply_base_model_cache_dir
+from contract.wire import API_PREFIX, API_PREFIXES
 
 log = logging.getLogger("backend")
-
-API_PREFIX = "/api/v1/llm"
-OPENAI_PREFIX = "/v1"
 
 
 def build_router() -> APIRouter:
@@ -73,8 +71,9 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     app.state.backend = state
     install_error_handlers(app)
     router = build_router()
-    app.include_router(router, prefix=API_PREFIX)
-    app.include_router(router, prefix=OPENAI_PREFIX, include_in_schema=False)
+    for prefix in API_PREFIXES:
+        # The OpenAI-SDK alias stays out of the schema: one documented prefix.
+        app.include_router(router, prefix=prefix, include_in_schema=prefix == API_PREFIX)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
     faults = config_from_settings(
         settings.fault_rates,

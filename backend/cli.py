@@ -46,7 +46,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from backend.app import API_PREFIX, create_app
+    from backend.app import create_app
+    from contract.wire import API_PREFIX
 
     overrides: dict[str, object] = {}
     if args.host is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.errors import error_body
+from contract.wire import API_PREFIXES
 
 log = logging.getLogger("backend.faults")
 
@@ -36,7 +37,6 @@ GROUPS = ("all", "files", "jobs", "events", "checkpoints", "responses")
 BEFORE_KINDS = ("429", "500", "502", "503", "drop")
 AFTER_KINDS = ("500_after", "drop_after", "slow")
 KINDS = BEFORE_KINDS + AFTER_KINDS
-PREFIXES = ("/api/v1/llm", "/v1")
 DEBUG_PATH = "/_faults"
 # A broken transfer declares this many body bytes and sends none (fallback when the socket is unreachable).
 _BROKEN_LENGTH = b"64"
@@ -111,7 +111,7 @@ def parse_rates(spec: str, kinds: tuple[str, ...] = KINDS) -> dict[str, dict[str
 
 def route_group(path: str) -> str | None:
     """The fault group of an API path; None for paths that are never faulted (health, debug route)."""
-    for prefix in PREFIXES:
+    for prefix in API_PREFIXES:
         if path.startswith(prefix + "/") or path == prefix:
             path = path[len(prefix) :]
             break
@@ -182,7 +182,7 @@ class FaultInjectionMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        if path.rstrip("/").endswith(DEBUG_PATH) and any(path.startswith(p + "/") for p in PREFIXES):
+        if path.rstrip("/").endswith(DEBUG_PATH) and any(path.startswith(p + "/") for p in API_PREFIXES):
             await self._debug(scope, receive, send)
             return
         group = route_group(path)

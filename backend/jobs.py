@@ -19,11 +19,12 @@ from typing import Literal
 from backend.context import Layout
 from backend.db import Database, new_job_id, now
 from backend.errors import BackendHTTPError, not_found
-from backend.jobstore import TERMINAL, add_event, fail_job
+from backend.jobstore import add_event, fail_job
 from backend.model_refs import resolve_model
 from backend.pool import WorkerPool
 from backend.requests import JobCreate
 from backend.settings import BackendSettings
+from contract.wire import SEED_MAX, SEED_MIN, TERMINAL_STATUSES
 
 log = logging.getLogger("backend.jobs")
 
@@ -97,7 +98,7 @@ class JobService:
                 param=f"{req.hyperparameters_param()}.beta",
             )
         job_id = new_job_id()
-        seed = req.seed if req.seed is not None else random.randint(0, 2**31 - 1)
+        seed = req.seed if req.seed is not None else random.randint(SEED_MIN, SEED_MAX)
         with self.db.tx() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, owner, created_at, model, base_model_ref, status, training_file, validation_file,"
@@ -241,7 +242,7 @@ class JobService:
         """Cancel a job in any non-terminal state; a running worker notices within a step."""
         with self.db.tx() as conn:
             job = self._locked(conn, owner, job_id)
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_STATUSES:
                 raise _illegal("cancel", job["status"], "the job has already finished")
             conn.execute(
                 "UPDATE jobs SET status='cancelled', control='cancel', finished_at=?, estimated_finish=NULL WHERE id=?",

@@ -8,8 +8,6 @@ from typing import Any
 
 from backend.db import Database, new_event_id, now
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-
 
 def add_event(
     db: Database,

@@ -14,9 +14,9 @@ from types import TracebackType
 import httpx
 from pydantic import SecretStr
 
-from backend.app import API_PREFIX
 from backend.context import Layout
 from backend.settings import BackendSettings
+from contract.wire import API_PREFIX
 
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0

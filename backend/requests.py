@@ -6,10 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Auto = Literal["auto"]
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
+from contract import wire
+from contract.hyperparameters import MethodType
+from contract.wire import Auto
 
 
 class Hyperparameters(BaseModel):
@@ -17,10 +16,17 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50, strict=True)] = "auto"
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256, strict=True)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
-    beta: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    n_epochs: Auto | Annotated[int, Field(ge=wire.N_EPOCHS_MIN, le=wire.N_EPOCHS_MAX, strict=True)] = "auto"
+    batch_size: (
+        Auto | Annotated[int, Field(ge=wire.BATCH_SIZE_MIN, le=wire.BACKEND_BATCH_SIZE_MAX, strict=True)]
+    ) = "auto"
+    learning_rate_multiplier: (
+        Auto
+        | Annotated[
+            float, Field(gt=wire.LEARNING_RATE_MULTIPLIER_GT, le=wire.BACKEND_LEARNING_RATE_MULTIPLIER_MAX)
+        ]
+    ) = "auto"
+    beta: Auto | Annotated[float, Field(gt=wire.BETA_GT, le=wire.BACKEND_BETA_MAX)] = "auto"
 
 
 class MethodHyperparameters(BaseModel):
@@ -36,22 +42,16 @@ class Method(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised", "dpo"] = "supervised"
+    type: MethodType = "supervised"
     supervised: MethodHyperparameters | None = None
     dpo: MethodHyperparameters | None = None
 
 
 def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
-    """At most 16 pairs, keys <= 64 chars, values <= 512 chars."""
-    if value is None:
-        return None
-    if len(value) > MAX_METADATA_PAIRS:
-        raise ValueError(f"at most {MAX_METADATA_PAIRS} key-value pairs are allowed")
-    for k, v in value.items():
-        if len(k) > MAX_METADATA_KEY:
-            raise ValueError(f"key '{k[:20]}...' is longer than {MAX_METADATA_KEY} characters")
-        if len(v) > MAX_METADATA_VALUE:
-            raise ValueError(f"value of '{k}' is longer than {MAX_METADATA_VALUE} characters")
+    """The contract's metadata limits (pairs, key and value lengths)."""
+    problem = wire.metadata_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -63,8 +63,10 @@ class JobCreate(BaseModel):
     model: Annotated[str, Field(min_length=1, max_length=1024)]
     training_file: Annotated[str, Field(min_length=1, max_length=256)]
     validation_file: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    suffix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._\-]*$")] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)] | None = None
+    suffix: Annotated[str, Field(max_length=wire.MAX_SUFFIX_CHARS, pattern=r"^[A-Za-z0-9._\-]*$")] | None = (
+        None
+    )
+    seed: Annotated[int, Field(ge=wire.SEED_MIN, le=wire.SEED_MAX, strict=True)] | None = None
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # deprecated top-level form
     integrations: list[dict[str, Any]] | None = None
@@ -75,11 +77,11 @@ class JobCreate(BaseModel):
     def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(value)
 
-    def _method_section(self) -> tuple[Literal["supervised", "dpo"], MethodHyperparameters | None]:
+    def _method_section(self) -> tuple[MethodType, MethodHyperparameters | None]:
         method = self.method or Method()
         return method.type, method.dpo if method.type == "dpo" else method.supervised
 
-    def resolved_method(self) -> tuple[Literal["supervised", "dpo"], Hyperparameters]:
+    def resolved_method(self) -> tuple[MethodType, Hyperparameters]:
         """Method type and the hyperparameters that apply (method form wins over the deprecated one)."""
         method_type, section = self._method_section()
         if section is not None:
@@ -121,7 +123,7 @@ class ResponseCreate(BaseModel):
     model: Annotated[str, Field(min_length=1, max_length=1024)]
     input: str | list[InputMessage]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     metadata: dict[str, str] | None = None

@@ -13,10 +13,9 @@ from backend.errors import BackendHTTPError
 from backend.generation import GenerationRequest
 from backend.model_refs import resolve_model
 from backend.requests import ResponseCreate
+from contract.wire import DEFAULT_MAX_OUTPUT_TOKENS
 
 router = APIRouter()
-
-DEFAULT_MAX_OUTPUT_TOKENS = 128
 
 
 def _conversation(ctx: RequestContext, body: ResponseCreate) -> list[dict[str, Any]]:

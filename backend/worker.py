@@ -18,7 +18,7 @@ from backend.db import Database, new_checkpoint_id, new_file_id, now
 from backend.jobstore import add_event, fail_job
 from backend.settings import apply_base_model_cache_dir
 from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
-from client.models import CHECKPOINT_METRICS
+from contract.wire import CHECKPOINT_METRICS
 
 log = logging.getLogger("backend.worker")
 

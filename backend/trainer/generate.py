@@ -14,8 +14,7 @@ from backend.trainer.chat import ChatFormat
 from backend.trainer.device import prepare_device, resolve_device
 from backend.trainer.modeling import load_for_inference
 from backend.trainer.train import configure_threads
-
-DEFAULT_MAX_OUTPUT_TOKENS = 256
+from contract.wire import DEFAULT_MAX_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,9 @@ import math
 from dataclasses import dataclass
 
 from backend.trainer.spec import TrainingError, TrainingSpec
+from contract import wire
+from contract.wire import auto_epochs
 
-MIN_TARGET_EXAMPLES = 100  # OpenAI: small sets get more epochs so the model sees ~100 examples
-MAX_TARGET_EXAMPLES = 25_000
-MAX_AUTO_EPOCHS = 25
-DEFAULT_EPOCHS = 3
 DEFAULT_BETA = 0.1
 
 
@@ -36,15 +34,6 @@ class Hyperparameters:
         return out
 
 
-def auto_epochs(n_examples: int) -> int:
-    """3 epochs, more for small sets and fewer for huge ones (OpenAI's documented heuristic)."""
-    if n_examples * DEFAULT_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n_examples))
-    if n_examples * DEFAULT_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n_examples)
-    return DEFAULT_EPOCHS
-
-
 def auto_batch_size(n_examples: int) -> int:
     """Power of two near n/32, between 2 and 16: a few dozen steps per epoch on small sets."""
     target = max(1.0, n_examples / 32)
@@ -57,18 +46,32 @@ def resolve(spec: TrainingSpec, n_examples: int, base_learning_rate: float) -> H
     batch_size = auto_batch_size(n_examples) if spec.batch_size == "auto" else spec.batch_size
     mult = 1.0 if spec.learning_rate_multiplier == "auto" else float(spec.learning_rate_multiplier)
     beta = DEFAULT_BETA if spec.beta == "auto" else float(spec.beta)
-    if not isinstance(n_epochs, int) or not 1 <= n_epochs <= 50:
-        raise TrainingError("invalid_hyperparameters", "n_epochs must be an integer in 1..50", "n_epochs")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 256:
-        raise TrainingError(
-            "invalid_hyperparameters", "batch_size must be an integer in 1..256", "batch_size"
-        )
-    if not 0 < mult <= 100:
+    if not isinstance(n_epochs, int) or not wire.N_EPOCHS_MIN <= n_epochs <= wire.N_EPOCHS_MAX:
         raise TrainingError(
             "invalid_hyperparameters",
-            "learning_rate_multiplier must be in (0, 100]",
+            f"n_epochs must be an integer in {wire.N_EPOCHS_MIN}..{wire.N_EPOCHS_MAX}",
+            "n_epochs",
+        )
+    if (
+        not isinstance(batch_size, int)
+        or not wire.BATCH_SIZE_MIN <= batch_size <= wire.BACKEND_BATCH_SIZE_MAX
+    ):
+        raise TrainingError(
+            "invalid_hyperparameters",
+            f"batch_size must be an integer in {wire.BATCH_SIZE_MIN}..{wire.BACKEND_BATCH_SIZE_MAX}",
+            "batch_size",
+        )
+    if not wire.LEARNING_RATE_MULTIPLIER_GT < mult <= wire.BACKEND_LEARNING_RATE_MULTIPLIER_MAX:
+        raise TrainingError(
+            "invalid_hyperparameters",
+            f"learning_rate_multiplier must be in ({wire.LEARNING_RATE_MULTIPLIER_GT:g}, "
+            f"{wire.BACKEND_LEARNING_RATE_MULTIPLIER_MAX:g}]",
             "learning_rate_multiplier",
         )
-    if not 0 < beta <= 10:
-        raise TrainingError("invalid_hyperparameters", "beta must be in (0, 10]", "beta")
+    if not wire.BETA_GT < beta <= wire.BACKEND_BETA_MAX:
+        raise TrainingError(
+            "invalid_hyperparameters",
+            f"beta must be in ({wire.BETA_GT:g}, {wire.BACKEND_BETA_MAX:g}]",
+            "beta",
+        )
     return Hyperparameters(n_epochs, min(batch_size, n_examples), mult, base_learning_rate * mult, beta)

@@ -9,9 +9,10 @@ import pytest
 
 from backend.trainer.chat import ChatFormat
 from backend.trainer.data import collate, epoch_batches, load_examples
-from backend.trainer.hyperparams import auto_batch_size, auto_epochs, resolve
+from backend.trainer.hyperparams import auto_batch_size, resolve
 from backend.trainer.spec import TrainingError, TrainingSpec
 from backend.trainer.tokenizer import build_tokenizer
+from contract.wire import auto_epochs
 from tests.trainer.helpers import write_jsonl
 
 
