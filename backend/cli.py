@@ -8,17 +8,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from backend.settings import BackendSettings
-
 
 def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``serve`` on a parent CLI's subparsers (``ftpipe backend serve ...``)."""
-    serve = subparsers.add_parser("serve", help="run the embedded MKA1-compatible backend")
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the embedded MKA1-compatible backend",
+        description="Serve the MKA1-compatible API; settings come from FTPIPE_BACKEND_* and these flags.",
+    )
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks a free one)")
     serve.add_argument("--data-dir", type=Path, default=None, help="where files, jobs and models are kept")
     serve.add_argument("--workers", type=int, default=None, help="training worker processes (default 1)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log level (default: %(default)s)",
+    )
     serve.add_argument(
         "--max-steps-per-job",
         type=int,
@@ -37,7 +44,7 @@ def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     faults.add_argument(
         "--fault-retry-after-s", type=float, default=None, help="Retry-After of injected 429/503 (default 1)"
     )
-    serve.set_defaults(func=serve_command)
+    serve.set_defaults(handler=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -47,6 +54,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.app import create_app
+    from backend.settings import BackendSettings
     from contract.wire import API_PREFIX
 
     overrides: dict[str, object] = {}
@@ -95,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_backend_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from client.models import Method
 from contract import wire
 from contract.hyperparameters import Hyperparameters, MethodType, Seed
 from tasks.smoke_prompts import SmokePrompt
 
 if TYPE_CHECKING:
+    from client.models import Method
     from tasks.wait import PollPolicy
 
 TRAIN_NAMES = ("train.jsonl", "training.jsonl")
@@ -137,6 +137,8 @@ class FineTuneParams(BaseModel):
 
     def job_method(self) -> Method:
         """The wire ``method`` object."""
+        from client.models import Method  # the client package imports httpx; the CLI parses without it
+
         return Method.model_validate(self.hyperparameters.wire(self.method))
 
 

@@ -8,14 +8,12 @@ reported in the comparison instead of failing the sweep.
 
 # No ``from __future__ import annotations``: a served/pickled flow resolves its parameter annotations from
 # the function object alone (Prefect's Runner cloudpickles it into a subprocess), so they must be real types.
-import argparse
 import itertools
 import json
-import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -221,7 +219,8 @@ def _fill_from_result(row: SweepRow, result: FineTuneResult) -> SweepRow:
     return row
 
 
-def _error_text(state: State[Any]) -> str:
+def error_text(state: State[Any]) -> str:
+    """Why a flow run's final state is not Completed (its exception, else its message)."""
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, BaseException):
         return f"{type(exc).__name__}: {exc}"
@@ -233,7 +232,7 @@ def _run_subflow(row: SweepRow, params: FineTuneParams) -> SweepRow:
     row.flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         return _fill_from_result(row, state.result())
-    row.status, row.error = FAILED, _error_text(state)
+    row.status, row.error = FAILED, error_text(state)
     return row
 
 
@@ -448,7 +447,7 @@ def sweep(params: SweepParams) -> SweepResult:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CLI entry (``ftpipe sweep CONFIG``): flows/cli.py delegates here.
+# Sweep files (``ftpipe sweep CONFIG``, cli/sweep.py).
 
 
 def load_sweep_file(path: Path) -> SweepParams:
@@ -464,69 +463,3 @@ def load_sweep_file(path: Path) -> SweepParams:
         if isinstance(base.get(key), str) and not Path(base[key]).is_absolute():
             base[key] = str((path.parent / base[key]).resolve())
     return SweepParams.model_validate(data)
-
-
-# The loggers Prefect's logging.yml levels from PREFECT_LOGGING_LEVEL (the rest inherit from "prefect").
-_PREFECT_LEVELLED_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
-
-
-def quiet_prefect_logging() -> None:
-    """Only warnings from Prefect's loggers, here and in worker processes started from here."""
-    # Prefect configured logging when this module imported it, so the env var alone only reaches child
-    # processes (Dask workers); this process's loggers are lowered directly.
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
-    for name in _PREFECT_LEVELLED_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def sweep_main(argv: Sequence[str] | None = None) -> int:
-    """``ftpipe sweep CONFIG [--output DIR] [--max-concurrency N] [--task-runner thread|dask]``: 0 if all succeeded."""
-    from rich.console import Console
-    from rich.table import Table
-
-    ap = argparse.ArgumentParser(
-        prog="ftpipe sweep", description="Run a fine-tuning sweep and compare configs."
-    )
-    ap.add_argument("config", type=Path, help="sweep file (YAML or JSON): base, configs and/or grid, ...")
-    ap.add_argument("--output", type=Path, default=None, help="comparison folder (default runs/sweep-<name>)")
-    ap.add_argument("--max-concurrency", type=int, default=None)
-    ap.add_argument("--task-runner", choices=("thread", "dask"), default=None)
-    ap.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
-    args = ap.parse_args(list(argv) if argv is not None else None)
-    console = Console()
-    try:
-        params = load_sweep_file(args.config)
-        overrides = {
-            k: v
-            for k, v in {
-                "output_dir": args.output,
-                "max_concurrency": args.max_concurrency,
-                "task_runner": args.task_runner,
-            }.items()
-            if v is not None
-        }
-        params = SweepParams.model_validate({**params.model_dump(), **overrides})
-    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        console.print(f"[red]bad sweep file:[/red] {exc}")
-        return 2
-    if args.quiet:
-        quiet_prefect_logging()
-    state = sweep(params, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]sweep failed:[/red] {_error_text(state)}")
-        return 1
-    result: SweepResult = state.result()
-    table = Table(title=f"sweep {result.name} (best by {result.select_by})")
-    cols = ("name", "status", result.select_by, "trained_tokens", "duration_s", "fine_tuned_model", "error")
-    for col in cols:
-        table.add_column(col)
-    for row in result.rows:
-        is_best = result.best is not None and row["name"] == result.best["name"]
-        cells = [
-            f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
-            for v in (row.get(c) for c in cols)
-        ]
-        table.add_row(*cells, style="bold green" if is_best else None)
-    console.print(table)
-    console.print(f"outputs: {result.output_dir}")
-    return 0 if result.n_failed == 0 else 1

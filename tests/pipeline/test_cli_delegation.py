@@ -1,8 +1,8 @@
-"""`ftpipe backend ...` and `ftpipe sweep ...` hand their flags, --help included, to their own parsers."""
+"""`ftpipe backend serve ...` and `ftpipe sweep ...` are real subparsers of the one tree, --help included."""
 
 import pytest
 
-from flows.cli import main
+from cli.main import main
 
 
 @pytest.mark.parametrize(

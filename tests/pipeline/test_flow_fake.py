@@ -19,10 +19,10 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from cli.main import main
 from client.errors import BadRequestError
 from flows.backend_runtime import use_connection
 from flows.cancellation import on_cancellation_hook
-from flows.cli import main
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams, PollingSettings
 from tasks.create_job import record_job

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from cli.main import main
 from tasks.errors import DatasetInvalid
 from tasks.validate import MAX_SHOWN_ISSUES, cap_issues, validate_dataset_task
 from tests.pipeline.conftest import chat_example, write_jsonl

@@ -17,7 +17,7 @@ from prefect.settings import get_current_settings
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
-from flows.cli import main
+from cli.main import main
 from tests.reliability.reliability_kit import REPO, client_for
 
 pytestmark = pytest.mark.integration
@@ -99,7 +99,7 @@ def test_run_with_bad_train_file_uploads_nothing(
         "COLUMNS": "200",
     }
     run = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", str(dataset), "--model", "local:micro-chat"]
+        [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat"]
         + ["--base-url", plain_backend.base_url, "--on-behalf-of", user, "--quiet"]
         + ["--state-dir", str(tmp_path / "state"), "--output", str(tmp_path / "out")],
         cwd=REPO,

@@ -110,6 +110,7 @@ def test_sweep_cli_quiet_lowers_prefect_logging_in_this_process(
     import logging
 
     import flows.sweep as sweep_module
+    from cli.main import main
 
     class _FailedState:
         message = "stopped by the test"
@@ -137,7 +138,7 @@ def test_sweep_cli_quiet_lowers_prefect_logging_in_this_process(
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text("base:\n  dataset_dir: ds\ngrid:\n  seed: [1]\n")
     try:
-        assert sweep_module.sweep_main([str(cfg), "--quiet"]) == 1
+        assert main(["sweep", str(cfg), "--quiet"]) == 1
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

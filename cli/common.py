@@ -1,0 +1,143 @@
+"""Pieces every ``ftpipe`` command shares: exit codes, the parser class, option types, quiet logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and options added on first use.
+
+    ``configure`` adds a command's options when that command is parsed or its help is shown, so building the
+    whole tree imports nothing a command needs for its defaults (``ftpipe --help`` stays instant).
+    """
+
+    def __init__(self, *args: Any, configure: Callable[[Parser], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._configure = configure
+
+    def ensure_options(self) -> Parser:
+        """Add the options now if ``configure`` has not run yet."""
+        if self._configure is not None:
+            configure, self._configure = self._configure, None
+            configure(self)
+        return self
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        return super(Parser, self.ensure_options()).parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        return super(Parser, self.ensure_options()).format_usage()
+
+    def format_help(self) -> str:
+        return super(Parser, self.ensure_options()).format_help()
+
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the option, the rule and where to read more.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print a usage error the way the parser does and return the usage exit code."""
+    print(f"{prog}: error: {message} (see '{prog} --help')", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def validation_error_lines(exc: ValidationError) -> list[str]:
+    """One ``field: message`` line per pydantic error (no URLs, no input echo)."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return lines
+
+
+def model_default(model: type[BaseModel], name: str) -> Any:
+    """A parameter model's default for ``name``: the CLI never repeats a default the model declares."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+def model_help(model: type[BaseModel], name: str, *, show_default: bool = True) -> str:
+    """The field's description as option help, with argparse's default placeholder."""
+    text = model.model_fields[name].description or name.replace("_", " ")
+    return f"{text} (default: %(default)s)" if show_default else text
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def contract_value(name: str, annotation: Any) -> Callable[[str], Any]:
+    """argparse ``type=`` for a contract-constrained value: the error is the contract's rule, in one line."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from contract.wire import AUTO, HYPERPARAMETER_RULES
+
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    rule = f"must be {HYPERPARAMETER_RULES[name]}"
+
+    def parse(text: str) -> Any:
+        try:
+            value: Any = text if text == AUTO else _number(text)
+            return adapter.validate_python(value)
+        except (ValueError, ValidationError):  # ValidationError is a ValueError; both mean "not in range"
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for seconds and intervals."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts and limits."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse ``type=`` for ``KEY=VALUE`` pairs."""
+    key, sep, val = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, val
+
+
+# The loggers Prefect's logging.yml levels from PREFECT_LOGGING_LEVEL (the rest inherit from "prefect").
+_PREFECT_LEVELLED_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
+
+
+def quiet_prefect_logging() -> None:
+    """Only warnings from Prefect's loggers, here and in worker processes started from here."""
+    # If Prefect was imported already it has configured logging, so the env var alone only reaches child
+    # processes (Dask workers); this process's loggers are lowered directly.
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    for name in _PREFECT_LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,62 @@
+"""``ftpipe``: the one argparse tree. Each command lives in its own module with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cli.common import Parser
+
+# A new command is a module with ``register(subparsers)``: ``subparsers.add_parser(name, help=...,
+# configure=add_options)`` and ``set_defaults(handler=...)`` (args -> exit code). Heavy imports go inside
+# ``add_options`` (defaults) or the handler (the work), never at module level.
+COMMAND_MODULES = ("cli.run", "cli.validate", "cli.sweep", "cli.backend")
+
+EPILOG = """examples:
+  ftpipe run datasets/customer-support           train on the sample dataset (embedded backend)
+  ftpipe validate datasets/customer-support/train.jsonl
+  ftpipe sweep sweep.yaml --max-concurrency 2
+  ftpipe backend serve --port 8765
+"""
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the package version only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from client._version import __version__
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit(0)
+
+
+def build_parser() -> Parser:
+    """The full command tree; each command adds its options only when it is used (see ``Parser``)."""
+    parser = Parser(
+        prog="ftpipe",
+        description="Fine-tuning pipeline for the MKA1 (OpenAI-compatible) API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ftpipe`` console script; returns the exit code."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

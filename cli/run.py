@@ -1,0 +1,292 @@
+"""``ftpipe run``: the ``fine-tune`` flow (validate, upload, train, metrics, smoke test) with a status line.
+
+Options and defaults come from the flow's parameter model (``flows.params``); every value is checked at
+argument parsing, so a bad option never reaches validation or upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    contract_value,
+    key_value,
+    model_default,
+    model_help,
+    positive_float,
+    positive_int,
+    quiet_prefect_logging,
+    usage_error,
+    validation_error_lines,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from flows.params import FineTuneParams, FineTuneResult
+
+PROG = "ftpipe run"
+EPILOG = """examples:
+  ftpipe run datasets/customer-support
+  ftpipe run datasets/customer-support --model local:micro-chat --epochs 2 --suffix demo
+  ftpipe run --train prefs.jsonl --method dpo --beta 0.1
+  MKA1_BASE_URL=https://... MKA1_API_KEY=... ftpipe run datasets/customer-support   (remote API)
+"""
+
+
+def register(sub: Any) -> None:
+    """Add ``run`` to the command tree."""
+    p = sub.add_parser(
+        "run",
+        help="validate, upload, train, collect metrics and smoke test",
+        description="Run the fine-tune flow on a dataset folder or explicit JSONL files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        configure=add_options,
+    )
+    p.set_defaults(handler=run_command)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """``run``'s options; defaults and help come from the flow's parameter models."""
+    from contract.hyperparameters import (
+        BatchSize,
+        Beta,
+        Hyperparameters,
+        LearningRateMultiplier,
+        NEpochs,
+        Seed,
+    )
+    from flows.params import BackendOptions, FineTuneParams, PollingSettings
+
+    fp, hp, poll, be = FineTuneParams, Hyperparameters, PollingSettings, BackendOptions
+    p.add_argument(
+        "dataset", nargs="?", type=Path, help="dataset folder (train.jsonl [validation.jsonl] [smoke.jsonl])"
+    )
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--train", type=Path, metavar="FILE", help=model_help(fp, "train_file", show_default=False)
+    )
+    data.add_argument(
+        "--validation", type=Path, metavar="FILE", help=model_help(fp, "validation_file", show_default=False)
+    )
+    data.add_argument(
+        "--smoke", type=Path, metavar="FILE", help=model_help(fp, "smoke_file", show_default=False)
+    )
+
+    job = p.add_argument_group("job")
+    job.add_argument("--model", default=model_default(fp, "model"), help=model_help(fp, "model"))
+    job.add_argument(
+        "--method",
+        choices=("supervised", "dpo"),
+        default=model_default(fp, "method"),
+        help=model_help(fp, "method"),
+    )
+    job.add_argument(
+        "--epochs",
+        type=contract_value("n_epochs", NEpochs),
+        default=model_default(hp, "n_epochs"),
+        help=model_help(hp, "n_epochs"),
+    )
+    job.add_argument(
+        "--batch-size",
+        type=contract_value("batch_size", BatchSize),
+        default=model_default(hp, "batch_size"),
+        help=model_help(hp, "batch_size"),
+    )
+    job.add_argument(
+        "--learning-rate-multiplier",
+        "--lr-multiplier",
+        dest="lr_multiplier",
+        type=contract_value("learning_rate_multiplier", LearningRateMultiplier),
+        default=model_default(hp, "learning_rate_multiplier"),
+        help=model_help(hp, "learning_rate_multiplier"),
+    )
+    job.add_argument(
+        "--beta",
+        type=contract_value("beta", Beta),
+        default=model_default(hp, "beta"),
+        help=model_help(hp, "beta"),
+    )
+    job.add_argument("--suffix", default=model_default(fp, "suffix"), help=model_help(fp, "suffix"))
+    job.add_argument(
+        "--seed",
+        type=contract_value("seed", Seed),
+        default=model_default(fp, "seed"),
+        help=model_help(fp, "seed"),
+    )
+    job.add_argument(
+        "--metadata",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=model_help(fp, "metadata", show_default=False) + "; repeat for more pairs",
+    )
+    job.add_argument(
+        "--fresh", action="store_true", help=model_help(fp, "fresh_job_if_failed", show_default=False)
+    )
+
+    out = p.add_argument_group("outputs and waiting")
+    out.add_argument(
+        "--output", type=Path, metavar="DIR", help=model_help(fp, "output_dir", show_default=False)
+    )
+    out.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help=model_help(fp, "state_dir", show_default=False)
+    )
+    out.add_argument(
+        "--poll-interval",
+        type=positive_float,
+        default=model_default(poll, "interval_s"),
+        metavar="SECONDS",
+        help=model_help(poll, "interval_s"),
+    )
+    out.add_argument(
+        "--poll-max-interval",
+        type=positive_float,
+        default=model_default(poll, "max_interval_s"),
+        metavar="SECONDS",
+        help=model_help(poll, "max_interval_s"),
+    )
+    out.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=model_default(poll, "timeout_s"),
+        metavar="SECONDS",
+        help=model_help(poll, "timeout_s"),
+    )
+    out.add_argument(
+        "--smoke-max-output-tokens",
+        type=positive_int,
+        default=model_default(fp, "smoke_max_output_tokens"),
+        metavar="N",
+        help=model_help(fp, "smoke_max_output_tokens"),
+    )
+    out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
+
+    api = p.add_argument_group("API")
+    api.add_argument(
+        "--base-url",
+        default=model_default(be, "base_url"),
+        metavar="URL",
+        help=model_help(be, "base_url", show_default=False) + " (default: MKA1_BASE_URL, else embedded)",
+    )
+    api.add_argument(
+        "--on-behalf-of",
+        default=model_default(be, "on_behalf_of"),
+        metavar="USER",
+        help=model_help(be, "on_behalf_of", show_default=False),
+    )
+
+
+def params_from_args(args: argparse.Namespace) -> FineTuneParams:
+    """The flow's parameters from parsed options (raises pydantic's ValidationError on a bad combination)."""
+    from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings
+
+    return FineTuneParams(
+        dataset_dir=args.dataset,
+        train_file=args.train,
+        validation_file=args.validation,
+        smoke_file=args.smoke,
+        model=args.model,
+        method=args.method,
+        hyperparameters=Hyperparameters(
+            n_epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate_multiplier=args.lr_multiplier,
+            beta=args.beta,
+        ),
+        suffix=args.suffix,
+        seed=args.seed,
+        metadata=dict(args.metadata),
+        smoke_max_output_tokens=args.smoke_max_output_tokens,
+        output_dir=args.output,
+        state_dir=args.state_dir,
+        polling=PollingSettings(
+            interval_s=args.poll_interval, max_interval_s=args.poll_max_interval, timeout_s=args.timeout
+        ),
+        fresh_job_if_failed=args.fresh,
+        backend=BackendOptions(base_url=args.base_url, on_behalf_of=args.on_behalf_of),
+    )
+
+
+def summary_table(result: FineTuneResult) -> Table:
+    """Final summary of a run (job, status, model, metrics, tokens, duration, outputs)."""
+    from rich.table import Table
+
+    table = Table(title="fine-tune result", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("job id", result.job_id)
+    table.add_row("status", result.status)
+    table.add_row("fine-tuned model", str(result.fine_tuned_model))
+    for name, value in result.final_metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("trained tokens", str(result.trained_tokens))
+    table.add_row("upload reused", "yes" if result.uploads_reused else "no")
+    table.add_row("attached to existing job", "yes" if result.job_attached else "no")
+    table.add_row("smoke test", {True: "passed", False: "failed", None: "skipped"}[result.smoke_passed])
+    if result.smoke_answers:
+        first = result.smoke_answers[0]
+        table.add_row("smoke answer", f"{first['prompt']!r}\n-> {first['output'].strip()!r}")
+    table.add_row("duration", f"{result.duration_s:.1f}s")
+    table.add_row("output dir", str(result.output_dir))
+    return table
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the fine-tune flow with a live status line; 0 only when it succeeded."""
+    from pydantic import ValidationError
+
+    if args.dataset is None and args.train is None:
+        return usage_error(PROG, "give a dataset folder or --train FILE")
+    try:
+        params = params_from_args(args)
+    except ValidationError as exc:
+        return usage_error(PROG, "; ".join(validation_error_lines(exc)))
+    if args.quiet:
+        quiet_prefect_logging()
+    # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect is imported here, after the logging env is set, and only for the commands that need it.
+    from rich.console import Console
+    from rich.markup import escape
+
+    from flows.fine_tune import fine_tune
+    from tasks.errors import DatasetInvalid, JobFailed, PipelineError
+    from tasks.progress import ProgressUpdate, subscribe
+
+    console = Console()
+    with console.status("starting fine-tune flow...") as status:
+
+        def show(update: ProgressUpdate) -> None:
+            state = f" [{update.job_status}]" if update.job_status else ""
+            status.update(f"{update.stage}{state}: {update.message}")
+
+        try:
+            with subscribe(show):
+                result = fine_tune(params)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")
+            return EXIT_INTERRUPTED
+        except DatasetInvalid as exc:
+            console.print("[red]dataset invalid; nothing was uploaded:[/red]")
+            for line in exc.issues:
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            return EXIT_FAILED
+        except JobFailed as exc:
+            detail = escape(f"[{exc.code}] {exc.message}")
+            console.print(f"[red]job {exc.job_id} {exc.status}:[/red] {detail}", highlight=False)
+            return EXIT_FAILED
+        except PipelineError as exc:
+            console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+            return EXIT_FAILED
+    console.print(summary_table(result))
+    ok = result.status == "succeeded" and result.smoke_passed is not False
+    return EXIT_OK if ok else EXIT_FAILED

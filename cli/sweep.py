@@ -1,0 +1,101 @@
+"""``ftpipe sweep``: run the ``fine-tune-sweep`` flow from a YAML/JSON file and print the comparison."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, positive_int, quiet_prefect_logging
+
+EPILOG = """examples:
+  ftpipe sweep sweep.yaml
+  ftpipe sweep sweep.yaml --max-concurrency 4 --task-runner dask --output runs/lr-sweep
+
+A sweep file holds `base` (fine-tune parameters), `configs` and/or `grid`; see deployments/README.md.
+"""
+
+
+def register(sub: Any) -> None:
+    """Add ``sweep`` to the command tree."""
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep described by a YAML/JSON file and compare the configs",
+        description="Fine-tune once per config (concurrently), compare the results and pick the best.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        configure=add_options,
+    )
+    p.set_defaults(handler=sweep_command)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """``sweep``'s options (everything else is in the sweep file)."""
+    p.add_argument("config", type=Path, help="sweep file (YAML or JSON): base, configs and/or grid, ...")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="comparison folder (default runs/sweep-<name>)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="configs training at the same time",
+    )
+    p.add_argument(
+        "--task-runner",
+        choices=("thread", "dask"),
+        default=None,
+        help="where config tasks run (default: thread)",
+    )
+    p.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """Load the file, apply the flags, run the sweep flow; 0 only if every config succeeded."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows import sweep as sweep_flow
+
+    console = Console()
+    try:
+        params = sweep_flow.load_sweep_file(args.config)
+        overrides = {
+            k: v
+            for k, v in {
+                "output_dir": args.output,
+                "max_concurrency": args.max_concurrency,
+                "task_runner": args.task_runner,
+            }.items()
+            if v is not None
+        }
+        params = sweep_flow.SweepParams.model_validate({**params.model_dump(), **overrides})
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        console.print(f"[red]bad sweep file:[/red] {exc}")
+        return EXIT_USAGE
+    if args.quiet:
+        quiet_prefect_logging()
+    state = sweep_flow.sweep(params, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]sweep failed:[/red] {sweep_flow.error_text(state)}")
+        return EXIT_FAILED
+    result = state.result()
+    table = Table(title=f"sweep {result.name} (best by {result.select_by})")
+    cols = ("name", "status", result.select_by, "trained_tokens", "duration_s", "fine_tuned_model", "error")
+    for col in cols:
+        table.add_column(col)
+    for row in result.rows:
+        is_best = result.best is not None and row["name"] == result.best["name"]
+        cells = [
+            f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+            for v in (row.get(c) for c in cols)
+        ]
+        table.add_row(*cells, style="bold green" if is_best else None)
+    console.print(table)
+    console.print(f"outputs: {result.output_dir}")
+    return EXIT_OK if result.n_failed == 0 else EXIT_FAILED
