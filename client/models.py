@@ -198,10 +198,6 @@ class FineTuningJobEvent(_Model):
     data: dict[str, Any] | None = None
 
 
-# The contract's list; kept importable here until backend/worker.py imports it from contract.wire.
-CHECKPOINT_METRICS = wire.CHECKPOINT_METRICS
-
-
 class CheckpointMetrics(_Model):
     """Metrics recorded at a checkpoint (``contract.wire.CHECKPOINT_METRICS``, pinned by a test)."""
 
