@@ -41,7 +41,13 @@ from client import ClientSettings, MKA1Client  # noqa: E402
 from client.models import JobCreateRequest, ResponseCreateRequest  # noqa: E402
 from flows.fine_tune import fine_tune  # noqa: E402
 from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings  # noqa: E402
-from tasks.metrics import checkpoints_frame, events_frame, final_metrics, loss_curve_png  # noqa: E402
+from tasks.metrics import (  # noqa: E402
+    checkpoints_frame,
+    events_frame,
+    final_metrics,
+    loss_curve_png,
+    metrics_frame,
+)
 from tasks.smoke_prompts import load_smoke_file  # noqa: E402
 from validation import validate_dataset  # noqa: E402
 
@@ -80,15 +86,17 @@ def plain_script(base_url: str, api_key: object, user: str, params: FineTunePara
         assert job.status == "succeeded", job.error
         # What collect_metrics_task does, minus Prefect: frames to Parquet + CSV and the loss-curve PNG.
         ck = checkpoints_frame(list(c.jobs.list_checkpoints(job.id)))
-        ev = events_frame(c.jobs.new_events(job.id, None))
+        events = c.jobs.new_events(job.id, None)
+        steps, ev = metrics_frame(events), events_frame(events)
         out = params.output_dir or Path("runs") / job.id
         out.mkdir(parents=True, exist_ok=True)
         ck.to_parquet(out / "checkpoints.parquet", index=False)
         ck.to_csv(out / "checkpoints.csv", index=False)
-        ev.to_parquet(out / "events.parquet", index=False)
-        ev.to_csv(out / "events.csv", index=False)
-        (out / "loss_curve.png").write_bytes(loss_curve_png(ck, ev))
-        final_metrics(ck, ev)
+        for name, frame in (("metrics", steps), ("events", ev)):
+            frame.to_parquet(out / f"{name}.parquet", index=False)
+            frame.to_csv(out / f"{name}.csv", index=False)
+        (out / "loss_curve.png").write_bytes(loss_curve_png(ck, steps))
+        final_metrics(ck, steps)
         for prompt in load_smoke_file(smoke) if smoke else []:
             c.responses.create(
                 ResponseCreateRequest(

@@ -4,9 +4,10 @@
 # string annotations such as "FineTuneParams" can no longer be resolved.
 
 import asyncio
-import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
@@ -16,15 +17,16 @@ from client import MKA1Client
 from client.models import FineTuningJob
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
-from flows.params import FineTuneParams, FineTuneResult
+from flows.params import FineTuneParams
 from tasks import _runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.metrics import collect_metrics_task
+from tasks.record import DatasetFile, RunRecord
 from tasks.smoke import smoke_test_task
 from tasks.smoke_prompts import SmokePrompt, load_smoke_file
 from tasks.state import default_state_dir
-from tasks.upload import upload_file_task
-from tasks.validate import validate_dataset_task
+from tasks.upload import UploadedFile, upload_file_task
+from tasks.validate import ValidationSummary, validate_dataset_task
 from tasks.wait import wait_for_job_task
 
 
@@ -34,10 +36,37 @@ def _smoke_prompts(params: FineTuneParams) -> list[SmokePrompt]:
     return [*from_file, *params.smoke_prompts]
 
 
-def _summary_markdown(result: FineTuneResult) -> str:
+def _resolved_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
+    """The hyperparameters as the job reports them (the method's block wins over the deprecated top level)."""
+    method = job.method
+    block = getattr(method, method.type, None) if method is not None else None
+    reported = getattr(block, "hyperparameters", None)
+    if reported is not None:
+        return {k: v for k, v in reported.model_dump().items() if v is not None}
+    return dict(job.hyperparameters or {})
+
+
+def _dataset_file(role: str, path: Path, upload: UploadedFile, validation: ValidationSummary) -> DatasetFile:
+    stats = validation.stats.get(role, {})
+    return DatasetFile(
+        role=role,  # type: ignore[arg-type]
+        path=path.absolute(),
+        sha256=upload.sha256,
+        bytes=upload.bytes,
+        examples=int(stats.get("examples", 0)),
+        file_id=upload.file_id,
+        reused=upload.reused,
+    )
+
+
+def _summary_markdown(result: RunRecord) -> str:
     rows = [
         ("job", f"`{result.job_id}`"),
         ("status", result.status),
+        ("base model", f"`{result.base_model}`"),
+        ("method", result.method),
+        ("hyperparameters", ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items()) or "-"),
+        ("seed", str(result.seed)),
         ("fine-tuned model", f"`{result.fine_tuned_model}`"),
         ("trained tokens", str(result.trained_tokens)),
         ("training file", f"`{result.training_file_id}`" + (" (reused)" if result.uploads_reused else "")),
@@ -52,16 +81,17 @@ def _summary_markdown(result: FineTuneResult) -> str:
 
 
 @flow(name="fine-tune", on_cancellation=[on_cancellation_hook], persist_result=False)
-def fine_tune(params: FineTuneParams) -> FineTuneResult:
-    """Fine-tune ``params.model`` on the dataset and return the job's outcome and output paths."""
+def fine_tune(params: FineTuneParams) -> RunRecord:
+    """Fine-tune ``params.model`` on the dataset and return the run's record (also written to result.json)."""
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     log = _runtime.run_logger()
     train_path, validation_path = params.train_path(), params.validation_path()
     smoke_prompts = _smoke_prompts(params)  # fail on a broken smoke file before spending compute
     state_dir = params.state_dir or default_state_dir()
     flow_run_id = current_flow_run.get_id()
 
-    validate_dataset_task(train_path, validation_path, n_epochs=params.hyperparameters.n_epochs)
+    validation = validate_dataset_task(train_path, validation_path, n_epochs=params.hyperparameters.n_epochs)
 
     with (
         open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,
@@ -135,24 +165,41 @@ def fine_tune(params: FineTuneParams) -> FineTuneResult:
             smoke_answers = [{"prompt": c.prompt, "output": c.output} for c in smoke.cases]
 
     result_path = metrics.output_dir / "result.json"
-    result = FineTuneResult(
+    result = RunRecord(
         job_id=job_id,
         status=str(job.status),
+        base_model=job.model or params.model,
+        method=job.method.type if job.method else params.method,
+        hyperparameters=_resolved_hyperparameters(job),
+        seed=job.seed if job.seed is not None else params.seed,
+        suffix=job.suffix if job.suffix is not None else params.suffix,
+        metadata=job.metadata or dict(params.metadata),
+        integrations=job.integrations or [],
         fine_tuned_model=job.fine_tuned_model,
-        final_metrics=metrics.final_metrics,
         trained_tokens=job.trained_tokens,
-        training_file_id=train_up.file_id,
-        validation_file_id=val_up.file_id if val_up else None,
-        uploads_reused=train_up.reused and (val_up is None or val_up.reused),
-        job_attached=handle.attached,
+        total_steps=metrics.total_steps,
         idempotency_key=handle.idempotency_key,
+        job_attached=handle.attached,
+        training=_dataset_file("training", train_path, train_up, validation),
+        validation=(
+            _dataset_file("validation", validation_path, val_up, validation)
+            if validation_path is not None and val_up is not None
+            else None
+        ),
+        flow_run_id=flow_run_id,
+        flow_run_name=current_flow_run.get_name(),
+        flow_run_url=current_flow_run.get_flow_run_ui_url(),
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        duration_s=time.monotonic() - started,
+        final_metrics=metrics.final_metrics,
+        metric_definitions=metrics.definitions,
         output_dir=metrics.output_dir,
         outputs={**metrics.files, "result_json": result_path},
         smoke_passed=smoke_passed,
         smoke_answers=smoke_answers,
-        duration_s=time.monotonic() - started,
     )
-    result_path.write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")
+    result_path.write_text(result.to_json(), encoding="utf-8")
     _runtime.markdown(
         _summary_markdown(result), key=_runtime.artifact_key("fine-tune-result"), description="run summary"
     )

@@ -140,25 +140,3 @@ class FineTuneParams(BaseModel):
         from client.models import Method  # the client package imports httpx; the CLI parses without it
 
         return Method.model_validate(self.hyperparameters.wire(self.method))
-
-
-class FineTuneResult(BaseModel):
-    """What a finished ``fine-tune`` run produced."""
-
-    job_id: str
-    status: str
-    fine_tuned_model: str | None = None
-    final_metrics: dict[str, float] = Field(default_factory=dict)
-    trained_tokens: int | None = None
-    training_file_id: str
-    validation_file_id: str | None = None
-    uploads_reused: bool = False
-    job_attached: bool = False
-    idempotency_key: str
-    output_dir: Path | None = None
-    outputs: dict[str, Path] = Field(default_factory=dict, description="Files written (frames, plot, result)")
-    smoke_passed: bool | None = None
-    smoke_answers: list[dict[str, str]] = Field(
-        default_factory=list, description="What the fine-tuned model answered to each smoke prompt"
-    )
-    duration_s: float

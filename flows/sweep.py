@@ -32,7 +32,7 @@ from contract.hyperparameters import BatchSize, LearningRateMultiplier, NEpochs,
 from contract.wire import MAX_SUFFIX_CHARS
 from flows.backend_runtime import Connection, open_connection, use_connection
 from flows.fine_tune import fine_tune
-from flows.params import FineTuneParams, FineTuneResult
+from flows.params import FineTuneParams
 from flows.sweep_report import (
     FAILED,
     METRIC_COLUMNS,
@@ -46,6 +46,7 @@ from flows.sweep_report import (
     write_outputs,
 )
 from tasks import _runtime
+from tasks.record import RunRecord
 
 DASK_ADDRESS_ENV = "FTPIPE_DASK_ADDRESS"
 SWEEP_KEY, CONFIG_KEY = "ftpipe_sweep", "ftpipe_sweep_config"
@@ -209,7 +210,7 @@ def _row_for(cfg: SweepConfig, params: FineTuneParams | None, base: FineTunePara
     )
 
 
-def _fill_from_result(row: SweepRow, result: FineTuneResult) -> SweepRow:
+def _fill_from_result(row: SweepRow, result: RunRecord) -> SweepRow:
     row.status = SUCCEEDED if result.status == "succeeded" else result.status
     row.metrics = {k: v for k, v in result.final_metrics.items() if k in METRIC_COLUMNS}
     row.trained_tokens = result.trained_tokens
@@ -261,7 +262,7 @@ def _run_via_deployment(row: SweepRow, params: FineTuneParams, deployment: str, 
     # The worker writes result.json into the output dir we chose; shared storage is assumed (same host/volume).
     result_path = Path(str(params.output_dir)) / "result.json"
     try:
-        result = FineTuneResult.model_validate_json(result_path.read_text(encoding="utf-8"))
+        result = RunRecord.model_validate_json(result_path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
         row.status, row.error = FAILED, f"run completed but {result_path} is unreadable: {exc}"
         row.duration_s = time.monotonic() - started

@@ -102,8 +102,11 @@ def test_flow_trains_and_rerun_creates_nothing(
     assert len(ck) >= 1
     for name in METRIC_COLUMNS:
         assert ck[name].dtype == "float64" and ck[name].notna().any(), name
+    steps = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    assert steps["train_loss"].notna().all() and steps["step"].is_monotonic_increasing
+    assert steps["step"].iloc[-1] == steps["total_steps"].iloc[-1] == result.total_steps  # reaches the end
     ev = pd.read_parquet(tmp_path / "out" / "events.parquet")
-    assert (ev["type"] == "metrics").any() and ev["train_loss"].notna().any()
+    assert ev["message"].str.contains("Training completed").any() and "metrics" not in set(ev["type"])
     assert (tmp_path / "out" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     keys = asyncio.run(_artifact_keys(state.state_details.flow_run_id))
     assert {"dataset-validation", "job", "job-progress", "checkpoints", "loss-curve", "smoke-test"} <= keys

@@ -27,8 +27,9 @@ from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams, PollingSettings
 from tasks.create_job import record_job
 from tasks.errors import DatasetInvalid
+from tasks.record import RunRecord
 from tasks.state import JOBS_FILE
-from tasks.upload import upload_file_task
+from tasks.upload import sha256_file, upload_file_task
 from tests.pipeline.conftest import write_jsonl
 from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
 
@@ -77,6 +78,18 @@ def test_flow_succeeds_then_rerun_reuses_everything(
             tmp_path / "out" / "result.json"
         ).is_file()
         assert fake.count("POST", "/files") == 2 and fake.count("POST", "/fine_tuning/jobs") == 1
+        # result.json is the same record the flow returned: self-describing, absolute paths.
+        record = RunRecord.model_validate_json((tmp_path / "out" / "result.json").read_text())
+        assert record == result
+        assert record.base_model == "local:micro-chat" and record.seed == 42 and record.suffix == "t"
+        assert record.training.path == (dataset_dir / "train.jsonl").absolute()
+        assert record.training.sha256 == sha256_file(dataset_dir / "train.jsonl")
+        assert record.training.examples > 0 and record.validation is not None
+        assert record.output_dir.is_absolute() and record.outputs["metrics_parquet"].is_file()
+        assert record.flow_run_id == str(state.state_details.flow_run_id) and record.flow_run_name
+        assert record.started_at <= record.finished_at
+        assert record.total_steps == fake.total_steps
+        assert record.metric_definitions["train_loss"].step == 2  # the fake's last metrics event
 
         again = fine_tune(params)
     assert fake.count("POST", "/files") == 2 and fake.count("POST", "/fine_tuning/jobs") == 1

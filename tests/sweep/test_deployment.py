@@ -15,7 +15,7 @@ from prefect.runner import Runner
 from backend.launcher import RunningBackend
 from client import ClientSettings, MKA1Client
 from flows.fine_tune import fine_tune
-from flows.params import FineTuneResult
+from tasks.record import RunRecord
 from tests.sweep.conftest import base_params
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(600)]
@@ -39,7 +39,7 @@ def test_served_deployment_run_completes(backend: RunningBackend, tiny_dataset: 
     with get_client(sync_client=True) as pc:
         run = pc.read_flow_run(scheduled.id)
     assert run.state is not None and run.state.is_completed(), run.state
-    result = FineTuneResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
+    result = RunRecord.model_validate_json((tmp_path / "out" / "result.json").read_text())
     assert result.status == "succeeded" and result.fine_tuned_model
     settings = ClientSettings(base_url=backend.base_url, api_key=backend.api_key)
     with MKA1Client(settings) as c:
