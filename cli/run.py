@@ -29,7 +29,8 @@ from cli.common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from flows.params import FineTuneParams, FineTuneResult
+    from flows.params import FineTuneParams
+    from tasks.record import RunRecord
 
 PROG = "ftpipe run"
 EPILOG = """examples:
@@ -216,7 +217,7 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
     )
 
 
-def summary_table(result: FineTuneResult) -> Table:
+def summary_table(result: RunRecord) -> Table:
     """Final summary of a run (job, status, model, metrics, tokens, duration, outputs)."""
     from rich.table import Table
 
@@ -225,6 +226,8 @@ def summary_table(result: FineTuneResult) -> Table:
     table.add_column("value")
     table.add_row("job id", result.job_id)
     table.add_row("status", result.status)
+    table.add_row("base model", f"{result.base_model} ({result.method}, seed {result.seed})")
+    table.add_row("hyperparameters", ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items()))
     table.add_row("fine-tuned model", str(result.fine_tuned_model))
     for name, value in result.final_metrics.items():
         table.add_row(name, f"{value:.4f}")
