@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from client.errors import APIError
 from estimate.duration import DurationEstimate, from_history
-from estimate.pricing import Price, PriceTable, find_price
-from estimate.tokens import Epochs, Method, TokenCount, count_tokens
+from estimate.pricing import Price, PriceLookup, PriceTable, find_price
+from estimate.tokens import Epochs, Method, TokenCount, count_tokens, is_embedded_model
 
 if TYPE_CHECKING:
     from client import MKA1Client
@@ -51,20 +52,35 @@ def estimate_job(
     model: str,
     method: Method = "supervised",
     n_epochs: Epochs = "auto",
+    batch_size: int | str = "auto",
     embedded: bool = False,
     table: PriceTable | None = None,
 ) -> JobEstimate:
-    """Count tokens, look the price up and predict the duration (price and duration need ``client``)."""
+    """Count tokens, look the price up and predict the duration (price and duration need ``client``).
+
+    ``embedded``: ``client`` talks to the embedded backend on this machine, so with no job history to go
+    by, a short calibration run of the trainer here times the job instead.
+    """
     tokens = count_tokens(train_path, model, method, n_epochs)
-    lookup = find_price(client, model, table)
+    # Price and history are extras: an API that fails to answer leaves them unknown, never fails the run.
+    try:
+        lookup = find_price(client, model, table)
+    except APIError as exc:
+        lookup = PriceLookup(note=f"the pricing lookup failed: {exc}")
     note = lookup.note
     if lookup.price is not None and embedded and lookup.price.per_million_tokens == 0:
         note = "local training is free (FTPIPE_BACKEND_TRAINING_PRICE_PER_MILLION=0)"
-    duration = (
-        from_history(client, model, method, tokens.tokens)
-        if client is not None
-        else DurationEstimate(basis="no API connection to read job history from")
-    )
+    if client is None:
+        duration = DurationEstimate(basis="no API connection to read job history from")
+    else:
+        try:
+            duration = from_history(client, model, method, tokens.tokens)
+        except APIError as exc:
+            duration = DurationEstimate(basis=f"reading the job history failed: {exc}")
+    if duration.seconds is None and embedded and is_embedded_model(model):
+        from estimate.calibrate import calibrate
+
+        duration = calibrate(train_path, model, method, n_epochs, batch_size)
     return JobEstimate(
         model=model,
         method=method,
@@ -73,6 +89,54 @@ def estimate_job(
         price=lookup.price,
         price_note=note,
         duration=duration,
+    )
+
+
+class EstimateVsActual(BaseModel):
+    """The estimate next to what the job reported (result.json, the run record)."""
+
+    model: str
+    counter: str
+    exact: bool
+    n_epochs: int
+    estimated_tokens: int
+    actual_tokens: int | None = None
+    token_error: float | None = Field(default=None, description="(estimated - actual) / actual")
+    currency: str | None = None
+    price_per_million_tokens: float | None = None
+    price_source: str | None = None
+    estimated_cost: float | None = None
+    actual_cost: float | None = Field(default=None, description="actual tokens at the same price")
+    estimated_duration_s: float | None = None
+    actual_duration_s: float | None = None
+    duration_error: float | None = None
+
+
+def _relative(estimated: float | None, actual: float | None) -> float | None:
+    if estimated is None or not actual:
+        return None
+    return (estimated - actual) / actual
+
+
+def compare(est: JobEstimate, actual_tokens: int | None, actual_seconds: float | None) -> EstimateVsActual:
+    """Put the estimate beside the job's reported tokens and measured training time."""
+    price = est.price
+    return EstimateVsActual(
+        model=est.model,
+        counter=est.tokens.counter,
+        exact=est.tokens.exact,
+        n_epochs=est.tokens.n_epochs,
+        estimated_tokens=est.tokens.tokens,
+        actual_tokens=actual_tokens,
+        token_error=_relative(est.tokens.tokens, actual_tokens),
+        currency=price.currency if price else None,
+        price_per_million_tokens=price.per_million_tokens if price else None,
+        price_source=price.source if price else None,
+        estimated_cost=est.cost,
+        actual_cost=price.cost(actual_tokens) if price and actual_tokens is not None else None,
+        estimated_duration_s=est.duration.seconds,
+        actual_duration_s=actual_seconds,
+        duration_error=_relative(est.duration.seconds, actual_seconds),
     )
 
 

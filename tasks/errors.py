@@ -58,3 +58,15 @@ class GateFailed(PipelineError):
     def __init__(self, reason: str, failures: list[str]) -> None:
         super().__init__(reason)
         self.failures = failures
+
+
+class BudgetExceeded(PipelineError):
+    """The pre-flight estimate does not fit the run's budget; nothing was uploaded. ``line`` says why."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class EstimateFailed(PipelineError):
+    """The pre-flight estimate could not be made while a budget needs it (e.g. an unknown base model)."""

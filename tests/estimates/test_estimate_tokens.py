@@ -156,3 +156,18 @@ def test_unknown_model_and_bad_file_name_the_problem(tmp_path: Path) -> None:
         count_with_trainer(bad, "local:micro-chat", "supervised", 1)
     with pytest.raises(EstimateError, match="invalid dataset"):
         count_with_heuristic(bad, 1)
+
+
+def test_calibration_times_the_whole_job_from_a_few_steps(tmp_path: Path) -> None:
+    """A few calibration steps predict the full run of the same job on this machine (loosely: CI is noisy)."""
+    import time
+
+    from estimate.calibrate import CALIBRATION_STEPS, calibrate
+
+    path = write_jsonl(tmp_path / "train.jsonl", _chat_rows() * 4)  # 68 examples: 17 steps x 3 epochs
+    predicted = calibrate(path, "local:micro-chat", "supervised", 3, batch_size=4)
+    assert predicted.seconds is not None and f"{CALIBRATION_STEPS}-step calibration" in predicted.basis
+    began = time.monotonic()
+    _trainer_count(path, tmp_path, "supervised", 3)
+    actual = time.monotonic() - began
+    assert actual / 3 < predicted.seconds < actual * 3
