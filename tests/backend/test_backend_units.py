@@ -160,3 +160,25 @@ def test_launcher_log_path_is_the_layouts(tmp_path: Path) -> None:
     rb = RunningBackend(BackendSettings(data_dir=tmp_path, api_key=SecretStr("k")), port=1)
     assert rb.log_path == Layout(tmp_path.resolve()).server_log
     assert rb.log_path.parent == Layout(tmp_path.resolve()).logs
+
+
+def test_estimated_finish_from_the_first_metrics_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step rate is measured from "Training started", so the first metrics event already sets an ETA."""
+    from multiprocessing import Event
+    from types import SimpleNamespace
+
+    from backend import worker
+
+    ticks = iter([100.0, 110.0, 115.0])
+    monkeypatch.setattr(worker, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
+    monkeypatch.setattr(worker, "now", lambda: 1_000)
+    monkeypatch.setattr(worker, "add_event", lambda *a, **k: None)
+    executed: list[tuple[str, tuple[object, ...]]] = []
+    db = SimpleNamespace(execute=lambda sql, params: executed.append((sql, params)))
+    job = {"id": "ftjob_1", "owner": "o", "model": "local:micro-chat", "suffix": None}
+    callbacks = worker.JobCallbacks(db, job, parent_pid=1, stop=Event())  # type: ignore[arg-type]
+    callbacks.on_event("Training started", data={"total_steps": 100})
+    callbacks.on_event("Step 10/100", type="metrics", data={"step": 10, "total_steps": 100})
+    callbacks.on_event("Step 20/100", type="metrics", data={"step": 20, "total_steps": 100})
+    # 10 s for the first 10 steps: 90 steps left at 1 s each; then 15 s for 20: 80 left at 0.75 s.
+    assert [params for _, params in executed] == [(1_090, "ftjob_1"), (1_060, "ftjob_1")]
