@@ -23,6 +23,7 @@ from client.models import (
     ResponseCreateRequest,
     ResponseObject,
 )
+from client.pricing import AsyncPricing
 from client.settings import ClientSettings
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class AsyncMKA1Client:
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.responses = AsyncResponses(self)
+        self.pricing = AsyncPricing(self)
 
     def __repr__(self) -> str:
         return req.client_repr(type(self).__name__, self.settings)

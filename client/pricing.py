@@ -17,6 +17,7 @@ from client._requests import RequestSpec, _query
 from client.models import _Model
 
 if TYPE_CHECKING:
+    from client.async_client import AsyncMKA1Client
     from client.sync_client import MKA1Client
 
 
@@ -102,3 +103,22 @@ class Pricing:
     def currency(self) -> Currency:
         """The cluster currency."""
         return self._c.send(pricing_currency())
+
+
+class AsyncPricing:
+    """``/models/pricing`` endpoints of the async client."""
+
+    def __init__(self, client: AsyncMKA1Client) -> None:
+        self._c = client
+
+    async def list(self, model: str | None = None) -> ModelPriceList:
+        """Cluster-default prices (with ``model``: that model's dated history)."""
+        return await self._c.send(pricing_list(model))
+
+    async def effective(self) -> EffectivePriceList:
+        """The caller's effective price for every active model, with the currency."""
+        return await self._c.send(pricing_effective())
+
+    async def currency(self) -> Currency:
+        """The cluster currency."""
+        return await self._c.send(pricing_currency())

@@ -170,3 +170,24 @@ def test_sweep_total_adds_every_config() -> None:
     assert line is not None and "180,000 trained tokens over 3 jobs > max_tokens 150,000" in line
     mixed = [*configs, _estimate(1, 1, 1.0, currency="EUR")]
     assert totals(mixed).cost is None
+
+
+def test_async_client_reads_the_same_pricing_shapes() -> None:
+    import asyncio
+
+    from client import AsyncMKA1Client
+
+    rows = [{"model": MODEL, "rates": {"training_tokens": 8.0}, "source": "cluster_default"}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/llm/models/pricing/effective"
+        return httpx.Response(200, json=_effective(rows))
+
+    async def read() -> float | None:
+        settings = ClientSettings(base_url=BASE, api_key="sk-test")
+        async with AsyncMKA1Client(settings, transport=httpx.MockTransport(handler)) as client:
+            effective = await client.pricing.effective()
+        rates = effective.data[0].rates
+        return rates.training_tokens if rates else None
+
+    assert asyncio.run(read()) == 8.0
