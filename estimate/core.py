@@ -28,6 +28,17 @@ class Budget(BaseModel):
         return self.max_cost is not None or self.max_tokens is not None
 
 
+class JobInputs(BaseModel):
+    """What an estimate needs to know about one job (one run, or one config of a sweep)."""
+
+    name: str | None = None
+    train_path: Path
+    model: str
+    method: Method = "supervised"
+    n_epochs: Epochs = "auto"
+    batch_size: int | str = "auto"
+
+
 class JobEstimate(BaseModel):
     """What one job will train on, cost and take, with where each number came from."""
 
@@ -55,11 +66,12 @@ def estimate_job(
     batch_size: int | str = "auto",
     embedded: bool = False,
     table: PriceTable | None = None,
+    calibrate: bool = True,
 ) -> JobEstimate:
     """Count tokens, look the price up and predict the duration (price and duration need ``client``).
 
     ``embedded``: ``client`` talks to the embedded backend on this machine, so with no job history to go
-    by, a short calibration run of the trainer here times the job instead.
+    by, a short calibration run of the trainer here times the job instead (unless ``calibrate`` is False).
     """
     tokens = count_tokens(train_path, model, method, n_epochs)
     # Price and history are extras: an API that fails to answer leaves them unknown, never fails the run.
@@ -77,10 +89,10 @@ def estimate_job(
             duration = from_history(client, model, method, tokens.tokens)
         except APIError as exc:
             duration = DurationEstimate(basis=f"reading the job history failed: {exc}")
-    if duration.seconds is None and embedded and is_embedded_model(model):
-        from estimate.calibrate import calibrate
+    if calibrate and duration.seconds is None and embedded and is_embedded_model(model):
+        from estimate.calibrate import calibrate as calibration_run
 
-        duration = calibrate(train_path, model, method, n_epochs, batch_size)
+        duration = calibration_run(train_path, model, method, n_epochs, batch_size)
     return JobEstimate(
         model=model,
         method=method,

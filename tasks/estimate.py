@@ -8,8 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
-from estimate.core import Budget, JobEstimate, budget_problem, estimate_job
-from estimate.render import markdown, summary_line
+from estimate.core import Budget, JobEstimate, JobInputs, budget_problem, estimate_job, totals
+from estimate.render import markdown, rows, summary_line, totals_line
 from estimate.tokens import Epochs, EstimateError, Method
 from tasks import _runtime
 from tasks.errors import BudgetExceeded, EstimateFailed
@@ -34,8 +34,16 @@ def estimate_task(
     log = _runtime.run_logger()
     publish(ProgressUpdate("estimate", f"counting the tokens of {Path(train_path).name} for {model}"))
     try:
+        # No calibration run here: it would add seconds to every first run on a model; the job history
+        # (this server's last jobs on the model) gives the duration from the second run on.
         est = estimate_job(
-            client, Path(train_path), model=model, method=method, n_epochs=n_epochs, embedded=embedded
+            client,
+            Path(train_path),
+            model=model,
+            method=method,
+            n_epochs=n_epochs,
+            embedded=embedded,
+            calibrate=False,
         )
     except EstimateError as exc:
         if budget.is_set:
@@ -52,3 +60,47 @@ def estimate_task(
     if problem:
         raise BudgetExceeded(problem)
     return est
+
+
+@task(name="estimate-sweep", cache_policy=NO_CACHE, persist_result=False)
+def estimate_sweep_task(
+    client: MKA1Client | None, jobs: list[JobInputs], *, embedded: bool, budget: Budget
+) -> list[JobEstimate]:
+    """Estimate every config; raise ``BudgetExceeded`` when their sum does not fit ``budget``.
+
+    Runs before any config is launched. Durations come from job history only: a calibration run per config
+    would cost more than the estimate is worth.
+    """
+    log = _runtime.run_logger()
+    publish(ProgressUpdate("estimate", f"estimating {len(jobs)} config(s)"))
+    named: list[tuple[str | None, JobEstimate]] = []
+    for job in jobs:
+        try:
+            est = estimate_job(
+                client,
+                job.train_path,
+                model=job.model,
+                method=job.method,
+                n_epochs=job.n_epochs,
+                batch_size=job.batch_size,
+                embedded=embedded,
+                calibrate=False,
+            )
+        except EstimateError as exc:
+            if budget.is_set:
+                raise EstimateFailed(f"cannot check the sweep's budget: config {job.name}: {exc}") from exc
+            log.warning("no estimate for config %s: %s", job.name, exc)
+            continue
+        named.append((job.name, est))
+    estimates = [est for _, est in named]
+    total = totals(estimates)
+    problem = budget_problem(estimates, budget)
+    log.info("%s", totals_line(total))
+    _runtime.table(
+        [{"config": name, **dict(rows(est))} for name, est in named],
+        key=_runtime.artifact_key("sweep-estimate"),
+        description=totals_line(total) + (f"; stopped: {problem}" if problem else ""),
+    )
+    if problem:
+        raise BudgetExceeded(problem)
+    return estimates
