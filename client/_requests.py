@@ -49,6 +49,10 @@ class Upload:
     content_type: str
 
 
+# Methods whose repetition leaves the server as one call would (RFC 9110 9.2.2). POST is not among them.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
 @dataclass(frozen=True)
 class RequestSpec(Generic[T]):
     """Everything needed to send one API call and decode its successful response."""
@@ -60,6 +64,15 @@ class RequestSpec(Generic[T]):
     json: dict[str, Any] | None = None
     upload: Upload | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    # Sent as ``Idempotency-Key``; a server honouring it answers a repeat with the first call's object.
+    idempotency_key: str | None = None
+    # A POST that keeps nothing on the server (a Responses call with ``store: false``) is safe to repeat.
+    stores_nothing: bool = False
+
+    @property
+    def idempotent(self) -> bool:
+        """Safe to send again after a lost answer, so the client may retry it in place."""
+        return self.method in IDEMPOTENT_METHODS or self.idempotency_key is not None or self.stores_nothing
 
 
 # ------------------------------------------------------------------------------------------ client setup
@@ -118,8 +131,11 @@ def httpx_request_args(spec: RequestSpec[Any], settings: ClientSettings) -> Iter
         args["params"] = list(spec.params)
     if spec.json is not None:
         args["json"] = spec.json
-    if spec.extra_headers:
-        args["headers"] = dict(spec.extra_headers)
+    headers = dict(spec.extra_headers)
+    if spec.idempotency_key is not None:
+        headers["Idempotency-Key"] = spec.idempotency_key
+    if headers:
+        args["headers"] = headers
     if spec.upload is None:
         yield args
         return
@@ -234,6 +250,8 @@ def jobs_checkpoints(
 
 def jobs_action(job_id: str, action: JobAction) -> RequestSpec[FineTuningJob]:
     """``POST /fine_tuning/jobs/{id}/pause|resume|cancel``."""
+    # Not retried in place: repeated after a lost answer, the action would report a 409 for a change that
+    # did happen.
     return RequestSpec("POST", f"fine_tuning/jobs/{_id(job_id)}/{action}", parse.model(FineTuningJob))
 
 
@@ -241,8 +259,14 @@ def jobs_action(job_id: str, action: JobAction) -> RequestSpec[FineTuningJob]:
 
 
 def responses_create(request: ResponseCreateRequest) -> RequestSpec[ResponseObject]:
-    """``POST /responses``."""
-    return RequestSpec("POST", "responses", parse.model(ResponseObject), json=request.to_body())
+    """``POST /responses``; retried in place only with ``store: false`` (a stored answer would be kept twice)."""
+    return RequestSpec(
+        "POST",
+        "responses",
+        parse.model(ResponseObject),
+        json=request.to_body(),
+        stores_nothing=request.store is False,
+    )
 
 
 # ------------------------------------------------------------------------------------------- pagination

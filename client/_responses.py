@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import json
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +20,7 @@ from client.errors import (
 )
 from client.models import ListPage
 from client.redaction import redact, redact_value
+from client.retry import parse_retry_after
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -149,32 +147,6 @@ def _snippet(response: httpx.Response) -> str:
     text = response.content[: _SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
     text = " ".join(text.split())
     return text[:_SNIPPET_CHARS] + ("..." if len(text) > _SNIPPET_CHARS else "")
-
-
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; RFC 9110 dates are GMT anyway
-        when = when.replace(tzinfo=datetime.UTC)
-    current = time.time() if now is None else now
-    return max(when.timestamp() - current, 0.0)
 
 
 def transport_error(exc: httpx.TransportError, request_desc: str) -> APIError:

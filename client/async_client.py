@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -11,7 +12,8 @@ from typing import TypeVar
 import httpx
 
 from client import _requests as req
-from client import _responses
+from client import _responses, retry
+from client.errors import APIError
 from client.models import (
     FileDeleted,
     FileObject,
@@ -33,9 +35,14 @@ class AsyncMKA1Client:
     """Asynchronous client; use as an async context manager (or await ``aclose()``)."""
 
     def __init__(
-        self, settings: ClientSettings | None = None, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: ClientSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings if settings is not None else ClientSettings()
+        self._sleep = sleep  # tests pass a recorder instead of waiting out the backoff
         self._http = httpx.AsyncClient(**req.client_kwargs(self.settings, transport))
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
@@ -58,7 +65,25 @@ class AsyncMKA1Client:
         await self._http.aclose()
 
     async def send(self, spec: req.RequestSpec[T]) -> T:
-        """Send one request and decode it, raising ``client.errors`` exceptions on failure."""
+        """Send one request, retrying it in place when ``client.retry`` allows; raise ``client.errors`` on failure."""
+        retries_taken = 0
+        while True:
+            try:
+                return await self._send_once(spec)
+            except APIError as exc:
+                delay = retry.delay_before_retry(
+                    exc,
+                    idempotent=spec.idempotent,
+                    retries_taken=retries_taken,
+                    max_retries=self.settings.max_retries,
+                )
+                if delay is None:
+                    raise
+                retries_taken += 1
+                retry.log_retry(spec.method, spec.path, exc, delay, retries_taken, self.settings.max_retries)
+                await self._sleep(delay)
+
+    async def _send_once(self, spec: req.RequestSpec[T]) -> T:
         try:
             with req.httpx_request_args(spec, self.settings) as args:
                 response = await self._http.request(**args)

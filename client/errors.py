@@ -1,4 +1,4 @@
-"""The client's single exception hierarchy and the retry predicate the pipeline uses."""
+"""The client's single exception hierarchy (which of them are retried is decided in ``client.retry``)."""
 
 from __future__ import annotations
 
@@ -107,27 +107,9 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     429: RateLimitError,
 }
 
-_TRANSIENT_STATUSES = frozenset({408, 429})
-
 
 def error_class_for_status(status_code: int) -> type[APIStatusError]:
     """Pick the exception class for an HTTP error status."""
     if status_code >= 500:
         return InternalServerError
     return STATUS_ERRORS.get(status_code, APIStatusError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """THE retry predicate: connection errors, timeouts, 408, 429 and 5xx are worth retrying."""
-    if isinstance(exc, APIConnectionError):
-        return True
-    if isinstance(exc, APIStatusError):
-        return exc.status_code in _TRANSIENT_STATUSES or exc.status_code >= 500
-    return False
-
-
-def retry_delay_hint(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait before retrying (429 ``Retry-After``), else None."""
-    if isinstance(exc, RateLimitError):
-        return exc.retry_after
-    return None

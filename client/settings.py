@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from client.retry import DEFAULT_MAX_RETRIES
 from contract.wire import DEFAULT_BASE_URL
 
 
 class ClientSettings(BaseSettings):
     """Connection settings for the MKA1 (OpenAI-compatible) API.
 
-    The key is a ``SecretStr`` so repr/str/JSON dumps show ``**********``. Retries are deliberately absent:
-    the pipeline owns retry policy (see ``client.errors.is_transient``).
+    The key is a ``SecretStr`` so repr/str/JSON dumps show ``**********``. ``max_retries`` bounds the in-place
+    retries of idempotent requests (policy in ``client.retry``); 0 turns them off.
     """
 
     model_config = SettingsConfigDict(env_prefix="MKA1_", extra="ignore")
@@ -25,6 +26,9 @@ class ClientSettings(BaseSettings):
     timeout_s: float = Field(default=60.0, gt=0, description="Read/write/pool timeout for ordinary calls")
     connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP/TLS connect timeout")
     upload_timeout_s: float = Field(default=600.0, gt=0, description="Read/write timeout for file uploads")
+    max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES, ge=0, le=20, description="In-place retries of an idempotent request"
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -11,7 +12,8 @@ from typing import TypeVar
 import httpx
 
 from client import _requests as req
-from client import _responses
+from client import _responses, retry
+from client.errors import APIError
 from client.models import (
     FileDeleted,
     FileObject,
@@ -33,9 +35,14 @@ class MKA1Client:
     """Synchronous client; use as a context manager (or call ``close()``)."""
 
     def __init__(
-        self, settings: ClientSettings | None = None, transport: httpx.BaseTransport | None = None
+        self,
+        settings: ClientSettings | None = None,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings if settings is not None else ClientSettings()
+        self._sleep = sleep  # tests pass a recorder instead of waiting out the backoff
         self._http = httpx.Client(**req.client_kwargs(self.settings, transport))
         self.files = Files(self)
         self.jobs = Jobs(self)
@@ -58,7 +65,25 @@ class MKA1Client:
         self._http.close()
 
     def send(self, spec: req.RequestSpec[T]) -> T:
-        """Send one request and decode it, raising ``client.errors`` exceptions on failure."""
+        """Send one request, retrying it in place when ``client.retry`` allows; raise ``client.errors`` on failure."""
+        retries_taken = 0
+        while True:
+            try:
+                return self._send_once(spec)
+            except APIError as exc:
+                delay = retry.delay_before_retry(
+                    exc,
+                    idempotent=spec.idempotent,
+                    retries_taken=retries_taken,
+                    max_retries=self.settings.max_retries,
+                )
+                if delay is None:
+                    raise
+                retries_taken += 1
+                retry.log_retry(spec.method, spec.path, exc, delay, retries_taken, self.settings.max_retries)
+                self._sleep(delay)
+
+    def _send_once(self, spec: req.RequestSpec[T]) -> T:
         try:
             with req.httpx_request_args(spec, self.settings) as args:
                 response = self._http.request(**args)

@@ -20,7 +20,6 @@ from pydantic import SecretStr
 from client import ClientSettings, MKA1Client
 from client.errors import AuthenticationError, PermissionDeniedError
 from contract.wire import API_PREFIX
-from tasks.retry_policy import retry_transient
 
 HEALTH_PATH = "/health"
 
@@ -74,12 +73,12 @@ def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
 def _key_accepted(base_url: str, api_key: SecretStr) -> bool:
     """True when the running backend accepts ``api_key``; False on 401/403.
 
-    Transient failures are retried in place and re-raised when they persist: a False here would start a
-    second backend on the same data directory and port.
+    Transient failures are retried in place by the client and re-raised when they persist: a False here
+    would start a second backend on the same data directory and port.
     """
     with MKA1Client(_settings(base_url=base_url, api_key=api_key)) as client:
         try:
-            retry_transient(lambda: next(iter(client.files.list(limit=1)), None))
+            next(iter(client.files.list(limit=1)), None)
         except (AuthenticationError, PermissionDeniedError):
             return False
     return True

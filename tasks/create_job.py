@@ -22,7 +22,7 @@ from client.errors import NotFoundError
 from client.models import FineTuningJob, JobCreateRequest, JobStatus, Method
 from tasks import _runtime
 from tasks.progress import ProgressUpdate, publish
-from tasks.retry_policy import api_task_options, retry_transient
+from tasks.retry_policy import api_task_options
 from tasks.state import jobs_index, scoped_key
 
 IDEMPOTENCY_KEY = "ftpipe_idempotency_key"
@@ -145,9 +145,7 @@ def create_job_task(
     publish(ProgressUpdate("create-job", "looking for an existing job"))
     entry = jobs_index(state_dir).get(scoped_key(server_id, obo, key))
     index_job_id = entry.get("job_id") if isinstance(entry, dict) else None
-    job, how = retry_transient(
-        lambda: find_existing_job(client, key, index_job_id=index_job_id, fresh_if_dead=fresh_if_dead)
-    )
+    job, how = find_existing_job(client, key, index_job_id=index_job_id, fresh_if_dead=fresh_if_dead)
     attached = job is not None
     if job is None:
         tags: dict[str, Any] = {**metadata, IDEMPOTENCY_KEY: key}

@@ -2,13 +2,13 @@
 
 Calls go through the Responses API with bounded concurrency, one model at a time (a server that keeps a few
 models loaded never reloads one mid-run, and one that batches requests gets full batches). Requests set
-``store: false``, so a repeated call creates nothing: transient failures are retried in place.
+``store: false``, so a repeated call creates nothing and the client retries transient failures in place
+(``client.retry``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from collections.abc import Coroutine
@@ -22,8 +22,9 @@ from prefect import task
 
 from client import ClientSettings
 from client.async_client import AsyncMKA1Client
-from client.errors import APIError, is_transient, retry_delay_hint
-from client.models import InputMessage, ResponseCreateRequest, ResponseObject
+from client.errors import APIError
+from client.models import InputMessage, ResponseCreateRequest
+from client.retry import is_transient
 from evaluation.evalset import EvalCase, EvalSet
 from evaluation.judge import judge_prompt, parse_grade
 from evaluation.report import score_line, side_by_side_markdown, summary_rows
@@ -37,9 +38,6 @@ from tasks.retry_policy import api_task_options
 
 T = TypeVar("T")
 
-CALL_RETRIES = 4
-CALL_BACKOFF_S = 0.5
-CALL_BACKOFF_MAX_S = 8.0
 JUDGE_MAX_OUTPUT_TOKENS = 16
 
 
@@ -63,20 +61,6 @@ class EvalOutcome:
     files: dict[str, Path] = field(default_factory=dict)
     duration_s: float = 0.0
     calls: int = 0
-
-
-async def _create(client: AsyncMKA1Client, request: ResponseCreateRequest) -> ResponseObject:
-    """One Responses call, transient failures retried in place (safe: ``store`` is false)."""
-    for attempt in range(1, CALL_RETRIES + 2):
-        try:
-            return await client.responses.create(request)
-        except APIError as exc:
-            if attempt > CALL_RETRIES or not is_transient(exc):
-                raise
-            hint = retry_delay_hint(exc)
-            delay = hint if hint is not None else min(CALL_BACKOFF_S * 2 ** (attempt - 1), CALL_BACKOFF_MAX_S)
-            await asyncio.sleep(delay * random.uniform(1.0, 1.25))
-    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _request(model: str, case: EvalCase, max_output_tokens: int) -> ResponseCreateRequest:
@@ -110,7 +94,7 @@ class _Asker:
             store=False,
         )
         self.calls += 1
-        return parse_grade((await _create(self.client, request)).output_text)
+        return parse_grade((await self.client.responses.create(request)).output_text)
 
     async def ask(
         self, m: EvalModel, kind: str, index: int, case: EvalCase, failed: list[str]
@@ -131,7 +115,9 @@ class _Asker:
             started = time.perf_counter()
             try:
                 self.calls += 1
-                resp = await _create(self.client, _request(m.model, case, self.options.max_output_tokens))
+                resp = await self.client.responses.create(
+                    _request(m.model, case, self.options.max_output_tokens)
+                )
             except APIError as exc:
                 if is_transient(exc):
                     raise  # retries exhausted: the task's retry starts over

@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from client import MKA1Client  # noqa: E402
 from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
@@ -27,7 +28,6 @@ from contract.wire import CHECKPOINT_METRICS  # noqa: E402
 from tasks import _runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
 from tasks.record import MetricDefinition  # noqa: E402
-from tasks.retry_policy import api_task_options, retry_transient  # noqa: E402
 
 METRIC_COLUMNS = CHECKPOINT_METRICS
 # metrics.parquet columns, in order: the step, the six metrics, then the schedule. Other numeric keys a
@@ -231,13 +231,14 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-@task(name="collect-metrics", **api_task_options())
+# Reads only: the client retries each call in place, so the stage needs no task retry of its own.
+@task(name="collect-metrics", cache_policy=NO_CACHE, persist_result=False)
 def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> MetricsResult:
     """Fetch all events and checkpoints of ``job_id`` and write frames (Parquet + CSV) and a PNG."""
     log = _runtime.run_logger()
     publish(ProgressUpdate("metrics", f"collecting metrics of {job_id}", job_id=job_id))
-    events = retry_transient(lambda: client.jobs.new_events(job_id, None))
-    checkpoints = retry_transient(lambda: list(client.jobs.list_checkpoints(job_id)))
+    events = client.jobs.new_events(job_id, None)
+    checkpoints = list(client.jobs.list_checkpoints(job_id))
     ck = checkpoints_frame(checkpoints)
     steps = metrics_frame(events)
     ev = events_frame(events)

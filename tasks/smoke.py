@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
 from client.models import ResponseCreateRequest
 from tasks import _runtime
 from tasks.errors import SmokeTestFailed
 from tasks.progress import ProgressUpdate, publish
-from tasks.retry_policy import api_task_options, retry_transient
+from tasks.retry_policy import api_task_options
 from tasks.smoke_prompts import SmokePrompt
 
 
@@ -51,7 +51,17 @@ def check_output(output: str, must_contain: list[str]) -> list[str]:
     return [s for s in must_contain if s.lower() not in lowered]
 
 
-@task(name="smoke-test", **api_task_options())
+# One task per prompt: POST /responses is not idempotent (the server stores every response), so the client
+# never repeats it in place; a transient failure re-runs this prompt alone, not the prompts already answered.
+@task(name="smoke-prompt", task_run_name="smoke-prompt-{index}", **api_task_options())
+def ask_prompt_task(client: MKA1Client, request: ResponseCreateRequest, index: int) -> tuple[str, float]:
+    """Send one prompt; returns the answer text and the call's latency in seconds."""
+    started = time.perf_counter()
+    resp = client.responses.create(request)
+    return resp.output_text, time.perf_counter() - started
+
+
+@task(name="smoke-test", cache_policy=NO_CACHE, persist_result=False)
 def smoke_test_task(
     client: MKA1Client, model: str, prompts: list[SmokePrompt], *, max_output_tokens: int = 32
 ) -> SmokeResult:
@@ -60,14 +70,11 @@ def smoke_test_task(
     log.info("smoke testing %s with %d prompt(s)", model, len(prompts))
     publish(ProgressUpdate("smoke", f"smoke testing {model}"))
     cases = []
-    for p in prompts:
-        started = time.perf_counter()
+    for index, p in enumerate(prompts):
         request = ResponseCreateRequest(
             model=model, input=p.prompt, max_output_tokens=max_output_tokens, temperature=0
         )
-        resp = retry_transient(functools.partial(client.responses.create, request))
-        latency = time.perf_counter() - started
-        output = resp.output_text
+        output, latency = _runtime.call_task(ask_prompt_task, client, request, index)
         cases.append(SmokeCase(p.prompt, output, latency, check_output(output, p.must_contain)))
     _runtime.table(
         [

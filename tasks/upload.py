@@ -18,7 +18,7 @@ from client.errors import NotFoundError
 from client.models import FileObject
 from tasks import _runtime
 from tasks.progress import ProgressUpdate, publish
-from tasks.retry_policy import api_task_options, retry_transient
+from tasks.retry_policy import api_task_options
 from tasks.state import scoped_key, uploads_index
 
 _CHUNK = 1024 * 1024
@@ -88,12 +88,12 @@ def upload_file_task(
     how = "uploaded"
     entry = index.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("file_id"), str):
-        found = retry_transient(lambda: _from_index(client, entry["file_id"], size))
+        found = _from_index(client, entry["file_id"], size)
         how = "index"
         if found is None:
             index.delete(key)
     if found is None:
-        found = retry_transient(lambda: _from_server_list(client, name, size))
+        found = _from_server_list(client, name, size)
         how = "server-list"
     if found is None:
         found = client.files.upload(path, purpose="fine-tune", filename=name)

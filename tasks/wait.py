@@ -1,13 +1,13 @@
 """Stage 4: follow a job to a terminal status, echoing its events and keeping a progress artifact.
 
-Transient API errors (429 with ``Retry-After``, 5xx, timeouts, resets) are absorbed inside the loop, up to a
-bounded number in a row, so a flaky minute never fails a long training run. The poll interval grows while
+Each poll is retried in place by the client; failures that outlast those retries (429 with ``Retry-After``,
+5xx, timeouts, resets) are absorbed by the loop, up to a bounded number in a row and with the same backoff
+(``client.retry.backoff_delay``), so a flaky minute never fails a long training run. The poll interval grows while
 nothing changes and snaps back on any news.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +17,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
-from client.errors import is_transient, retry_delay_hint
 from client.models import FineTuningJob, FineTuningJobEvent, JobStatus
+from client.retry import backoff_delay, is_transient, retry_delay_hint
 from tasks import _runtime
 from tasks.errors import JobFailed, JobTimeout
 from tasks.progress import ProgressUpdate, publish
@@ -71,14 +71,6 @@ class _Progress:
         return f" step {self.step}/{self.total}" if self.total else f" step {self.step}"
 
 
-def _error_delay(exc: BaseException, attempt: int, policy: PollPolicy) -> float:
-    hint = retry_delay_hint(exc)
-    if hint is not None and hint >= 0:
-        return min(hint, policy.error_delay_max_s)
-    base = min(policy.interval_s * (2 ** (attempt - 1)), policy.error_delay_max_s)
-    return base * (1 + random.uniform(0, 0.25))  # jitter: parallel runs should not retry in lockstep
-
-
 def _echo(log: Any, job_id: str, event: FineTuningJobEvent) -> None:
     level = {"warn": 30, "warning": 30, "error": 40}.get(event.level, 20)
     log.log(level, "[%s] %s", job_id, event.message)
@@ -122,7 +114,13 @@ def wait_for_job_task(
             if errors > policy.max_consecutive_errors:
                 log.error("giving up on job %s after %d transient errors in a row", job_id, errors - 1)
                 raise
-            delay = _error_delay(exc, errors, policy)
+            delay = backoff_delay(
+                errors,
+                retry_delay_hint(exc),
+                initial_s=policy.interval_s,
+                max_s=policy.error_delay_max_s,
+                retry_after_max_s=policy.error_delay_max_s,
+            )
             log.warning(
                 "transient error polling %s (%s); retry %d in %.1fs",
                 job_id,

@@ -60,17 +60,26 @@ class Runner:
 
     mode: str
     settings: ClientSettings
+    # The delays the client's retry loop asked for; nothing really sleeps.
+    slept: list[float] = field(default_factory=list)
 
     def call(self, api: Handler, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)``; awaits coroutines and drains (async) iterators into lists."""
         transport_handler = api
         if self.mode == "sync":
-            with MKA1Client(self.settings, transport=httpx.MockTransport(transport_handler)) as c:
+            with MKA1Client(
+                self.settings, transport=httpx.MockTransport(transport_handler), sleep=self.slept.append
+            ) as c:
                 result = fn(c)
                 return list(result) if isinstance(result, Iterator) else result
 
+        async def record(seconds: float) -> None:
+            self.slept.append(seconds)
+
         async def main() -> Any:
-            async with AsyncMKA1Client(self.settings, transport=httpx.MockTransport(transport_handler)) as c:
+            async with AsyncMKA1Client(
+                self.settings, transport=httpx.MockTransport(transport_handler), sleep=record
+            ) as c:
                 result = fn(c)
                 if inspect.isawaitable(result):
                     return await result

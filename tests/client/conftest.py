@@ -10,7 +10,8 @@ from client import ClientSettings
 
 @pytest.fixture
 def settings() -> ClientSettings:
-    return ClientSettings(base_url=BASE, api_key=SECRET, on_behalf_of="user-42")
+    # Error-mapping tests must see each failure once; test_client_retries.py turns retries on.
+    return ClientSettings(base_url=BASE, api_key=SECRET, on_behalf_of="user-42", max_retries=0)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from client_testkit import FakeAPI, Runner, json_response
 
-from client._responses import parse_retry_after
 from client.errors import (
     APIConnectionError,
     APIError,
@@ -25,10 +24,10 @@ from client.errors import (
     PermissionDeniedError,
     RateLimitError,
     UnprocessableEntityError,
-    is_transient,
-    retry_delay_hint,
+    error_class_for_status,
 )
 from client.models import ResponseCreateRequest
+from client.retry import is_transient, parse_retry_after, retry_delay_hint
 
 STATUS_CLASSES = [
     (400, BadRequestError),
@@ -184,8 +183,6 @@ def test_transport_errors_map_to_our_classes(runner: Runner, exc: Exception, cls
 
 
 def status_exc(code: int) -> APIStatusError:
-    from client.errors import error_class_for_status
-
     return error_class_for_status(code)(f"HTTP {code}", status_code=code)
 
 
@@ -218,11 +215,27 @@ def test_is_transient_truth_table(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
-def test_retry_delay_hint_only_for_rate_limits() -> None:
+def test_retry_delay_hint() -> None:
     assert retry_delay_hint(RateLimitError("x", status_code=429, retry_after=3.0)) == 3.0
     assert retry_delay_hint(RateLimitError("x", status_code=429)) is None
     assert retry_delay_hint(status_exc(503)) is None
     assert retry_delay_hint(ValueError()) is None
+    # A 503 may carry Retry-After too (RFC 9110 10.2.3): honour it like a 429's.
+    unavailable = InternalServerError(
+        "HTTP 503", status_code=503, response=httpx.Response(503, headers={"Retry-After": "4"})
+    )
+    assert retry_delay_hint(unavailable) == 4.0
+
+
+@pytest.mark.parametrize(("header", "transient"), [("true", True), ("false", False)])
+def test_x_should_retry_overrides_the_status_rule(header: str, transient: bool) -> None:
+    for status in (400, 503):
+        exc = error_class_for_status(status)(
+            f"HTTP {status}",
+            status_code=status,
+            response=httpx.Response(status, headers={"x-should-retry": header}),
+        )
+        assert is_transient(exc) is transient
 
 
 def test_hierarchy() -> None:

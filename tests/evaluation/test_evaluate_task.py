@@ -11,6 +11,7 @@ import httpx
 import pandas as pd
 import pytest
 
+import client.retry
 from client import ClientSettings
 from evaluation.evalset import EvalCase, EvalSet
 from evaluation.results import EvalModel
@@ -96,7 +97,8 @@ def _run(fake: FakeResponses, tmp_path: Path, **kw: Any) -> evaluate.EvalOutcome
 
 @pytest.fixture(autouse=True)
 def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluate, "CALL_BACKOFF_S", 0.0)
+    # The client's in-place retries (client.retry) wait 0 s here.
+    monkeypatch.setattr(client.retry, "backoff_delay", lambda *args, **kwargs: 0.0)
 
 
 def test_scores_every_model_and_selects_the_best(tmp_path: Path) -> None:

@@ -78,11 +78,13 @@ def test_dead_job_attached_unless_fresh_requested(fake: FakeMKA1, tmp_path: Path
 
 def test_transient_create_error_surfaces_for_prefect_retry(fake: FakeMKA1, tmp_path: Path) -> None:
     fake.inject("POST", "/fine_tuning/jobs", 503)
-    from client.errors import InternalServerError, is_transient
+    from client.errors import InternalServerError
+    from client.retry import is_transient
 
     try:
         _create(fake, tmp_path / "s")
     except InternalServerError as exc:
         assert is_transient(exc)
+        assert fake.count("POST", "/fine_tuning/jobs") == 1  # a creating POST is never repeated in place
     else:  # pragma: no cover - the fake must have failed the call
         raise AssertionError("expected a 503")

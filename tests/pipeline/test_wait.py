@@ -7,6 +7,7 @@ import logging
 import httpx
 import pytest
 
+from client import MKA1Client
 from client.errors import AuthenticationError, InternalServerError
 from tasks.errors import JobFailed, JobTimeout
 from tasks.progress import ProgressUpdate, subscribe
@@ -39,7 +40,8 @@ def _job(fake: FakeMKA1) -> str:
 
 
 def _wait(fake: FakeMKA1, job_id: str, t: FakeTime, policy: PollPolicy = FAST):
-    with fake.client() as c:
+    # Client retries off: these tests watch the loop's own handling of errors that outlast them.
+    with fake.client(max_retries=0) as c:
         return wait_for_job_task.fn(c, job_id, policy, sleep=t.sleep, clock=t.clock)
 
 
@@ -152,3 +154,19 @@ def test_timeout_before_any_successful_poll_names_no_status(fake: FakeMKA1) -> N
         _wait(fake, job_id, FakeTime(), policy)
     assert info.value.status == "unknown"
     assert f"job {job_id} still unknown after" in str(info.value)
+
+
+def test_client_retries_absorb_a_blip_before_the_loop_sees_it(fake: FakeMKA1) -> None:
+    job_id = _job(fake)
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}", 503, headers={"Retry-After": "3"})
+    fake.inject("GET", f"/fine_tuning/jobs/{job_id}/events", 0, exc=httpx.ConnectError("refused"))
+    client_sleeps: list[float] = []
+    t = FakeTime()
+    client = MKA1Client(
+        fake.settings(), transport=httpx.MockTransport(fake.handle), sleep=client_sleeps.append
+    )
+    with client:
+        job = wait_for_job_task.fn(client, job_id, FAST, sleep=t.sleep, clock=t.clock)
+    assert job.status == "succeeded"
+    assert client_sleeps[0] == 3.0 and 0.5 <= client_sleeps[1] <= 0.625  # same backoff rule as the loop
+    assert t.sleeps[0] == FAST.interval_s  # the loop only slept its poll interval: it never saw an error

@@ -86,8 +86,12 @@ def kinds_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningB
         yield rb
 
 
-def _client(rb: RunningBackend, timeout_s: float = 30.0) -> MKA1Client:
-    return MKA1Client(ClientSettings(base_url=rb.base_url, api_key=rb.api_key, timeout_s=timeout_s))
+def _client(rb: RunningBackend, timeout_s: float = 30.0, max_retries: int = 0) -> MKA1Client:
+    # Retries off by default: these tests look at each fault as one failed call.
+    settings = ClientSettings(
+        base_url=rb.base_url, api_key=rb.api_key, timeout_s=timeout_s, max_retries=max_retries
+    )
+    return MKA1Client(settings, sleep=lambda _: None)
 
 
 @pytest.mark.integration
@@ -140,3 +144,25 @@ def test_after_work_kinds_did_the_work(tmp_path: Path) -> None:
             )
         view = server_view(rb, None)
         assert [f.id for f in view.training_files] == [stored.id] and len(view.jobs) == 1
+
+
+@pytest.mark.integration
+def test_client_repeats_reads_but_never_a_creating_post(tmp_path: Path) -> None:
+    """Over real HTTP, every call faulted: a GET is sent 1 + max_retries times, a creating POST once."""
+    spec = "jobs.503=1,files.429=1,responses.drop=1"
+    settings = BackendSettings(data_dir=tmp_path / "b", fault_rates=spec, fault_retry_after_s=0.1)
+    with start_backend(settings, port=0) as rb, _client(rb, max_retries=2) as c:
+        with pytest.raises(InternalServerError):
+            c.jobs.retrieve("ftjob-x")
+        with pytest.raises(RateLimitError):
+            c.files.retrieve("file-x")
+        with pytest.raises(APIConnectionError):
+            c.responses.create(
+                ResponseCreateRequest(model="local:micro-chat", input="hi", max_output_tokens=2)
+            )
+        with pytest.raises(InternalServerError):
+            c.jobs.create(
+                JobCreateRequest(model="local:micro-chat", training_file="file-x", hyperparameters=None)
+            )
+        stats = fault_stats(rb)
+    assert stats["injected"] == {"jobs": {"503": 4}, "files": {"429": 3}, "responses": {"drop": 1}}
