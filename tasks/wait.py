@@ -2,8 +2,8 @@
 
 Each poll is retried in place by the client; failures that outlast those retries (429 with ``Retry-After``,
 5xx, timeouts, resets) are absorbed by the loop, up to a bounded number in a row and with the same backoff
-(``client.retry.backoff_delay``), so a flaky minute never fails a long training run. The poll interval grows while
-nothing changes and snaps back on any news.
+(``client.retry.backoff_delay``), so a flaky minute never fails a long training run. The poll interval
+grows while nothing changes and snaps back on any news.
 """
 
 from __future__ import annotations
