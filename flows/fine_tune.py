@@ -18,7 +18,7 @@ from client.models import FineTuningJob
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.params import FineTuneParams
-from tasks import _runtime
+from tasks import runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.metrics import collect_metrics_task
 from tasks.record import DatasetFile, RunRecord
@@ -85,7 +85,7 @@ def fine_tune(params: FineTuneParams) -> RunRecord:
     """Fine-tune ``params.model`` on the dataset and return the run's record (also written to result.json)."""
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     train_path, validation_path = params.train_path(), params.validation_path()
     smoke_prompts = _smoke_prompts(params)  # fail on a broken smoke file before spending compute
     state_dir = params.state_dir or default_state_dir()
@@ -200,8 +200,8 @@ def fine_tune(params: FineTuneParams) -> RunRecord:
         smoke_answers=smoke_answers,
     )
     result_path.write_text(result.to_json(), encoding="utf-8")
-    _runtime.markdown(
-        _summary_markdown(result), key=_runtime.artifact_key("fine-tune-result"), description="run summary"
+    runtime.markdown(
+        _summary_markdown(result), key=runtime.artifact_key("fine-tune-result"), description="run summary"
     )
     log.info("fine-tune finished: job %s %s, model %s", job_id, job.status, job.fine_tuned_model)
     return result

@@ -45,7 +45,7 @@ from flows.sweep_report import (
     table_rows,
     write_outputs,
 )
-from tasks import _runtime
+from tasks import runtime
 from tasks.record import RunRecord
 
 DASK_ADDRESS_ENV = "FTPIPE_DASK_ADDRESS"
@@ -298,7 +298,7 @@ def run_config_task(
     dask_semaphore: tuple[str, int] | None = None,
 ) -> SweepRow:
     """Run one config and return its row; never raises, so one bad config cannot sink the sweep."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     if params is None:
         row.status, row.error = FAILED, setup_error or "invalid config"
         return row
@@ -356,7 +356,7 @@ def _sweep_name(params: SweepParams) -> str:
 def sweep(params: SweepParams) -> SweepResult:
     """Fine-tune once per config (concurrently, each its own flow run), compare, and pick the best."""
     started = time.monotonic()
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     name = _sweep_name(params)
     output_dir = (params.output_dir or Path("runs") / f"sweep-{name}").expanduser().resolve()
     configs = params.all_configs()

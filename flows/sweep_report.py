@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from contract.wire import CHECKPOINT_METRICS
-from tasks import _runtime
+from tasks import runtime
 
 METRIC_COLUMNS = CHECKPOINT_METRICS
 CONFIG_COLUMNS = ("name", "model", "n_epochs", "learning_rate_multiplier", "batch_size", "seed", "suffix")
@@ -157,7 +157,7 @@ def publish_artifacts(
     frame: pd.DataFrame, best: pd.Series | None, png: bytes, metric: str, mode: str, key: str
 ) -> None:
     """Table artifact of the frame and a markdown artifact with the best pick and the embedded plot."""
-    _runtime.table(table_rows(frame), key=_runtime.artifact_key(key, "table"), description="sweep comparison")
+    runtime.table(table_rows(frame), key=runtime.artifact_key(key, "table"), description="sweep comparison")
     shown = ("name", "status", metric, "trained_tokens", "duration_s", "fine_tuned_model", "error")
     header = "| " + " | ".join(shown) + " |\n|" + "---|" * len(shown) + "\n"
     body = "".join("| " + " | ".join(_fmt(row.get(c)) for c in shown) + " |\n" for _, row in frame.iterrows())
@@ -168,4 +168,4 @@ def publish_artifacts(
     )
     img = base64.b64encode(png).decode("ascii")
     text = f"### Sweep comparison\n\n{pick}\n\n{header}{body}\n![comparison](data:image/png;base64,{img})\n"
-    _runtime.markdown(text, key=_runtime.artifact_key(key, "report"), description="sweep report and plot")
+    runtime.markdown(text, key=runtime.artifact_key(key, "report"), description="sweep report and plot")

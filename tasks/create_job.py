@@ -20,7 +20,7 @@ from prefect import task
 from client import MKA1Client
 from client.errors import NotFoundError
 from client.models import FineTuningJob, JobCreateRequest, JobStatus, Method
-from tasks import _runtime
+from tasks import runtime
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
 from tasks.state import jobs_index, scoped_key
@@ -139,7 +139,7 @@ def create_job_task(
     fresh_if_dead: bool = False,
 ) -> JobHandle:
     """Attach to the job these inputs already made, else create it (tagged with the idempotency key)."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     key = spec.idempotency_key()
     obo = client.settings.on_behalf_of
     publish(ProgressUpdate("create-job", "looking for an existing job"))
@@ -174,19 +174,19 @@ def create_job_task(
     )
     publish(ProgressUpdate("create-job", f"job {job.id}", job_id=job.id, job_status=str(job.status)))
     base = str(client.settings.base_url)
-    _runtime.link(
+    runtime.link(
         f"{base}/fine_tuning/jobs/{job.id}",
         text=f"fine-tuning job {job.id}",
-        key=_runtime.artifact_key("job-link"),
+        key=runtime.artifact_key("job-link"),
         description="API URL of the fine-tuning job",
     )
-    _runtime.markdown(
+    runtime.markdown(
         f"### Fine-tuning job `{job.id}`\n\n| | |\n|---|---|\n| status | {job.status} |\n"
         f"| model | `{spec.model}` |\n| training file | `{spec.training_file}` |\n"
         f"| validation file | `{spec.validation_file or '-'}` |\n| method | {spec.method.type} |\n"
         f"| suffix | {spec.suffix or '-'} |\n| seed | {spec.seed} |\n| idempotency key | `{key}` |\n"
         f"| attached | {'yes (' + how + ')' if attached else 'no (created)'} |\n",
-        key=_runtime.artifact_key("job"),
+        key=runtime.artifact_key("job"),
         description="fine-tuning job",
     )
     return JobHandle(job=job, idempotency_key=key, attached=attached, how=how)

@@ -11,7 +11,7 @@ from client import MKA1Client
 from estimate.core import Budget, JobEstimate, JobInputs, budget_problem, estimate_job, totals
 from estimate.render import markdown, rows, summary_line, totals_line
 from estimate.tokens import Epochs, EstimateError, Method
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import BudgetExceeded, EstimateFailed
 from tasks.progress import ProgressUpdate, publish
 
@@ -31,7 +31,7 @@ def estimate_task(
 
     Without a budget an estimate that cannot be made is a warning (None), not a failure.
     """
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     publish(ProgressUpdate("estimate", f"counting the tokens of {Path(train_path).name} for {model}"))
     try:
         # No calibration run here: it would add seconds to every first run on a model; the job history
@@ -52,9 +52,9 @@ def estimate_task(
         return None
     problem = budget_problem([est], budget)
     log.info("%s", summary_line(est))
-    _runtime.markdown(
+    runtime.markdown(
         markdown(est, budget, problem),
-        key=_runtime.artifact_key("cost-estimate"),
+        key=runtime.artifact_key("cost-estimate"),
         description="pre-flight token, cost and duration estimate",
     )
     if problem:
@@ -71,7 +71,7 @@ def estimate_sweep_task(
     Runs before any config is launched. Durations come from job history only: a calibration run per config
     would cost more than the estimate is worth.
     """
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     publish(ProgressUpdate("estimate", f"estimating {len(jobs)} config(s)"))
     named: list[tuple[str | None, JobEstimate]] = []
     for job in jobs:
@@ -96,9 +96,9 @@ def estimate_sweep_task(
     total = totals(estimates)
     problem = budget_problem(estimates, budget)
     log.info("%s", totals_line(total))
-    _runtime.table(
+    runtime.table(
         [{"config": name, **dict(rows(est))} for name, est in named],
-        key=_runtime.artifact_key("sweep-estimate"),
+        key=runtime.artifact_key("sweep-estimate"),
         description=totals_line(total) + (f"; stopped: {problem}" if problem else ""),
     )
     if problem:

@@ -31,7 +31,7 @@ from evaluation.report import score_line, side_by_side_markdown, summary_rows
 from evaluation.results import EvalModel, ModelSummary, eval_frame, summarize
 from evaluation.scoring import score_answer
 from evaluation.selection import SelectBy, Selection, select_best
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import EvaluationFailed
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
@@ -214,7 +214,7 @@ def evaluate_task(
         raise TypeError(
             "the eval stage needs a transport that also serves async clients (e.g. MockTransport)"
         )
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     n_cases = sum(len(s.cases) for s in sets)
     log.info(
         "evaluating %d model(s) on %d prompt(s) (%s), %d in parallel",
@@ -251,16 +251,16 @@ def evaluate_task(
         selection.model,
         selection.reason,
     )
-    _runtime.table(
+    runtime.table(
         summary_rows(summaries, selected=selection.model),
-        key=_runtime.artifact_key("eval-summary"),
+        key=runtime.artifact_key("eval-summary"),
         description=f"per-model eval summary ({n_cases} prompt(s), {duration:.1f}s)",
     )
     base = next((s.model for s in summaries if s.role == "base"), None)
     if len(frame[frame["set"] == "eval"]):
-        _runtime.markdown(
+        runtime.markdown(
             side_by_side_markdown(frame, base, selection.model, n=opts.side_by_side),
-            key=_runtime.artifact_key("eval-side-by-side"),
+            key=runtime.artifact_key("eval-side-by-side"),
             description="base vs selected model vs reference",
         )
     return EvalOutcome(

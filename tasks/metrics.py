@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from client import MKA1Client  # noqa: E402
 from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
 from contract.wire import CHECKPOINT_METRICS  # noqa: E402
-from tasks import _runtime  # noqa: E402
+from tasks import runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
 from tasks.record import MetricDefinition  # noqa: E402
 
@@ -235,7 +235,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 @task(name="collect-metrics", cache_policy=NO_CACHE, persist_result=False)
 def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> MetricsResult:
     """Fetch all events and checkpoints of ``job_id`` and write frames (Parquet + CSV) and a PNG."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     publish(ProgressUpdate("metrics", f"collecting metrics of {job_id}", job_id=job_id))
     events = client.jobs.new_events(job_id, None)
     checkpoints = list(client.jobs.list_checkpoints(job_id))
@@ -264,15 +264,15 @@ def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> M
         ", ".join(f"{k}={v:.4g}" for k, v in finals.items()) or "no metrics",
         out,
     )
-    _runtime.table(
-        _records(ck), key=_runtime.artifact_key("checkpoints"), description=f"checkpoints of {job_id}"
+    runtime.table(
+        _records(ck), key=runtime.artifact_key("checkpoints"), description=f"checkpoints of {job_id}"
     )
-    _runtime.table(
-        _records(steps), key=_runtime.artifact_key("metrics"), description=f"per-step metrics of {job_id}"
+    runtime.table(
+        _records(steps), key=runtime.artifact_key("metrics"), description=f"per-step metrics of {job_id}"
     )
-    _runtime.markdown(
+    runtime.markdown(
         loss_curve_markdown(job_id, png, files["loss_curve_png"]),
-        key=_runtime.artifact_key("loss-curve"),
+        key=runtime.artifact_key("loss-curve"),
         description="train/valid loss and token accuracy by step",
     )
     return MetricsResult(

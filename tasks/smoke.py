@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
 from client.models import ResponseCreateRequest
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import SmokeTestFailed
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
@@ -66,7 +66,7 @@ def smoke_test_task(
     client: MKA1Client, model: str, prompts: list[SmokePrompt], *, max_output_tokens: int = 32
 ) -> SmokeResult:
     """Run every prompt through ``model`` (greedy); raise ``SmokeTestFailed`` listing the failures."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     log.info("smoke testing %s with %d prompt(s)", model, len(prompts))
     publish(ProgressUpdate("smoke", f"smoke testing {model}"))
     cases = []
@@ -74,9 +74,9 @@ def smoke_test_task(
         request = ResponseCreateRequest(
             model=model, input=p.prompt, max_output_tokens=max_output_tokens, temperature=0
         )
-        output, latency = _runtime.call_task(ask_prompt_task, client, request, index)
+        output, latency = runtime.call_task(ask_prompt_task, client, request, index)
         cases.append(SmokeCase(p.prompt, output, latency, check_output(output, p.must_contain)))
-    _runtime.table(
+    runtime.table(
         [
             {
                 "prompt": c.prompt,
@@ -87,7 +87,7 @@ def smoke_test_task(
             }
             for c, p in zip(cases, prompts, strict=True)
         ],
-        key=_runtime.artifact_key("smoke-test"),
+        key=runtime.artifact_key("smoke-test"),
         description=f"smoke test of {model}",
     )
     result = SmokeResult(model=model, cases=cases)

@@ -16,7 +16,7 @@ from prefect import task
 from client import MKA1Client
 from client.errors import NotFoundError
 from client.models import FileObject
-from tasks import _runtime
+from tasks import runtime
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
 from tasks.state import scoped_key, uploads_index
@@ -75,7 +75,7 @@ def upload_file_task(
     client: MKA1Client, path: Path, *, state_dir: Path, server_id: str, role: str = "training"
 ) -> UploadedFile:
     """Return a file id for ``path`` on the server, uploading only when no identical file is there."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     path = Path(path)
     sha = sha256_file(path)
     size = path.stat().st_size
@@ -110,11 +110,11 @@ def upload_file_task(
         "reused" if reused else "uploaded as",
         found.id,
     )
-    _runtime.markdown(
+    runtime.markdown(
         f"### {role} file\n\n| | |\n|---|---|\n| source | `{path}` |\n| file id | `{found.id}` |\n"
         f"| server name | `{name}` |\n| bytes | {size} |\n| sha256 | `{sha}` |\n"
         f"| reused | {'yes (' + how + ')' if reused else 'no (uploaded)'} |\n",
-        key=_runtime.artifact_key("upload", role),
+        key=runtime.artifact_key("upload", role),
         description=f"{role} file upload",
     )
     return UploadedFile(file_id=found.id, filename=name, sha256=sha, bytes=size, reused=reused, how=how)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import DatasetInvalid
 from tasks.progress import ProgressUpdate, publish
 from validation import DatasetReport, DatasetStats, validate_dataset
@@ -101,7 +101,7 @@ def validate_dataset_task(
     train_path: Path, validation_path: Path | None = None, n_epochs: int | Literal["auto"] = "auto"
 ) -> ValidationSummary:
     """Validate the dataset; raise ``DatasetInvalid`` (listing located issues) when it has errors."""
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     publish(ProgressUpdate("validate", f"validating {Path(train_path).name}"))
     report = validate_dataset(
         Path(train_path), Path(validation_path) if validation_path else None, n_epochs=n_epochs
@@ -117,14 +117,14 @@ def validate_dataset_task(
     )
     for warning in summary.warnings:
         log.warning("%s", warning)
-    _runtime.markdown(
+    runtime.markdown(
         _markdown(Path(train_path), validation_path, summary),
-        key=_runtime.artifact_key("dataset-validation"),
+        key=runtime.artifact_key("dataset-validation"),
         description="dataset validation report",
     )
-    _runtime.table(
+    runtime.table(
         [{"file": role, **values} for role, values in summary.stats.items()],
-        key=_runtime.artifact_key("dataset-stats"),
+        key=runtime.artifact_key("dataset-stats"),
         description="dataset statistics",
     )
     if not summary.ok:

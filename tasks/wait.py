@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from client import MKA1Client
 from client.models import FineTuningJob, FineTuningJobEvent, JobStatus
 from client.retry import backoff_delay, is_transient, retry_delay_hint
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import JobFailed, JobTimeout
 from tasks.progress import ProgressUpdate, publish
 
@@ -87,7 +87,7 @@ def wait_for_job_task(
 ) -> FineTuningJob:
     """Poll ``job_id`` until succeeded|failed|cancelled; raise ``JobFailed`` / ``JobTimeout`` otherwise."""
     policy = policy or PollPolicy()
-    log = _runtime.run_logger()
+    log = runtime.run_logger()
     log.info(
         "waiting for job %s (poll every %.1fs, timeout %.0fs)", job_id, policy.interval_s, policy.timeout_s
     )
@@ -97,8 +97,8 @@ def wait_for_job_task(
     last_status: Any = None
     errors = 0
     progress = _Progress()
-    artifact = _runtime.progress(
-        0.0, key=_runtime.artifact_key("job-progress"), description=f"job {job_id}: starting"
+    artifact = runtime.progress(
+        0.0, key=runtime.artifact_key("job-progress"), description=f"job {job_id}: starting"
     )
     artifact_updated = clock()
 
@@ -152,7 +152,7 @@ def wait_for_job_task(
             description = f"job {job_id}: {job.status}{progress.describe()}"
             now = clock()
             if status_changed or job.is_terminal or now - artifact_updated >= policy.progress_every_s:
-                _runtime.update_progress(artifact, progress.percent(job.status), description=description)
+                runtime.update_progress(artifact, progress.percent(job.status), description=description)
                 artifact_updated = now
             publish(
                 ProgressUpdate(

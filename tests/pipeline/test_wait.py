@@ -124,7 +124,7 @@ def test_non_transient_error_fails_immediately(fake: FakeMKA1) -> None:
 def test_progress_artifact_updates_are_throttled_but_status_changes_are_not(
     fake: FakeMKA1, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks._runtime as runtime
+    import tasks.runtime as runtime
 
     fake.timeline = ["queued", *["running"] * 10, "succeeded"]
     job_id = _job(fake)
