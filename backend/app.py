@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from backend import routes_files, routes_jobs, routes_pricing, routes_responses
-from backend.context import BackendState, Layout
+from backend.context import BackendState
 from backend.db import Database
 from backend.errors import install_error_handlers
 from backend.faults import FaultInjectionMiddleware, config_from_settings
 from backend.generation import GenerationService
 from backend.jobs import JobService
+from backend.layout import Layout
 from backend.limits import BodyLimitMiddleware
 from backend.settings import BackendSettings, apply_base_model_cache_dir
 from contract.wire import API_PREFIX, API_PREFIXES

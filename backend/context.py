@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -12,6 +11,7 @@ from pydantic import SecretStr
 
 from backend.db import Database
 from backend.errors import BackendHTTPError
+from backend.layout import Layout
 from backend.settings import BackendSettings
 
 if TYPE_CHECKING:
@@ -20,43 +20,6 @@ if TYPE_CHECKING:
 
 DEFAULT_OWNER = "owner"
 MAX_OWNER_LEN = 256
-
-
-@dataclass
-class Layout:
-    """Where things live under data_dir."""
-
-    root: Path
-
-    @property
-    def db_path(self) -> Path:
-        return self.root / "backend.sqlite3"
-
-    @property
-    def files(self) -> Path:
-        return self.root / "files"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def jobs(self) -> Path:
-        return self.root / "jobs"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def server_log(self) -> Path:
-        """stdout/stderr of a launcher-started server (mode 0600)."""
-        return self.logs / "server.log"
-
-    def ensure(self) -> None:
-        """Create the directories (private to this user)."""
-        for d in (self.root, self.files, self.tmp, self.jobs, self.logs):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 @dataclass

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.lifecycle import InvalidTransition, JobNotFound
+
 log = logging.getLogger("backend")
 
 _TYPES = {
@@ -81,6 +83,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BackendHTTPError)
     async def _api_error(_: Request, exc: BackendHTTPError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.code, exc.param)
+
+    # The job service's domain errors (backend/lifecycle.py): an unknown job and a refused status move.
+    @app.exception_handler(JobNotFound)
+    async def _job_not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return error_response(404, str(exc), "fine_tuning_job_not_found")
+
+    @app.exception_handler(InvalidTransition)
+    async def _invalid_transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return error_response(409, str(exc), "invalid_state")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,7 @@
-"""Fine-tuning job lifecycle on the API side: create, validate, pause/resume/cancel, restart recovery.
+"""Fine-tuning jobs on the API side: create, validate, pause/resume/cancel, restart recovery.
+
+Status moves themselves (which may follow which, and their events) live in backend/lifecycle.py; this
+service raises its JobNotFound / InvalidTransition, which the route layer answers with 404 / 409.
 
 Restart semantics (also in backend/README.md): on startup, a job left ``running`` by a backend that died
 is re-queued with ``resume=True`` (the trainer continues from its last resumable checkpoint, or starts
@@ -16,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from backend.context import Layout
 from backend.db import Database, new_job_id, now
 from backend.errors import BackendHTTPError, not_found
-from backend.jobstore import add_event, fail_job
+from backend.layout import Layout
+from backend.lifecycle import add_event, check, fail, load_job, transition
 from backend.model_refs import resolve_model
 from backend.pool import WorkerPool
 from backend.requests import JobCreate
 from backend.settings import BackendSettings
-from contract.wire import SEED_MAX, SEED_MIN, TERMINAL_STATUSES
+from contract.wire import SEED_MAX, SEED_MIN
 
 log = logging.getLogger("backend.jobs")
 
@@ -56,28 +59,19 @@ class JobService:
         """Re-queue jobs a dead backend left running; re-validate jobs left validating."""
         self.pool.wait_for_orphans(self.db)
         with self.db.tx() as conn:
-            for row in conn.execute(
-                "SELECT id, owner, control FROM jobs WHERE status = 'running'"
-            ).fetchall():
-                if row["control"] == "pause":
-                    conn.execute(
-                        "UPDATE jobs SET status='paused', worker_pid=NULL, estimated_finish=NULL WHERE id=?",
-                        (row["id"],),
-                    )
-                    add_event(
-                        self.db,
-                        row["id"],
-                        row["owner"],
-                        "Fine-tuning job paused (backend restarted while pausing)",
-                        conn=conn,
+            for job in conn.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall():
+                if job["control"] == "pause":
+                    transition(
+                        conn, job, "paused", "Fine-tuning job paused (backend restarted while pausing)"
                     )
                 else:
-                    conn.execute(
-                        "UPDATE jobs SET status='queued', resume=1, control='continue', worker_pid=NULL, "
-                        "estimated_finish=NULL WHERE id=?",
-                        (row["id"],),
+                    transition(
+                        conn,
+                        job,
+                        "queued",
+                        "Resumed after backend restart",
+                        changes={"resume": 1, "control": "continue"},
                     )
-                    add_event(self.db, row["id"], row["owner"], "Resumed after backend restart", conn=conn)
         for row in self.db.all("SELECT id FROM jobs WHERE status = 'validating_files' ORDER BY seq"):
             self._validator.submit(self._validate, row["id"])
 
@@ -120,19 +114,16 @@ class JobService:
                     json.dumps(req.integrations or []),
                 ),
             )
-            add_event(self.db, job_id, owner, f"Created fine-tuning job: {job_id}", conn=conn)
-            add_event(self.db, job_id, owner, "Validating training file: " + req.training_file, conn=conn)
+            add_event(conn, job_id, owner, f"Created fine-tuning job: {job_id}")
+            add_event(conn, job_id, owner, "Validating training file: " + req.training_file)
         # Read before validation starts: the answer is always validating_files.
         created = self.get(owner, job_id)
         self._validator.submit(self._validate, job_id)
         return created
 
     def get(self, owner: str, job_id: str) -> sqlite3.Row:
-        """This owner's job or a 404."""
-        row = self.db.one("SELECT * FROM jobs WHERE id = ? AND owner = ?", (job_id, owner))
-        if row is None:
-            raise not_found("fine_tuning_job", job_id)
-        return row
+        """This owner's job (JobNotFound otherwise)."""
+        return load_job(self.db.conn(), job_id, owner)
 
     def _require_training_file(self, owner: str, file_id: str, param: str) -> None:
         row = self.db.one("SELECT purpose FROM files WHERE id = ? AND owner = ?", (file_id, owner))
@@ -152,13 +143,13 @@ class JobService:
             self._validate_inner(job_id)
         except Exception as exc:  # any crash must fail the job, never leave it validating forever
             log.exception("validation of %s crashed", job_id)
-            fail_job(
+            fail(
                 self.db,
                 job_id,
                 "validation_error",
                 f"File validation crashed: {exc}",
                 None,
-                from_statuses=("validating_files",),
+                expect=("validating_files",),
             )
         finally:
             self.db.close()
@@ -176,13 +167,13 @@ class JobService:
         for param, file_id, min_examples in checks:
             row = self.db.one("SELECT path FROM files WHERE id = ?", (file_id,))
             if row is None:
-                fail_job(
+                fail(
                     self.db,
                     job_id,
                     f"invalid_{param}",
                     f"File '{file_id}' was deleted before validation.",
                     param,
-                    from_statuses=("validating_files",),
+                    expect=("validating_files",),
                 )
                 return
             report = validate_file(Path(row["path"]), kind=kind, min_examples=min_examples)
@@ -200,67 +191,51 @@ class JobService:
                 )
                 if more > 0:
                     message += f"; ... and {more} more"
-                fail_job(
-                    self.db, job_id, f"invalid_{param}", message, param, from_statuses=("validating_files",)
-                )
+                fail(self.db, job_id, f"invalid_{param}", message, param, expect=("validating_files",))
                 return
         with self.db.tx() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET status='queued' WHERE id=? AND status='validating_files'", (job_id,)
-            ).rowcount
-            if changed:
-                add_event(
-                    self.db, job_id, job["owner"], "Files validated, moving job to queued state", conn=conn
+            job = load_job(conn, job_id)
+            if job["status"] == "validating_files":  # else cancelled while validating: leave it so
+                transition(
+                    conn, job, "queued", ["Files validated, moving job to queued state", "Job enqueued"]
                 )
-                add_event(self.db, job_id, job["owner"], "Job enqueued", conn=conn)
 
     # transitions -----------------------------------------------------------------------------------
     def pause(self, owner: str, job_id: str) -> None:
-        """Ask the worker to stop at a step boundary after a resumable checkpoint (running jobs only)."""
+        """Ask the worker to stop at a step boundary after a resumable checkpoint (running jobs only).
+
+        The worker makes the move to ``paused`` itself once the checkpoint is written.
+        """
         with self.db.tx() as conn:
-            job = self._locked(conn, owner, job_id)
-            if job["status"] != "running":
-                raise _illegal("pause", job["status"], "only a running job can be paused")
+            job = load_job(conn, job_id, owner)
+            check(job, "paused", expect=("running",), action="pause")
             if job["control"] != "pause":
                 conn.execute("UPDATE jobs SET control='pause' WHERE id=?", (job_id,))
-                add_event(
-                    self.db, job_id, owner, "Pause requested; stopping at the next step boundary", conn=conn
-                )
+                add_event(conn, job_id, owner, "Pause requested; stopping at the next step boundary")
 
     def resume(self, owner: str, job_id: str) -> None:
         """Re-queue a paused job; the worker continues from its resumable checkpoint."""
         with self.db.tx() as conn:
-            job = self._locked(conn, owner, job_id)
-            if job["status"] != "paused":
-                raise _illegal("resume", job["status"], "only a paused job can be resumed")
-            conn.execute(
-                "UPDATE jobs SET status='queued', resume=1, control='continue' WHERE id=?", (job_id,)
+            job = load_job(conn, job_id, owner)
+            transition(
+                conn,
+                job,
+                "queued",
+                "Fine-tuning job resumed",
+                expect=("paused",),
+                action="resume",
+                changes={"resume": 1, "control": "continue"},
             )
-            add_event(self.db, job_id, owner, "Fine-tuning job resumed", conn=conn)
 
     def cancel(self, owner: str, job_id: str) -> None:
         """Cancel a job in any non-terminal state; a running worker notices within a step."""
         with self.db.tx() as conn:
-            job = self._locked(conn, owner, job_id)
-            if job["status"] in TERMINAL_STATUSES:
-                raise _illegal("cancel", job["status"], "the job has already finished")
-            conn.execute(
-                "UPDATE jobs SET status='cancelled', control='cancel', finished_at=?, estimated_finish=NULL WHERE id=?",
-                (now(), job_id),
+            job = load_job(conn, job_id, owner)
+            transition(
+                conn,
+                job,
+                "cancelled",
+                "Fine-tuning job cancelled",
+                action="cancel",
+                changes={"control": "cancel"},
             )
-            add_event(self.db, job_id, owner, "Fine-tuning job cancelled", conn=conn)
-
-    @staticmethod
-    def _locked(conn: sqlite3.Connection, owner: str, job_id: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = conn.execute(
-            "SELECT * FROM jobs WHERE id = ? AND owner = ?", (job_id, owner)
-        ).fetchone()
-        if row is None:
-            raise not_found("fine_tuning_job", job_id)
-        return row
-
-
-def _illegal(action: str, status: str, why: str) -> BackendHTTPError:
-    return BackendHTTPError(
-        409, f"Cannot {action} a job whose status is '{status}': {why}.", code="invalid_state"
-    )

@@ -14,7 +14,7 @@ from types import TracebackType
 import httpx
 from pydantic import SecretStr
 
-from backend.context import Layout
+from backend.layout import Layout
 from backend.settings import BackendSettings
 from contract.wire import API_PREFIX
 

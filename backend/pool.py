@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from backend.jobstore import fail_job
+from backend.layout import Layout
+from backend.lifecycle import fail
 from backend.settings import BackendSettings
 
 if TYPE_CHECKING:
-    from backend.context import Layout
     from backend.db import Database
 
 log = logging.getLogger("backend.pool")
@@ -74,12 +74,12 @@ class WorkerPool:
                     "worker %s (pid %s) exited with code %s; replacing it", proc.name, proc.pid, proc.exitcode
                 )
                 for row in db.all("SELECT id FROM jobs WHERE status='running' AND worker_pid=?", (proc.pid,)):
-                    fail_job(
+                    fail(
                         db,
                         row["id"],
                         "worker_crashed",
                         f"The training worker exited unexpectedly (exit code {proc.exitcode}).",
-                        from_statuses=("running",),
+                        expect=("running",),
                     )
                 self._procs[i] = self._spawn(i)
         db.close()

@@ -13,9 +13,9 @@ from multiprocessing.synchronize import Event as MPEvent
 from pathlib import Path
 from typing import Any
 
-from backend.context import Layout
 from backend.db import Database, new_checkpoint_id, new_file_id, now
-from backend.jobstore import add_event, fail_job
+from backend.layout import Layout
+from backend.lifecycle import add_event, fail, transition
 from backend.settings import apply_base_model_cache_dir
 from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
 from contract.wire import CHECKPOINT_METRICS
@@ -64,14 +64,20 @@ def _claim(db: Database) -> sqlite3.Row | None:
         ).fetchone()
         if job is None:
             return None
-        conn.execute(
-            "UPDATE jobs SET status='running', worker_pid=?, started_at=COALESCE(started_at, ?), control='continue' WHERE id=?",
-            (os.getpid(), now(), job["id"]),
-        )
         message = "Fine-tuning job started" + (
             " (resuming from the last checkpoint)" if job["resume"] else ""
         )
-        add_event(db, job["id"], job["owner"], message, conn=conn)
+        transition(
+            conn,
+            job,
+            "running",
+            message,
+            changes={
+                "worker_pid": os.getpid(),
+                "started_at": job["started_at"] or now(),
+                "control": "continue",
+            },
+        )
     return job
 
 
@@ -93,7 +99,9 @@ class JobCallbacks:
         self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
     ) -> None:
         """Forward a trainer event (metrics included) as a job event; metrics also refresh the ETA."""
-        add_event(self.db, self.job["id"], self.job["owner"], message, level=level, type=type, data=data)
+        add_event(
+            self.db.conn(), self.job["id"], self.job["owner"], message, level=level, type=type, data=data
+        )
         if type == "metrics" and data:
             self._update_eta(data)
         elif message == "Training started" or message.startswith("Resumed from step"):
@@ -178,16 +186,16 @@ def _run(
         spec = _spec(db, layout, job, metrics_every, max_steps)
         outcome: TrainingOutcome = train(spec, callbacks)
     except TrainingError as exc:
-        fail_job(db, job_id, exc.code, exc.message, exc.param, from_statuses=("running",))
+        fail(db, job_id, exc.code, exc.message, exc.param, expect=("running",))
         return
     except Exception as exc:
         log.exception("training of %s crashed", job_id)
-        fail_job(
+        fail(
             db,
             job_id,
             "training_error",
             f"Training crashed: {type(exc).__name__}: {exc}",
-            from_statuses=("running",),
+            expect=("running",),
         )
         return
     hp = json.loads(job["hyperparameters"])
@@ -198,16 +206,22 @@ def _run(
         _paused(db, job, hp, shutdown=callbacks.shutdown_requested)
     else:
         with db.tx() as conn:
-            changed = conn.execute(
-                "UPDATE jobs SET status='cancelled', finished_at=?, worker_pid=NULL, estimated_finish=NULL "
-                "WHERE id=? AND status='running'",
-                (now(), job_id),
-            ).rowcount
-            if changed:
-                add_event(db, job_id, job["owner"], "Fine-tuning job cancelled", conn=conn)
+            current = _still_running(conn, job_id)
+            if current is not None:  # else the API cancelled it already
+                transition(
+                    conn, current, "cancelled", "Fine-tuning job cancelled", changes={"worker_pid": None}
+                )
             conn.execute(
                 "UPDATE jobs SET worker_pid=NULL, hyperparameters=? WHERE id=?", (json.dumps(hp), job_id)
             )
+
+
+def _still_running(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
+    """The job row if it is still ``running`` (read inside the caller's write transaction)."""
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM jobs WHERE id=? AND status='running'", (job_id,)
+    ).fetchone()
+    return row
 
 
 def _spec(
@@ -267,12 +281,12 @@ def _succeed(
 ) -> None:
     job_id, owner = job["id"], job["owner"]
     if outcome.final_model_dir is None:
-        fail_job(
+        fail(
             db,
             job_id,
             "training_error",
             "The trainer reported success without a model directory.",
-            from_statuses=("running",),
+            expect=("running",),
         )
         return
     result_id = new_file_id()
@@ -286,14 +300,23 @@ def _succeed(
         tmp.unlink(missing_ok=True)  # tmp/ must only hold writes in progress
         raise
     with db.tx() as conn:
-        changed = conn.execute(
-            "UPDATE jobs SET status='succeeded', fine_tuned_model=?, finished_at=?, trained_tokens=?, result_files=?, "
-            "hyperparameters=?, estimated_finish=NULL, worker_pid=NULL, error=NULL WHERE id=? AND status='running'",
-            (model_id, now(), outcome.trained_tokens, json.dumps([result_id]), json.dumps(hp), job_id),
-        ).rowcount
-        if not changed:  # cancelled at the very end: keep the cancellation, drop the result
+        current = _still_running(conn, job_id)
+        if current is None:  # cancelled at the very end: keep the cancellation, drop the result
             result_path.unlink(missing_ok=True)
             return
+        transition(
+            conn,
+            current,
+            "succeeded",
+            changes={
+                "fine_tuned_model": model_id,
+                "trained_tokens": outcome.trained_tokens,
+                "result_files": json.dumps([result_id]),
+                "hyperparameters": json.dumps(hp),
+                "worker_pid": None,
+                "error": None,
+            },
+        )
         conn.execute(
             "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path) VALUES (?,?,?,?,?,?,?,?)",
             (
@@ -312,32 +335,28 @@ def _succeed(
             "ON CONFLICT(id) DO UPDATE SET path=excluded.path",
             (model_id, owner, now(), str(Path(outcome.final_model_dir).resolve()), "fine-tuned", job_id),
         )
-        add_event(db, job_id, owner, f"New fine-tuned model created: {model_id}", conn=conn)
-        add_event(db, job_id, owner, "The job has successfully completed", conn=conn)
+        add_event(conn, job_id, owner, f"New fine-tuned model created: {model_id}")
+        add_event(conn, job_id, owner, "The job has successfully completed")
 
 
 def _paused(db: Database, job: sqlite3.Row, hp: dict[str, Any], *, shutdown: bool) -> None:
-    job_id, owner = job["id"], job["owner"]
     with db.tx() as conn:
-        row = conn.execute("SELECT status, control FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None or row["status"] != "running":
+        current = _still_running(conn, job["id"])
+        if current is None:
             return
-        if shutdown and row["control"] != "pause":
-            conn.execute(
-                "UPDATE jobs SET status='queued', resume=1, worker_pid=NULL, estimated_finish=NULL, hyperparameters=? WHERE id=?",
-                (json.dumps(hp), job_id),
-            )
-            add_event(
-                db,
-                job_id,
-                owner,
+        if shutdown and current["control"] != "pause":
+            transition(
+                conn,
+                current,
+                "queued",
                 "Backend shutting down: checkpoint saved, job re-queued to resume",
-                conn=conn,
+                changes={"resume": 1, "hyperparameters": json.dumps(hp)},
             )
         else:
-            conn.execute(
-                "UPDATE jobs SET status='paused', control='continue', worker_pid=NULL, estimated_finish=NULL, hyperparameters=? "
-                "WHERE id=?",
-                (json.dumps(hp), job_id),
+            transition(
+                conn,
+                current,
+                "paused",
+                "Fine-tuning job paused",
+                changes={"control": "continue", "hyperparameters": json.dumps(hp)},
             )
-            add_event(db, job_id, owner, "Fine-tuning job paused", conn=conn)

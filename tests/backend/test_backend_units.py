@@ -136,8 +136,8 @@ def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest
 
 def test_failed_result_csv_write_leaves_no_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend import worker
-    from backend.context import Layout
     from backend.db import Database
+    from backend.layout import Layout
     from backend.trainer.spec import TrainingOutcome
 
     layout = Layout(tmp_path / "data")
@@ -154,8 +154,8 @@ def test_failed_result_csv_write_leaves_no_part_file(tmp_path: Path, monkeypatch
 def test_launcher_log_path_is_the_layouts(tmp_path: Path) -> None:
     from pydantic import SecretStr
 
-    from backend.context import Layout
     from backend.launcher import RunningBackend
+    from backend.layout import Layout
 
     rb = RunningBackend(BackendSettings(data_dir=tmp_path, api_key=SecretStr("k")), port=1)
     assert rb.log_path == Layout(tmp_path.resolve()).server_log
@@ -174,7 +174,7 @@ def test_estimated_finish_from_the_first_metrics_event(monkeypatch: pytest.Monke
     monkeypatch.setattr(worker, "now", lambda: 1_000)
     monkeypatch.setattr(worker, "add_event", lambda *a, **k: None)
     executed: list[tuple[str, tuple[object, ...]]] = []
-    db = SimpleNamespace(execute=lambda sql, params: executed.append((sql, params)))
+    db = SimpleNamespace(execute=lambda sql, params: executed.append((sql, params)), conn=lambda: None)
     job = {"id": "ftjob_1", "owner": "o", "model": "local:micro-chat", "suffix": None}
     callbacks = worker.JobCallbacks(db, job, parent_pid=1, stop=Event())  # type: ignore[arg-type]
     callbacks.on_event("Training started", data={"total_steps": 100})
@@ -182,3 +182,35 @@ def test_estimated_finish_from_the_first_metrics_event(monkeypatch: pytest.Monke
     callbacks.on_event("Step 20/100", type="metrics", data={"step": 20, "total_steps": 100})
     # 10 s for the first 10 steps: 90 steps left at 1 s each; then 15 s for 20: 80 left at 0.75 s.
     assert [params for _, params in executed] == [(1_090, "ftjob_1"), (1_060, "ftjob_1")]
+
+
+def test_backend_modules_import_no_cycle() -> None:
+    """Every import counts (module level, TYPE_CHECKING, lazy): a cycle means a concept has no one home."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    modules = {
+        ".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+        for f in (root / "backend").rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in modules and d != name}
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for dep in sorted(graph[start]):
+            if dep in path:
+                return [*path[path.index(dep) :], dep]
+            found = cycle_from(dep, [*path, dep])
+            if found:
+                return found
+        return None
+
+    for name in sorted(graph):
+        assert cycle_from(name, [name]) is None, " -> ".join(cycle_from(name, [name]) or [])
