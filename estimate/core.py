@@ -33,6 +33,7 @@ class JobInputs(BaseModel):
 
     name: str | None = None
     train_path: Path
+    validation_path: Path | None = None
     model: str
     method: Method = "supervised"
     n_epochs: Epochs = "auto"
@@ -60,6 +61,7 @@ def estimate_job(
     client: MKA1Client | None,
     train_path: Path,
     *,
+    validation_path: Path | None = None,
     model: str,
     method: Method = "supervised",
     n_epochs: Epochs = "auto",
@@ -92,7 +94,7 @@ def estimate_job(
     if calibrate and duration.seconds is None and embedded and is_embedded_model(model):
         from estimate.calibrate import calibrate as calibration_run
 
-        duration = calibration_run(train_path, model, method, n_epochs, batch_size)
+        duration = calibration_run(train_path, model, method, n_epochs, batch_size, validation_path)
     return JobEstimate(
         model=model,
         method=method,

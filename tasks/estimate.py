@@ -24,6 +24,7 @@ def estimate_task(
     model: str,
     method: Method,
     n_epochs: Epochs,
+    batch_size: int | str = "auto",
     embedded: bool,
     budget: Budget,
 ) -> JobEstimate | None:
@@ -42,6 +43,7 @@ def estimate_task(
             model=model,
             method=method,
             n_epochs=n_epochs,
+            batch_size=batch_size,
             embedded=embedded,
             calibrate=False,
         )
@@ -79,6 +81,7 @@ def estimate_sweep_task(
             est = estimate_job(
                 client,
                 job.train_path,
+                validation_path=job.validation_path,
                 model=job.model,
                 method=job.method,
                 n_epochs=job.n_epochs,
