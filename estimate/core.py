@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 class Budget(BaseModel):
     """Limits a run must fit in before anything is uploaded; None: no limit."""
 
-    max_cost: float | None = Field(default=None, ge=0, description="Most the training may cost")
-    max_tokens: int | None = Field(default=None, ge=1, description="Most trained tokens")
+    max_cost: float | None = Field(
+        default=None,
+        ge=0,
+        description="Stop before any upload when the estimated training cost is higher (price's currency)",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Stop before any upload when more trained tokens are estimated"
+    )
 
     @property
     def is_set(self) -> bool:

@@ -1,0 +1,184 @@
+"""``ftpipe estimate``: trained tokens, cost and duration of a job, before anything is uploaded.
+
+Talks to the same API a run would (the embedded backend, started if none is listening, or MKA1) for the
+price and the job history; nothing is uploaded and no job is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    contract_value,
+    model_default,
+    model_help,
+    positive_int,
+    usage_error,
+)
+
+PROG = "ftpipe estimate"
+EPILOG = """examples:
+  ftpipe estimate datasets/customer-support
+  ftpipe estimate --train prefs.jsonl --method dpo --epochs 2
+  ftpipe estimate datasets/customer-support --max-tokens 100000     (exit 1 when over)
+  FTPIPE_TRAINING_PRICES='{"meetkai:functionary-medium": 8}' ftpipe estimate data --model meetkai:functionary-medium
+"""
+
+
+def register(sub: Any) -> None:
+    """Add ``estimate`` to the command tree."""
+    p = sub.add_parser(
+        "estimate",
+        help="trained tokens, cost and duration of a job (uploads nothing)",
+        description="Estimate what a run would train, cost and take; optionally check a budget.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        configure=add_options,
+    )
+    p.set_defaults(handler=estimate_command)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type=`` for amounts of money."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """``--max-cost`` and ``--max-tokens`` (shared by run, sweep and estimate)."""
+    from estimate.core import Budget
+
+    group = p.add_argument_group("budget")
+    group.add_argument(
+        "--max-cost",
+        type=non_negative_float,
+        metavar="AMOUNT",
+        help=model_help(Budget, "max_cost", show_default=False),
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        metavar="N",
+        help=model_help(Budget, "max_tokens", show_default=False),
+    )
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """``estimate``'s options: the run's data and job options that change the estimate, and the budget."""
+    from contract.hyperparameters import BatchSize, Hyperparameters, NEpochs
+    from flows.params import FineTuneParams
+
+    fp, hp = FineTuneParams, Hyperparameters
+    p.add_argument("dataset", nargs="?", type=Path, help="dataset folder (its train.jsonl is estimated)")
+    p.add_argument(
+        "--train", type=Path, metavar="FILE", help=model_help(fp, "train_file", show_default=False)
+    )
+    p.add_argument(
+        "--validation",
+        type=Path,
+        metavar="FILE",
+        help=model_help(fp, "validation_file", show_default=False) + "; times the validation passes",
+    )
+    p.add_argument("--model", default=model_default(fp, "model"), help=model_help(fp, "model"))
+    p.add_argument(
+        "--method",
+        choices=("supervised", "dpo"),
+        default=model_default(fp, "method"),
+        help=model_help(fp, "method"),
+    )
+    p.add_argument(
+        "--epochs",
+        type=contract_value("n_epochs", NEpochs),
+        default=model_default(hp, "n_epochs"),
+        help=model_help(hp, "n_epochs"),
+    )
+    p.add_argument(
+        "--batch-size",
+        type=contract_value("batch_size", BatchSize),
+        default=model_default(hp, "batch_size"),
+        help=model_help(hp, "batch_size") + "; only the duration depends on it",
+    )
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="remote API root (default: MKA1_BASE_URL, else the embedded backend)",
+    )
+    p.add_argument("--on-behalf-of", metavar="USER", help="end-user id sent as X-On-Behalf-Of")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    add_budget_options(p)
+
+
+def _in_folder(folder: Path | None, names: tuple[str, ...]) -> Path | None:
+    if folder is None:
+        return None
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    """Print the estimate; exit 1 when it is over the budget (or the budget cannot be checked)."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from client import MKA1Client
+    from estimate.core import Budget, budget_problem, estimate_job
+    from estimate.render import rows
+    from estimate.tokens import EstimateError
+    from flows.backend_runtime import open_connection
+    from flows.params import TRAIN_NAMES, VALIDATION_NAMES
+
+    train = args.train or _in_folder(args.dataset, TRAIN_NAMES)
+    if train is None:
+        where = (
+            f"no {' or '.join(TRAIN_NAMES)} in {args.dataset}"
+            if args.dataset
+            else "give a dataset folder or --train FILE"
+        )
+        return usage_error(PROG, where)
+    validation = args.validation or _in_folder(args.dataset, VALIDATION_NAMES)
+    for path in (train, validation):
+        if path is not None and not path.is_file():
+            return usage_error(PROG, f"{path}: no such file")
+    budget = Budget(max_cost=args.max_cost, max_tokens=args.max_tokens)
+    console = Console()
+    try:
+        with (
+            console.status(f"estimating {train} for {args.model}..."),
+            open_connection(args.base_url, args.on_behalf_of) as conn,
+            MKA1Client(conn.settings, transport=conn.transport) as client,
+        ):
+            est = estimate_job(
+                client,
+                train,
+                validation_path=validation,
+                model=args.model,
+                method=args.method,
+                n_epochs=args.epochs,
+                batch_size=args.batch_size,
+                embedded=conn.embedded,
+            )
+    except EstimateError as exc:
+        console.print(f"[red]cannot estimate:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_FAILED
+    problem = budget_problem([est], budget)
+    if args.json:
+        print(
+            json.dumps({**est.model_dump(mode="json"), "cost": est.cost, "budget_problem": problem}, indent=2)
+        )
+    else:
+        for label, value in rows(est):
+            console.print(f"[bold]{label}:[/bold] {escape(value)}", highlight=False, soft_wrap=True)
+    if problem:
+        console.print(f"[red]{escape(problem)}[/red]", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    return EXIT_OK
