@@ -27,10 +27,7 @@ from cli.common import (
 )
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from flows.params import FineTuneParams
-    from tasks.record import RunRecord
 
 PROG = "ftpipe run"
 EPILOG = """examples:
@@ -217,32 +214,6 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
     )
 
 
-def summary_table(result: RunRecord) -> Table:
-    """Final summary of a run (job, status, model, metrics, tokens, duration, outputs)."""
-    from rich.table import Table
-
-    table = Table(title="fine-tune result", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    table.add_row("job id", result.job_id)
-    table.add_row("status", result.status)
-    table.add_row("base model", f"{result.base_model} ({result.method}, seed {result.seed})")
-    table.add_row("hyperparameters", ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items()))
-    table.add_row("fine-tuned model", str(result.fine_tuned_model))
-    for name, value in result.final_metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    table.add_row("trained tokens", str(result.trained_tokens))
-    table.add_row("upload reused", "yes" if result.uploads_reused else "no")
-    table.add_row("attached to existing job", "yes" if result.job_attached else "no")
-    table.add_row("smoke test", {True: "passed", False: "failed", None: "skipped"}[result.smoke_passed])
-    if result.smoke_answers:
-        first = result.smoke_answers[0]
-        table.add_row("smoke answer", f"{first['prompt']!r}\n-> {first['output'].strip()!r}")
-    table.add_row("duration", f"{result.duration_s:.1f}s")
-    table.add_row("output dir", str(result.output_dir))
-    return table
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run the fine-tune flow with a live status line; 0 only when it succeeded."""
     from pydantic import ValidationError
@@ -264,6 +235,7 @@ def run_command(args: argparse.Namespace) -> int:
     from flows.fine_tune import fine_tune
     from tasks.errors import DatasetInvalid, JobFailed, PipelineError
     from tasks.progress import ProgressUpdate, subscribe
+    from tasks.report import run_summary_text
 
     console = Console()
     with console.status("starting fine-tune flow...") as status:
@@ -290,6 +262,6 @@ def run_command(args: argparse.Namespace) -> int:
         except PipelineError as exc:
             console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
             return EXIT_FAILED
-    console.print(summary_table(result))
+    console.print(run_summary_text(result), markup=False, highlight=False, soft_wrap=True)
     ok = result.status == "succeeded" and result.smoke_passed is not False
     return EXIT_OK if ok else EXIT_FAILED

@@ -18,7 +18,7 @@ from client.models import FineTuningJob
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.params import FineTuneParams
-from tasks import runtime
+from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.metrics import collect_metrics_task
 from tasks.record import DatasetFile, RunRecord
@@ -57,27 +57,6 @@ def _dataset_file(role: str, path: Path, upload: UploadedFile, validation: Valid
         file_id=upload.file_id,
         reused=upload.reused,
     )
-
-
-def _summary_markdown(result: RunRecord) -> str:
-    rows = [
-        ("job", f"`{result.job_id}`"),
-        ("status", result.status),
-        ("base model", f"`{result.base_model}`"),
-        ("method", result.method),
-        ("hyperparameters", ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items()) or "-"),
-        ("seed", str(result.seed)),
-        ("fine-tuned model", f"`{result.fine_tuned_model}`"),
-        ("trained tokens", str(result.trained_tokens)),
-        ("training file", f"`{result.training_file_id}`" + (" (reused)" if result.uploads_reused else "")),
-        ("validation file", f"`{result.validation_file_id or '-'}`"),
-        ("attached to existing job", "yes" if result.job_attached else "no"),
-        ("smoke test", {True: "passed", False: "failed", None: "skipped"}[result.smoke_passed]),
-        ("output dir", f"`{result.output_dir}`"),
-        ("duration", f"{result.duration_s:.1f}s"),
-        *((name, f"{value:.4f}") for name, value in result.final_metrics.items()),
-    ]
-    return "### Fine-tune result\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
 @flow(name="fine-tune", on_cancellation=[on_cancellation_hook], persist_result=False)
@@ -201,7 +180,9 @@ def fine_tune(params: FineTuneParams) -> RunRecord:
     )
     result_path.write_text(result.to_json(), encoding="utf-8")
     runtime.markdown(
-        _summary_markdown(result), key=runtime.artifact_key("fine-tune-result"), description="run summary"
+        report.run_summary_markdown(result),
+        key=runtime.artifact_key("fine-tune-result"),
+        description="run summary",
     )
     log.info("fine-tune finished: job %s %s, model %s", job_id, job.status, job.fine_tuned_model)
     return result

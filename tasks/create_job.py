@@ -20,7 +20,7 @@ from prefect import task
 from client import MKA1Client
 from client.errors import NotFoundError
 from client.models import FineTuningJob, JobCreateRequest, JobStatus, Method
-from tasks import runtime
+from tasks import report, runtime
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
 from tasks.state import jobs_index, scoped_key
@@ -173,19 +173,14 @@ def create_job_task(
         key[:12],
     )
     publish(ProgressUpdate("create-job", f"job {job.id}", job_id=job.id, job_status=str(job.status)))
-    base = str(client.settings.base_url)
     runtime.link(
-        f"{base}/fine_tuning/jobs/{job.id}",
-        text=f"fine-tuning job {job.id}",
+        report.job_url(client.settings.base_url, job.id),
+        text=report.job_link_text(job.id),
         key=runtime.artifact_key("job-link"),
         description="API URL of the fine-tuning job",
     )
     runtime.markdown(
-        f"### Fine-tuning job `{job.id}`\n\n| | |\n|---|---|\n| status | {job.status} |\n"
-        f"| model | `{spec.model}` |\n| training file | `{spec.training_file}` |\n"
-        f"| validation file | `{spec.validation_file or '-'}` |\n| method | {spec.method.type} |\n"
-        f"| suffix | {spec.suffix or '-'} |\n| seed | {spec.seed} |\n| idempotency key | `{key}` |\n"
-        f"| attached | {'yes (' + how + ')' if attached else 'no (created)'} |\n",
+        report.job_markdown(job, spec, key, attached, how),
         key=runtime.artifact_key("job"),
         description="fine-tuning job",
     )

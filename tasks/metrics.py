@@ -6,7 +6,6 @@ Frames: ``metrics.parquet`` (one row per logged step), ``checkpoints.parquet`` (
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -25,7 +24,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from client import MKA1Client  # noqa: E402
 from client.models import FineTuningJobCheckpoint, FineTuningJobEvent  # noqa: E402
 from contract.wire import CHECKPOINT_METRICS  # noqa: E402
-from tasks import runtime  # noqa: E402
+from tasks import report, runtime  # noqa: E402
 from tasks.progress import ProgressUpdate, publish  # noqa: E402
 from tasks.record import MetricDefinition  # noqa: E402
 
@@ -220,17 +219,6 @@ def loss_curve_png(checkpoints: pd.DataFrame, metrics: pd.DataFrame, title: str 
         plt.close(fig)
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    # Artifact tables must be JSON: stringify timestamps, turn NA into None.
-    shown = frame.head(_MAX_ARTIFACT_ROWS).copy()
-    if "created_at" in shown:
-        shown["created_at"] = shown["created_at"].astype("string")
-    return [
-        {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
-        for row in shown.astype(object).to_dict("records")
-    ]
-
-
 # Reads only: the client retries each call in place, so the stage needs no task retry of its own.
 @task(name="collect-metrics", cache_policy=NO_CACHE, persist_result=False)
 def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> MetricsResult:
@@ -265,13 +253,17 @@ def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> M
         out,
     )
     runtime.table(
-        _records(ck), key=runtime.artifact_key("checkpoints"), description=f"checkpoints of {job_id}"
+        report.frame_records(ck),
+        key=runtime.artifact_key("checkpoints"),
+        description=f"checkpoints of {job_id}",
     )
     runtime.table(
-        _records(steps), key=runtime.artifact_key("metrics"), description=f"per-step metrics of {job_id}"
+        report.frame_records(steps),
+        key=runtime.artifact_key("metrics"),
+        description=f"per-step metrics of {job_id}",
     )
     runtime.markdown(
-        loss_curve_markdown(job_id, png, files["loss_curve_png"]),
+        report.loss_curve_markdown(job_id, png, files["loss_curve_png"]),
         key=runtime.artifact_key("loss-curve"),
         description="train/valid loss and token accuracy by step",
     )
@@ -285,10 +277,3 @@ def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> M
         n_events=len(events),
         n_steps_logged=len(steps),
     )
-
-
-def loss_curve_markdown(job_id: str, png: bytes, saved_to: Path | None = None, note: str = "") -> str:
-    """The loss-curve artifact: the PNG inline (artifacts cannot reference local files)."""
-    encoded = base64.b64encode(png).decode()
-    where = f"Saved to `{saved_to}`.\n" if saved_to else ""
-    return f"### Loss curve of `{job_id}`\n\n{note}![loss curve](data:image/png;base64,{encoded})\n\n{where}"

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
 from client.models import ResponseCreateRequest
-from tasks import runtime
+from tasks import report, runtime
 from tasks.errors import SmokeTestFailed
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
@@ -77,25 +77,12 @@ def smoke_test_task(
         output, latency = runtime.call_task(ask_prompt_task, client, request, index)
         cases.append(SmokeCase(p.prompt, output, latency, check_output(output, p.must_contain)))
     runtime.table(
-        [
-            {
-                "prompt": c.prompt,
-                "output": c.output,
-                "latency_s": round(c.latency_s, 3),
-                "must_contain": ", ".join(p.must_contain),
-                "passed": c.passed,
-            }
-            for c, p in zip(cases, prompts, strict=True)
-        ],
+        report.smoke_rows(cases, prompts),
         key=runtime.artifact_key("smoke-test"),
         description=f"smoke test of {model}",
     )
     result = SmokeResult(model=model, cases=cases)
-    failures = [
-        f"{c.prompt[:40]!r}: " + ("empty output" if not c.output.strip() else f"missing {c.missing}")
-        for c in cases
-        if not c.passed
-    ]
+    failures = report.smoke_failures(cases)
     if failures:
         log.error("smoke test of %s failed: %s", model, "; ".join(failures))
         raise SmokeTestFailed(failures)

@@ -16,7 +16,7 @@ from prefect import task
 from client import MKA1Client
 from client.errors import NotFoundError
 from client.models import FileObject
-from tasks import runtime
+from tasks import report, runtime
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
 from tasks.state import scoped_key, uploads_index
@@ -100,21 +100,21 @@ def upload_file_task(
         how = "uploaded"
     index.put(key, {"file_id": found.id, "filename": name, "bytes": size, "source": str(path)})
 
-    reused = how != "uploaded"
+    uploaded = UploadedFile(
+        file_id=found.id, filename=name, sha256=sha, bytes=size, reused=how != "uploaded", how=how
+    )
     log.info(
         "%s file %s (%d bytes, sha256 %s): %s %s",
         role,
         path.name,
         size,
         sha[:12],
-        "reused" if reused else "uploaded as",
+        "reused" if uploaded.reused else "uploaded as",
         found.id,
     )
     runtime.markdown(
-        f"### {role} file\n\n| | |\n|---|---|\n| source | `{path}` |\n| file id | `{found.id}` |\n"
-        f"| server name | `{name}` |\n| bytes | {size} |\n| sha256 | `{sha}` |\n"
-        f"| reused | {'yes (' + how + ')' if reused else 'no (uploaded)'} |\n",
+        report.upload_markdown(role, path, uploaded),
         key=runtime.artifact_key("upload", role),
         description=f"{role} file upload",
     )
-    return UploadedFile(file_id=found.id, filename=name, sha256=sha, bytes=size, reused=reused, how=how)
+    return uploaded

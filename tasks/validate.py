@@ -9,7 +9,7 @@ from typing import Any, Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import runtime
+from tasks import report, runtime
 from tasks.errors import DatasetInvalid
 from tasks.progress import ProgressUpdate, publish
 from validation import DatasetReport, DatasetStats, validate_dataset
@@ -61,39 +61,23 @@ def stats_dict(stats: DatasetStats) -> dict[str, Any]:
     }
 
 
-def summarize(report: DatasetReport) -> ValidationSummary:
+def summarize(dataset: DatasetReport) -> ValidationSummary:
     """Turn a dataset report into located strings + per-file stats."""
-    reports = [("training", report.train)] + (
-        [("validation", report.validation)] if report.validation else []
+    reports = [("training", dataset.train)] + (
+        [("validation", dataset.validation)] if dataset.validation else []
     )
     n_errors = sum(r.error_count_total for _, r in reports)
-    n_warnings = sum(r.warning_count_total for _, r in reports) + report.overlap_count_total
+    n_warnings = sum(r.warning_count_total for _, r in reports) + dataset.overlap_count_total
     stats = {role: stats_dict(r.stats) for role, r in reports}
     return ValidationSummary(
-        ok=bool(report.ok),
-        errors=cap_issues([str(i) for i in report.errors], total=n_errors),
-        warnings=cap_issues([str(i) for i in report.warnings], total=n_warnings),
+        ok=bool(dataset.ok),
+        errors=cap_issues([str(i) for i in dataset.errors], total=n_errors),
+        warnings=cap_issues([str(i) for i in dataset.warnings], total=n_warnings),
         n_errors=n_errors,
         n_warnings=n_warnings,
         stats=stats,
-        estimated_billed_tokens=report.estimated_billed_tokens,
+        estimated_billed_tokens=dataset.estimated_billed_tokens,
     )
-
-
-def _markdown(train: Path, validation: Path | None, s: ValidationSummary) -> str:
-    lines = [
-        f"### Dataset validation: {'passed' if s.ok else 'FAILED'}",
-        "",
-        f"- training file: `{train}`",
-        f"- validation file: `{validation or '-'}`",
-        f"- {s.n_errors} error(s), {s.n_warnings} warning(s)",
-        f"- estimated billed tokens: {s.estimated_billed_tokens}",
-        "",
-    ]
-    for title, issues in (("Errors", s.errors), ("Warnings", s.warnings)):
-        if issues:
-            lines += [f"#### {title}", "", "```", *issues, "```", ""]
-    return "\n".join(lines)
 
 
 @task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False)
@@ -103,10 +87,10 @@ def validate_dataset_task(
     """Validate the dataset; raise ``DatasetInvalid`` (listing located issues) when it has errors."""
     log = runtime.run_logger()
     publish(ProgressUpdate("validate", f"validating {Path(train_path).name}"))
-    report = validate_dataset(
+    dataset = validate_dataset(
         Path(train_path), Path(validation_path) if validation_path else None, n_epochs=n_epochs
     )
-    summary = summarize(report)
+    summary = summarize(dataset)
     log.info(
         "validated %s%s: %s, %d error(s), %d warning(s)",
         train_path,
@@ -118,12 +102,12 @@ def validate_dataset_task(
     for warning in summary.warnings:
         log.warning("%s", warning)
     runtime.markdown(
-        _markdown(Path(train_path), validation_path, summary),
+        report.validation_markdown(Path(train_path), validation_path, summary),
         key=runtime.artifact_key("dataset-validation"),
         description="dataset validation report",
     )
     runtime.table(
-        [{"file": role, **values} for role, values in summary.stats.items()],
+        report.validation_stats_rows(summary),
         key=runtime.artifact_key("dataset-stats"),
         description="dataset statistics",
     )

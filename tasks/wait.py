@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from client import MKA1Client
 from client.models import FineTuningJob, FineTuningJobEvent, JobStatus
 from client.retry import backoff_delay, is_transient, retry_delay_hint
-from tasks import runtime
+from tasks import report, runtime
 from tasks.errors import JobFailed, JobTimeout
 from tasks.progress import ProgressUpdate, publish
 
@@ -64,11 +64,6 @@ class _Progress:
         if self.step is not None and self.total:
             return max(0.0, min(99.0, 100.0 * self.step / self.total))
         return 0.0
-
-    def describe(self) -> str:
-        if self.step is None:
-            return ""
-        return f" step {self.step}/{self.total}" if self.total else f" step {self.step}"
 
 
 def _echo(log: Any, job_id: str, event: FineTuningJobEvent) -> None:
@@ -149,7 +144,7 @@ def wait_for_job_task(
                 log.info("job %s is %s", job_id, job.status)
             last_status = job.status
         if changed:
-            description = f"job {job_id}: {job.status}{progress.describe()}"
+            description = report.progress_description(job_id, job.status, progress.step, progress.total)
             now = clock()
             if status_changed or job.is_terminal or now - artifact_updated >= policy.progress_every_s:
                 runtime.update_progress(artifact, progress.percent(job.status), description=description)
