@@ -77,7 +77,7 @@ def one_run(rb: RunningBackend, data: Path, work: Path, user: str) -> RunOutcome
     started = time.perf_counter()
     error = ""
     try:
-        result = fine_tune(flow_params(data, work, rb, user))
+        result = fine_tune(**flow_params(data, work, rb, user).flow_arguments())
         ok = result.status == "succeeded"
     except Exception as exc:  # a failed run is a result of the campaign, not a crash of it
         ok, error = False, f"{type(exc).__name__}: {exc}"[:200]

@@ -40,7 +40,7 @@ from backend.settings import BackendSettings  # noqa: E402
 from client import ClientSettings, MKA1Client  # noqa: E402
 from client.models import JobCreateRequest, ResponseCreateRequest  # noqa: E402
 from flows.fine_tune import fine_tune  # noqa: E402
-from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings  # noqa: E402
+from flows.params import FineTuneParams  # noqa: E402
 from tasks.metrics import (  # noqa: E402
     checkpoints_frame,
     events_frame,
@@ -58,7 +58,7 @@ def plain_script(base_url: str, api_key: object, user: str, params: FineTunePara
     """The same calls as the flow, with no orchestration: validate, upload, create, poll, fetch, smoke."""
     started = time.perf_counter()
     train, val, smoke = params.train_path(), params.validation_path(), params.smoke_path()
-    report = validate_dataset(train, val, n_epochs=params.hyperparameters.n_epochs)
+    report = validate_dataset(train, val, n_epochs=params.n_epochs)
     assert report.ok, [str(i) for i in report.errors]
     settings = ClientSettings(base_url=base_url, api_key=api_key, on_behalf_of=user)  # type: ignore[arg-type]
     with MKA1Client(settings) as c:
@@ -82,7 +82,7 @@ def plain_script(base_url: str, api_key: object, user: str, params: FineTunePara
                 since = event.id
             if job.is_terminal:
                 break
-            time.sleep(params.polling.interval_s)
+            time.sleep(params.poll_interval_s)
         assert job.status == "succeeded", job.error
         # What collect_metrics_task does, minus Prefect: frames to Parquet + CSV and the loss-curve PNG.
         ck = checkpoints_frame(list(c.jobs.list_checkpoints(job.id)))
@@ -112,7 +112,7 @@ def plain_script(base_url: str, api_key: object, user: str, params: FineTunePara
 def flow_run(params: FineTuneParams) -> float:
     """Wall time of one ``fine_tune`` flow call."""
     started = time.perf_counter()
-    result = fine_tune(params)
+    result = fine_tune(**params.flow_arguments())
     assert result.status == "succeeded"
     return time.perf_counter() - started
 
@@ -128,11 +128,13 @@ def _params(args: argparse.Namespace, tmp: Path, tag: str, user: str) -> FineTun
         dataset_dir=args.dataset,
         model=args.model,
         seed=42,
-        hyperparameters=Hyperparameters(n_epochs=epochs),
-        polling=PollingSettings(interval_s=args.interval, max_interval_s=args.interval, timeout_s=3600),
+        n_epochs=epochs,
+        poll_interval_s=args.interval,
+        poll_max_interval_s=args.interval,
+        wait_timeout_s=3600,
         output_dir=tmp / f"out-{tag}",
         state_dir=tmp / f"state-{tag}",
-        backend=BackendOptions(on_behalf_of=user),
+        on_behalf_of=user,
     )
 
 

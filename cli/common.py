@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -51,15 +51,6 @@ def usage_error(prog: str, message: str) -> int:
     """Print a usage error the way the parser does and return the usage exit code."""
     print(f"{prog}: error: {message} (see '{prog} --help')", file=sys.stderr)
     return EXIT_USAGE
-
-
-def validation_error_lines(exc: ValidationError) -> list[str]:
-    """One ``field: message`` line per pydantic error (no URLs, no input echo)."""
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        lines.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
-    return lines
 
 
 def model_default(model: type[BaseModel], name: str) -> Any:

@@ -23,7 +23,6 @@ from cli.common import (
     positive_int,
     quiet_prefect_logging,
     usage_error,
-    validation_error_lines,
 )
 
 if TYPE_CHECKING:
@@ -52,18 +51,11 @@ def register(sub: Any) -> None:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    """``run``'s options; defaults and help come from the flow's parameter models."""
-    from contract.hyperparameters import (
-        BatchSize,
-        Beta,
-        Hyperparameters,
-        LearningRateMultiplier,
-        NEpochs,
-        Seed,
-    )
-    from flows.params import BackendOptions, FineTuneParams, PollingSettings
+    """``run``'s options; defaults and help come from the flow's parameter model."""
+    from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, NEpochs, Seed
+    from flows.params import FineTuneParams
 
-    fp, hp, poll, be = FineTuneParams, Hyperparameters, PollingSettings, BackendOptions
+    fp = FineTuneParams
     p.add_argument(
         "dataset", nargs="?", type=Path, help="dataset folder (train.jsonl [validation.jsonl] [smoke.jsonl])"
     )
@@ -89,28 +81,28 @@ def add_options(p: argparse.ArgumentParser) -> None:
     job.add_argument(
         "--epochs",
         type=contract_value("n_epochs", NEpochs),
-        default=model_default(hp, "n_epochs"),
-        help=model_help(hp, "n_epochs"),
+        default=model_default(fp, "n_epochs"),
+        help=model_help(fp, "n_epochs"),
     )
     job.add_argument(
         "--batch-size",
         type=contract_value("batch_size", BatchSize),
-        default=model_default(hp, "batch_size"),
-        help=model_help(hp, "batch_size"),
+        default=model_default(fp, "batch_size"),
+        help=model_help(fp, "batch_size"),
     )
     job.add_argument(
         "--learning-rate-multiplier",
         "--lr-multiplier",
         dest="lr_multiplier",
         type=contract_value("learning_rate_multiplier", LearningRateMultiplier),
-        default=model_default(hp, "learning_rate_multiplier"),
-        help=model_help(hp, "learning_rate_multiplier"),
+        default=model_default(fp, "learning_rate_multiplier"),
+        help=model_help(fp, "learning_rate_multiplier"),
     )
     job.add_argument(
         "--beta",
         type=contract_value("beta", Beta),
-        default=model_default(hp, "beta"),
-        help=model_help(hp, "beta"),
+        default=model_default(fp, "beta"),
+        help=model_help(fp, "beta"),
     )
     job.add_argument("--suffix", default=model_default(fp, "suffix"), help=model_help(fp, "suffix"))
     job.add_argument(
@@ -141,23 +133,23 @@ def add_options(p: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--poll-interval",
         type=positive_float,
-        default=model_default(poll, "interval_s"),
+        default=model_default(fp, "poll_interval_s"),
         metavar="SECONDS",
-        help=model_help(poll, "interval_s"),
+        help=model_help(fp, "poll_interval_s"),
     )
     out.add_argument(
         "--poll-max-interval",
         type=positive_float,
-        default=model_default(poll, "max_interval_s"),
+        default=model_default(fp, "poll_max_interval_s"),
         metavar="SECONDS",
-        help=model_help(poll, "max_interval_s"),
+        help=model_help(fp, "poll_max_interval_s"),
     )
     out.add_argument(
         "--timeout",
         type=positive_float,
-        default=model_default(poll, "timeout_s"),
+        default=model_default(fp, "wait_timeout_s"),
         metavar="SECONDS",
-        help=model_help(poll, "timeout_s"),
+        help=model_help(fp, "wait_timeout_s"),
     )
     out.add_argument(
         "--smoke-max-output-tokens",
@@ -171,21 +163,21 @@ def add_options(p: argparse.ArgumentParser) -> None:
     api = p.add_argument_group("API")
     api.add_argument(
         "--base-url",
-        default=model_default(be, "base_url"),
+        default=model_default(fp, "base_url"),
         metavar="URL",
-        help=model_help(be, "base_url", show_default=False) + " (default: MKA1_BASE_URL, else embedded)",
+        help=model_help(fp, "base_url", show_default=False) + " (default: MKA1_BASE_URL, else embedded)",
     )
     api.add_argument(
         "--on-behalf-of",
-        default=model_default(be, "on_behalf_of"),
+        default=model_default(fp, "on_behalf_of"),
         metavar="USER",
-        help=model_help(be, "on_behalf_of", show_default=False),
+        help=model_help(fp, "on_behalf_of", show_default=False),
     )
 
 
 def params_from_args(args: argparse.Namespace) -> FineTuneParams:
     """The flow's parameters from parsed options (raises pydantic's ValidationError on a bad combination)."""
-    from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings
+    from flows.params import FineTuneParams
 
     return FineTuneParams(
         dataset_dir=args.dataset,
@@ -194,23 +186,22 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
         smoke_file=args.smoke,
         model=args.model,
         method=args.method,
-        hyperparameters=Hyperparameters(
-            n_epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate_multiplier=args.lr_multiplier,
-            beta=args.beta,
-        ),
+        n_epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate_multiplier=args.lr_multiplier,
+        beta=args.beta,
         suffix=args.suffix,
         seed=args.seed,
         metadata=dict(args.metadata),
         smoke_max_output_tokens=args.smoke_max_output_tokens,
         output_dir=args.output,
         state_dir=args.state_dir,
-        polling=PollingSettings(
-            interval_s=args.poll_interval, max_interval_s=args.poll_max_interval, timeout_s=args.timeout
-        ),
+        poll_interval_s=args.poll_interval,
+        poll_max_interval_s=args.poll_max_interval,
+        wait_timeout_s=args.timeout,
         fresh_job_if_failed=args.fresh,
-        backend=BackendOptions(base_url=args.base_url, on_behalf_of=args.on_behalf_of),
+        base_url=args.base_url,
+        on_behalf_of=args.on_behalf_of,
     )
 
 
@@ -218,12 +209,14 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the fine-tune flow with a live status line; 0 only when it succeeded."""
     from pydantic import ValidationError
 
+    from flows.params import error_lines
+
     if args.dataset is None and args.train is None:
         return usage_error(PROG, "give a dataset folder or --train FILE")
     try:
         params = params_from_args(args)
     except ValidationError as exc:
-        return usage_error(PROG, "; ".join(validation_error_lines(exc)))
+        return usage_error(PROG, "; ".join(error_lines(exc)))
     if args.quiet:
         quiet_prefect_logging()
     # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.
@@ -246,7 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         try:
             with subscribe(show):
-                result = fine_tune(params)
+                result = fine_tune(**params.flow_arguments())
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")
             return EXIT_INTERRUPTED

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from contract import wire
 
@@ -37,18 +37,24 @@ def _rule_checker(  # type: ignore[no-untyped-def]
     return check
 
 
+# In a JSON Schema form (Prefect's run form) "auto" is a one-choice select next to a titled number input; a
+# bare `const` renders as a greyed, uneditable field.
+_AutoChoice = Annotated[
+    Literal["auto"], WithJsonSchema({"type": "string", "enum": [wire.AUTO], "title": "auto (server decides)"})
+]
+
 NEpochs = Annotated[
-    Annotated[int, Field(ge=wire.N_EPOCHS_MIN, le=wire.N_EPOCHS_MAX)] | Literal["auto"],
+    Annotated[int, Field(ge=wire.N_EPOCHS_MIN, le=wire.N_EPOCHS_MAX, title="number")] | _AutoChoice,
     BeforeValidator(
         _rule_checker("n_epochs", integer=True, low=wire.N_EPOCHS_MIN, inclusive=True, high=wire.N_EPOCHS_MAX)
     ),
 ]
 BatchSize = Annotated[
-    Annotated[int, Field(ge=wire.BATCH_SIZE_MIN)] | Literal["auto"],
+    Annotated[int, Field(ge=wire.BATCH_SIZE_MIN, title="number")] | _AutoChoice,
     BeforeValidator(_rule_checker("batch_size", integer=True, low=wire.BATCH_SIZE_MIN, inclusive=True)),
 ]
 LearningRateMultiplier = Annotated[
-    Annotated[float, Field(gt=wire.LEARNING_RATE_MULTIPLIER_GT)] | Literal["auto"],
+    Annotated[float, Field(gt=wire.LEARNING_RATE_MULTIPLIER_GT, title="number")] | _AutoChoice,
     BeforeValidator(
         _rule_checker(
             "learning_rate_multiplier", integer=False, low=wire.LEARNING_RATE_MULTIPLIER_GT, inclusive=False
@@ -56,7 +62,7 @@ LearningRateMultiplier = Annotated[
     ),
 ]
 Beta = Annotated[
-    Annotated[float, Field(gt=wire.BETA_GT)] | Literal["auto"],
+    Annotated[float, Field(gt=wire.BETA_GT, title="number")] | _AutoChoice,
     BeforeValidator(_rule_checker("beta", integer=False, low=wire.BETA_GT, inclusive=False)),
 ]
 Seed = Annotated[

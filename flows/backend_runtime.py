@@ -1,6 +1,6 @@
 """Pick the API a run talks to: a remote MKA1 API when configured, else the embedded local backend.
 
-Remote when ``params.backend.base_url``, ``MKA1_API_KEY`` or ``MKA1_BASE_URL`` is set. Otherwise a backend
+Remote when the ``base_url`` parameter, ``MKA1_API_KEY`` or ``MKA1_BASE_URL`` is set. Otherwise a backend
 already listening at the configured local URL is reused (health check + a key check), or one is started
 for the duration of the run. Keys travel only inside ``ClientSettings`` (a ``SecretStr``).
 """

@@ -50,7 +50,7 @@ def jobs_of_flow_run(state_dir: Path, flow_run_id: str) -> list[str]:
 def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_cancellation`` hook: cancel the jobs this flow run started or attached to."""
     try:
-        params = FineTuneParams.model_validate(flow_run.parameters.get("params") or {})
+        params = FineTuneParams.model_validate(flow_run.parameters or {})
     except Exception:
         _log.exception("cancellation hook: unreadable flow parameters; cannot find the job")
         return
@@ -59,7 +59,7 @@ def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
     if not job_ids:
         return
     with (
-        open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,
+        open_connection(params.base_url, params.on_behalf_of) as conn,
         MKA1Client(conn.settings, transport=conn.transport) as client,
     ):
         for job_id in job_ids:

@@ -12,9 +12,11 @@ from typing import Any
 from prefect import flow
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run as current_flow_run
+from pydantic import Field
 
 from client import MKA1Client
 from client.models import FineTuningJob
+from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, MethodType, NEpochs, Seed
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.params import FineTuneParams
@@ -59,9 +61,51 @@ def _dataset_file(role: str, path: Path, upload: UploadedFile, validation: Valid
     )
 
 
+def _param(name: str) -> Any:
+    """A flow parameter's default and description, taken from ``FineTuneParams`` (their one home)."""
+    field = FineTuneParams.model_fields[name]
+    return Field(default=field.get_default(call_default_factory=True), description=field.description)
+
+
+# Built once: these are the signature's defaults (Prefect shows their descriptions in the run form).
+_P = {name: _param(name) for name in FineTuneParams.model_fields}
+
+
+# Every parameter is top-level (Prefect merges a deployment run's overrides key by key); the signature lists
+# FineTuneParams' fields in form order, and a test pins the two together.
 @flow(name="fine-tune", on_cancellation=[on_cancellation_hook], persist_result=False)
-def fine_tune(params: FineTuneParams) -> RunRecord:
-    """Fine-tune ``params.model`` on the dataset and return the run's record (also written to result.json)."""
+def fine_tune(
+    dataset_dir: Path | None = _P["dataset_dir"],
+    train_file: Path | None = _P["train_file"],
+    validation_file: Path | None = _P["validation_file"],
+    smoke_file: Path | None = _P["smoke_file"],
+    model: str = _P["model"],
+    method: MethodType = _P["method"],
+    n_epochs: NEpochs = _P["n_epochs"],
+    batch_size: BatchSize = _P["batch_size"],
+    learning_rate_multiplier: LearningRateMultiplier = _P["learning_rate_multiplier"],
+    beta: Beta | None = _P["beta"],
+    suffix: str | None = _P["suffix"],
+    seed: Seed | None = _P["seed"],
+    metadata: dict[str, str] = _P["metadata"],
+    smoke_prompts: list[SmokePrompt] = _P["smoke_prompts"],
+    smoke_max_output_tokens: int = _P["smoke_max_output_tokens"],
+    poll_interval_s: float = _P["poll_interval_s"],
+    poll_max_interval_s: float = _P["poll_max_interval_s"],
+    wait_timeout_s: float = _P["wait_timeout_s"],
+    output_dir: Path | None = _P["output_dir"],
+    state_dir: Path | None = _P["state_dir"],
+    fresh_job_if_failed: bool = _P["fresh_job_if_failed"],
+    base_url: str | None = _P["base_url"],
+    on_behalf_of: str | None = _P["on_behalf_of"],
+) -> RunRecord:
+    """Fine-tune ``model`` on the dataset and return the run's record (also written to result.json)."""
+    # locals() is exactly the arguments here; they are checked together (dataset_dir or train_file, beta
+    # only for DPO, metadata limits) before anything is read or uploaded.
+    return _fine_tune(FineTuneParams.from_arguments(dict(locals())))
+
+
+def _fine_tune(params: FineTuneParams) -> RunRecord:
     started = time.monotonic()
     started_at = datetime.now(UTC)
     log = runtime.run_logger()
@@ -70,10 +114,10 @@ def fine_tune(params: FineTuneParams) -> RunRecord:
     state_dir = params.state_dir or default_state_dir()
     flow_run_id = current_flow_run.get_id()
 
-    validation = validate_dataset_task(train_path, validation_path, n_epochs=params.hyperparameters.n_epochs)
+    validation = validate_dataset_task(train_path, validation_path, n_epochs=params.n_epochs)
 
     with (
-        open_connection(params.backend.base_url, params.backend.on_behalf_of) as conn,
+        open_connection(params.base_url, params.on_behalf_of) as conn,
         MKA1Client(conn.settings, transport=conn.transport) as client,
     ):
         log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
@@ -108,7 +152,7 @@ def fine_tune(params: FineTuneParams) -> RunRecord:
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
-            finished = wait_for_job_task(client, job_id, params.polling.policy())
+            finished = wait_for_job_task(client, job_id, params.poll_policy())
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)
             status = cancel_job(client, job_id, log)

@@ -6,9 +6,10 @@ Prefect-free on purpose: the CLI reads its defaults from these models while buil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from contract import wire
 from contract.hyperparameters import Hyperparameters, MethodType, Seed
@@ -21,49 +22,25 @@ if TYPE_CHECKING:
 TRAIN_NAMES = ("train.jsonl", "training.jsonl")
 VALIDATION_NAMES = ("validation.jsonl", "valid.jsonl", "val.jsonl")
 SMOKE_NAMES = ("smoke.jsonl",)
+NEED_TRAINING_DATA = "give dataset_dir (a folder with train.jsonl) or train_file; neither was set"
 
 
-class PollingSettings(BaseModel):
-    """How the wait stage polls the job."""
+class FineTuneParams(Hyperparameters):
+    """Inputs of the ``fine-tune`` flow, flat: each field is one top-level flow parameter.
 
-    model_config = ConfigDict(extra="forbid")
-
-    interval_s: float = Field(default=2.0, gt=0, description="First poll interval")
-    max_interval_s: float = Field(default=15.0, gt=0, description="Interval cap while nothing changes")
-    timeout_s: float = Field(default=3600.0, gt=0, description="Give up waiting after this long")
-
-    def policy(self) -> PollPolicy:
-        """The wait task's policy object."""
-        from tasks.wait import PollPolicy  # the wait module imports Prefect
-
-        return PollPolicy(
-            interval_s=self.interval_s,
-            max_interval_s=max(self.interval_s, self.max_interval_s),
-            timeout_s=self.timeout_s,
-        )
-
-
-class BackendOptions(BaseModel):
-    """Non-secret connection overrides; the API key only ever comes from the environment/settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = Field(
-        default=None, description="API root; set to use a remote MKA1 API instead of the embedded backend"
-    )
-    on_behalf_of: str | None = Field(default=None, description="End-user id sent as X-On-Behalf-Of")
-
-
-class FineTuneParams(BaseModel):
-    """Inputs of the ``fine-tune`` flow."""
+    Flat so that a deployment run overriding one parameter keeps the deployment's others (Prefect merges
+    top-level keys only). The hyperparameter fields are ``contract.hyperparameters.Hyperparameters``' own.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dataset_dir: Path | None = Field(
-        default=None, description="Folder with train.jsonl [validation.jsonl] [smoke.jsonl]"
+        default=None,
+        description="Folder with train.jsonl [validation.jsonl] [smoke.jsonl]; this or train_file is required",
     )
     train_file: Path | None = Field(
-        default=None, description="Training JSONL (overrides the dataset folder's)"
+        default=None,
+        description="Training JSONL (overrides the dataset folder's); this or dataset_dir is required",
     )
     validation_file: Path | None = Field(
         default=None, description="Validation JSONL (overrides the dataset folder's)"
@@ -72,16 +49,21 @@ class FineTuneParams(BaseModel):
         default=None, description="Smoke prompts JSONL (overrides the dataset folder's)"
     )
     model: str = Field(default="local:tiny-chat", min_length=1, description="Base model id")
+    method: MethodType = Field(default="supervised", description="Training method")
     suffix: str | None = Field(
         default=None, max_length=wire.MAX_SUFFIX_CHARS, description="Added to the fine-tuned model's name"
     )
     seed: Seed | None = Field(default=42, description="Training seed (part of the job's identity)")
-    method: MethodType = Field(default="supervised", description="Training method")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     metadata: dict[str, str] = Field(default_factory=dict, description="Extra job metadata (string pairs)")
-    polling: PollingSettings = Field(default_factory=PollingSettings)
+    poll_interval_s: float = Field(default=2.0, gt=0, description="First poll interval, seconds")
+    poll_max_interval_s: float = Field(
+        default=15.0, gt=0, description="Poll interval cap while nothing changes, seconds"
+    )
+    wait_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Give up waiting for the job after this long"
+    )
     smoke_prompts: list[SmokePrompt] = Field(
-        default_factory=list, description="Used in addition to the smoke file"
+        default_factory=list, description="Smoke prompts used in addition to the smoke file"
     )
     smoke_max_output_tokens: int = Field(
         default=32, ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP, description="Answer length of each smoke prompt"
@@ -96,7 +78,10 @@ class FineTuneParams(BaseModel):
         default=False,
         description="Create a new job when the previous job with the same inputs failed or was cancelled",
     )
-    backend: BackendOptions = Field(default_factory=BackendOptions)
+    base_url: str | None = Field(
+        default=None, description="API root; set to use a remote MKA1 API instead of the embedded backend"
+    )
+    on_behalf_of: str | None = Field(default=None, description="End-user id sent as X-On-Behalf-Of")
 
     @field_validator("metadata")
     @classmethod
@@ -110,10 +95,42 @@ class FineTuneParams(BaseModel):
     @model_validator(mode="after")
     def _need_training_data(self) -> FineTuneParams:
         if self.dataset_dir is None and self.train_file is None:
-            raise ValueError("give dataset_dir or train_file")
-        if self.hyperparameters.beta is not None and self.method != "dpo":
-            raise ValueError("hyperparameters.beta only applies to method 'dpo'")
+            raise ValueError(NEED_TRAINING_DATA)
+        if self.beta is not None and self.method != "dpo":
+            raise ValueError("beta only applies to method 'dpo'")
         return self
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> FineTuneParams:
+        """The flow's arguments checked together; a bad set raises one ValueError listing each problem."""
+        # Called with the flow function's own arguments: a direct ``fine_tune.fn(...)`` call still holds the
+        # ``Field`` placeholders of the signature, which stand for their defaults.
+        values = {
+            k: (v.get_default(call_default_factory=True) if isinstance(v, FieldInfo) else v)
+            for k, v in arguments.items()
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError("invalid fine-tune parameters: " + "; ".join(error_lines(exc))) from None
+
+    def flow_arguments(self, *, json: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``fine_tune(**...)`` (or, with ``json``, a deployment run's parameters)."""
+        return self.model_dump(mode="json" if json else "python")
+
+    def hyperparameters(self) -> Hyperparameters:
+        """Just the hyperparameters, as the contract type."""
+        return Hyperparameters.model_validate(self.model_dump(include=set(Hyperparameters.model_fields)))
+
+    def poll_policy(self) -> PollPolicy:
+        """The wait task's policy object."""
+        from tasks.wait import PollPolicy  # the wait module imports Prefect
+
+        return PollPolicy(
+            interval_s=self.poll_interval_s,
+            max_interval_s=max(self.poll_interval_s, self.poll_max_interval_s),
+            timeout_s=self.wait_timeout_s,
+        )
 
     def _from_dir(self, names: tuple[str, ...]) -> Path | None:
         if self.dataset_dir is None:
@@ -139,4 +156,14 @@ class FineTuneParams(BaseModel):
         """The wire ``method`` object."""
         from client.models import Method  # the client package imports httpx; the CLI parses without it
 
-        return Method.model_validate(self.hyperparameters.wire(self.method))
+        return Method.model_validate(self.wire(self.method))
+
+
+def error_lines(exc: ValidationError) -> list[str]:
+    """One ``field: message`` line per pydantic error (no URLs, no input echo)."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return lines

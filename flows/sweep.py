@@ -61,6 +61,10 @@ SelectMetric = Literal[
 ]
 
 
+# The fine-tune parameters a config may override (also the comparison's config columns after ``name``).
+OVERRIDABLE = ("model", "n_epochs", "learning_rate_multiplier", "batch_size", "seed", "suffix")
+
+
 class SweepConfig(BaseModel):
     """One point of the sweep; unset fields keep the base parameters' values."""
 
@@ -180,13 +184,7 @@ def _default_name(index: int, cfg: SweepConfig) -> str:
 def child_params(base: FineTuneParams, cfg: SweepConfig, output_dir: Path, sweep_name: str) -> FineTuneParams:
     """The config's ``fine-tune`` parameters (re-validated, so a bad combination fails here)."""
     data = base.model_dump()
-    hp = data["hyperparameters"]
-    for key in ("n_epochs", "learning_rate_multiplier", "batch_size"):
-        if getattr(cfg, key) is not None:
-            hp[key] = getattr(cfg, key)
-    for key in ("model", "seed", "suffix"):
-        if getattr(cfg, key) is not None:
-            data[key] = getattr(cfg, key)
+    data.update({key: getattr(cfg, key) for key in OVERRIDABLE if getattr(cfg, key) is not None})
     data["output_dir"] = output_dir / str(cfg.name)
     data["metadata"] = {**base.metadata, SWEEP_KEY: sweep_name[:512], CONFIG_KEY: str(cfg.name)}
     return FineTuneParams.model_validate(data)
@@ -194,20 +192,10 @@ def child_params(base: FineTuneParams, cfg: SweepConfig, output_dir: Path, sweep
 
 def _row_for(cfg: SweepConfig, params: FineTuneParams | None, base: FineTuneParams) -> SweepRow:
     p = params or base
-    hp = p.hyperparameters
-    return SweepRow(
-        name=str(cfg.name),
-        model=cfg.model or p.model,
-        n_epochs=cfg.n_epochs if cfg.n_epochs is not None else hp.n_epochs,
-        learning_rate_multiplier=(
-            cfg.learning_rate_multiplier
-            if cfg.learning_rate_multiplier is not None
-            else hp.learning_rate_multiplier
-        ),
-        batch_size=cfg.batch_size if cfg.batch_size is not None else hp.batch_size,
-        seed=cfg.seed if cfg.seed is not None else p.seed,
-        suffix=cfg.suffix if cfg.suffix is not None else p.suffix,
-    )
+    values = {
+        key: getattr(cfg, key) if getattr(cfg, key) is not None else getattr(p, key) for key in OVERRIDABLE
+    }
+    return SweepRow(name=str(cfg.name), **values)
 
 
 def _fill_from_result(row: SweepRow, result: RunRecord) -> SweepRow:
@@ -229,7 +217,9 @@ def error_text(state: State[Any]) -> str:
 
 
 def _run_subflow(row: SweepRow, params: FineTuneParams) -> SweepRow:
-    state = fine_tune.with_options(flow_run_name=f"sweep-{row.name}")(params, return_state=True)
+    state = fine_tune.with_options(flow_run_name=f"sweep-{row.name}")(
+        **params.flow_arguments(), return_state=True
+    )
     row.flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         return _fill_from_result(row, state.result())
@@ -243,7 +233,7 @@ def _run_via_deployment(row: SweepRow, params: FineTuneParams, deployment: str, 
     started = time.monotonic()
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: never the coroutine
         deployment,
-        parameters={"params": params.model_dump(mode="json")},
+        parameters=params.flow_arguments(json=True),
         flow_run_name=f"sweep-{row.name}",
         timeout=timeout_s,
         as_subflow=True,
@@ -381,9 +371,7 @@ def sweep(params: SweepParams) -> SweepResult:
         backend_env: dict[str, str] = {}
         if params.deployment is None:
             # One backend for the whole sweep; children reuse it instead of each starting their own.
-            conn = stack.enter_context(
-                open_connection(params.base.backend.base_url, params.base.backend.on_behalf_of)
-            )
+            conn = stack.enter_context(open_connection(params.base.base_url, params.base.on_behalf_of))
             if dask:
                 backend_env = _backend_env(conn)
             else:

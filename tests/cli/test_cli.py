@@ -111,13 +111,13 @@ def test_run_options_reach_the_parameters() -> None:
     )
     params = params_from_args(args)
     assert params.train_file == Path("t.jsonl") and params.method == "dpo" and params.seed == 0
-    assert params.hyperparameters.model_dump() == {
+    assert params.hyperparameters().model_dump() == {
         "n_epochs": 3,
         "batch_size": 8,
         "learning_rate_multiplier": "auto",
         "beta": 0.5,
     }
-    assert params.metadata == {"team": "x"} and params.polling.timeout_s == 9.0
+    assert params.metadata == {"team": "x"} and params.wait_timeout_s == 9.0
 
 
 def _walk(parser: Parser, path: str = "ftpipe") -> list[tuple[str, argparse.Action]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from flows.fine_tune import fine_tune
-from flows.params import FineTuneParams
 
 if __name__ == "__main__":
-    fine_tune(FineTuneParams.model_validate_json(Path(sys.argv[1]).read_text()))
+    # The file holds FineTuneParams.flow_arguments(json=True): the flow's own top-level parameters.
+    fine_tune(**json.loads(Path(sys.argv[1]).read_text()))

@@ -27,7 +27,7 @@ from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
 from client import ClientSettings, MKA1Client
 from flows.fine_tune import fine_tune
-from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings
+from flows.params import FineTuneParams
 from tasks.errors import DatasetInvalid
 from tasks.metrics import METRIC_COLUMNS
 from tests.pipeline.conftest import write_jsonl
@@ -63,11 +63,13 @@ def _params(dataset: Path, tmp_path: Path, user: str, epochs: int = 2, **kw: Any
         dataset_dir=dataset,
         model="local:micro-chat",
         seed=3,
-        hyperparameters=Hyperparameters(n_epochs=epochs),
+        n_epochs=epochs,
         output_dir=tmp_path / "out",
         state_dir=tmp_path / "state",
-        polling=PollingSettings(interval_s=0.2, max_interval_s=1.0, timeout_s=300),
-        backend=BackendOptions(on_behalf_of=user),
+        poll_interval_s=0.2,
+        poll_max_interval_s=1.0,
+        wait_timeout_s=300,
+        on_behalf_of=user,
         **kw,
     )
 
@@ -93,7 +95,7 @@ def test_flow_trains_and_rerun_creates_nothing(
     backend: RunningBackend, small_dataset: Path, tmp_path: Path
 ) -> None:
     params = _params(small_dataset, tmp_path, "e2e-happy")
-    state = fine_tune(params, return_state=True)
+    state = fine_tune(**params.flow_arguments(), return_state=True)
     result = state.result()
     assert result.status == "succeeded" and result.fine_tuned_model and result.trained_tokens
     assert result.smoke_passed is True
@@ -112,7 +114,7 @@ def test_flow_trains_and_rerun_creates_nothing(
     assert {"dataset-validation", "job", "job-progress", "checkpoints", "loss-curve", "smoke-test"} <= keys
 
     files, jobs = _lists(backend, "e2e-happy")
-    again = fine_tune(params)
+    again = fine_tune(**params.flow_arguments())
     assert _lists(backend, "e2e-happy")[0] == files
     assert [j.id for j in _lists(backend, "e2e-happy")[1]] == [j.id for j in jobs] == [result.job_id]
     assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
@@ -123,14 +125,14 @@ def test_bad_dataset_uploads_nothing(backend: RunningBackend, tmp_path: Path) ->
         tmp_path / "bad" / "train.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 12
     )
     with pytest.raises(DatasetInvalid) as info:
-        fine_tune(_params(bad.parent, tmp_path, "e2e-bad"))
+        fine_tune(**_params(bad.parent, tmp_path, "e2e-bad").flow_arguments())
     assert f"{bad}:1: messages:" in str(info.value)
     assert _lists(backend, "e2e-bad") == ([], [])
 
 
 def _spawn(params: FineTuneParams, tmp_path: Path) -> subprocess.Popen[bytes]:
     path = tmp_path / "params.json"
-    path.write_text(params.model_dump_json())
+    path.write_text(json.dumps(params.flow_arguments(json=True)))
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.pipeline._flow_child", str(path)],
@@ -164,7 +166,7 @@ def test_killed_run_reattaches_to_same_job(
         child.wait(30)
     state_jobs = json.loads((tmp_path / "state" / "jobs.json").read_text())
     assert [e["job_id"] for e in state_jobs.values()] == [job_id]
-    result = fine_tune(params)
+    result = fine_tune(**params.flow_arguments())
     assert result.job_id == job_id and result.job_attached and result.status == "succeeded"
     assert [j.id for j in _lists(backend, "e2e-kill")[1]] == [job_id]
 

@@ -24,7 +24,7 @@ from client.errors import BadRequestError
 from flows.backend_runtime import use_connection
 from flows.cancellation import on_cancellation_hook
 from flows.fine_tune import fine_tune
-from flows.params import FineTuneParams, PollingSettings
+from flows.params import FineTuneParams
 from tasks.create_job import record_job
 from tasks.errors import DatasetInvalid
 from tasks.record import RunRecord
@@ -44,7 +44,9 @@ def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
         suffix="t",
         output_dir=tmp_path / "out",
         state_dir=tmp_path / "state",
-        polling=PollingSettings(interval_s=0.01, max_interval_s=0.02, timeout_s=60),
+        poll_interval_s=0.01,
+        poll_max_interval_s=0.02,
+        wait_timeout_s=60,
         **kw,
     )
 
@@ -66,7 +68,7 @@ def test_flow_succeeds_then_rerun_reuses_everything(
 ) -> None:
     params = _params(dataset_dir, tmp_path)
     with use_connection(fake.connection()):
-        state = fine_tune(params, return_state=True)
+        state = fine_tune(**params.flow_arguments(), return_state=True)
         result = state.result()
         assert result.status == "succeeded" and result.smoke_passed is True
         # The answers the model gave travel in the result (the CLI prints the first one).
@@ -91,7 +93,7 @@ def test_flow_succeeds_then_rerun_reuses_everything(
         assert record.total_steps == fake.total_steps
         assert record.metric_definitions["train_loss"].step == 2  # the fake's last metrics event
 
-        again = fine_tune(params)
+        again = fine_tune(**params.flow_arguments())
     assert fake.count("POST", "/files") == 2 and fake.count("POST", "/fine_tuning/jobs") == 1
     assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
 
@@ -115,7 +117,7 @@ def test_bad_dataset_fails_before_upload(fake: FakeMKA1, tmp_path: Path) -> None
         tmp_path / "bad" / "train.jsonl", [{"messages": [{"role": "user", "content": "x"}]}] * 10
     )
     with use_connection(fake.connection()), pytest.raises(DatasetInvalid) as info:
-        fine_tune(_params(bad.parent, tmp_path))
+        fine_tune(**_params(bad.parent, tmp_path).flow_arguments())
     assert f"{bad}:1: messages:" in str(info.value)
     assert fake.calls == []
 
@@ -124,7 +126,7 @@ def test_keyboard_interrupt_cancels_remote_job(fake: FakeMKA1, dataset_dir: Path
     fake.timeline = ["running"] * 50
     fake.inject("GET", r"/fine_tuning/jobs/ftjob-[^/]+", exc=KeyboardInterrupt(), status=0)
     with use_connection(fake.connection()), pytest.raises(KeyboardInterrupt):
-        fine_tune(_params(dataset_dir, tmp_path))
+        fine_tune(**_params(dataset_dir, tmp_path).flow_arguments())
     (job,) = fake.jobs.values()
     assert job["status"] == "cancelled"
     assert fake.count("POST", f"/fine_tuning/jobs/{job['id']}/cancel") == 1
@@ -141,7 +143,7 @@ def test_on_cancellation_hook_cancels_jobs_of_that_flow_run(
     with fake.client() as c:
         record_job(params.state_dir, SERVER_ID, None, "k1", c.jobs.retrieve(mine), "flow-run-1")
         record_job(params.state_dir, SERVER_ID, None, "k2", c.jobs.retrieve(other), "flow-run-2")
-    flow_run = SimpleNamespace(id="flow-run-1", parameters={"params": params.model_dump(mode="json")})
+    flow_run = SimpleNamespace(id="flow-run-1", parameters=params.flow_arguments(json=True))
     with use_connection(fake.connection()):
         on_cancellation_hook(fine_tune, flow_run, None)
     assert fake.jobs[mine]["status"] == "cancelled" and fake.jobs[other]["status"] == "running"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from backend.launcher import RunningBackend
 from client import ClientSettings, MKA1Client
-from flows.params import BackendOptions, FineTuneParams, Hyperparameters, PollingSettings
+from flows.params import FineTuneParams
 from tasks.metrics import checkpoints_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +39,15 @@ def flow_params(
         dataset_dir=dataset,
         model="local:micro-chat",
         seed=7,
-        hyperparameters=Hyperparameters(n_epochs=epochs, batch_size=4),
+        n_epochs=epochs,
+        batch_size=4,
         output_dir=work / "out",
         state_dir=work / "state",
-        polling=PollingSettings(interval_s=0.2, max_interval_s=1.0, timeout_s=600),
-        backend=BackendOptions(base_url=rb.base_url, on_behalf_of=user),
+        poll_interval_s=0.2,
+        poll_max_interval_s=1.0,
+        wait_timeout_s=600,
+        base_url=rb.base_url,
+        on_behalf_of=user,
         **kw,
     )
 

@@ -36,7 +36,7 @@ def test_flow_succeeds_under_faults_without_duplicates(
 ) -> None:
     data = small_dataset(tmp_path / "ds")
     before = fault_stats(faulty_backend)
-    result = fine_tune(flow_params(data, tmp_path, faulty_backend, "faults-flow"))
+    result = fine_tune(**flow_params(data, tmp_path, faulty_backend, "faults-flow").flow_arguments())
     after = fault_stats(faulty_backend)
 
     assert result.status == "succeeded" and result.fine_tuned_model

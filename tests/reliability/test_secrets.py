@@ -87,7 +87,9 @@ def test_key_never_leaks(
     for name in ("httpx", "httpcore", "prefect", "backend", "ftpipe"):
         caplog.set_level(logging.DEBUG, logger=name)
     data = small_dataset(tmp_path / "ds")
-    ok = fine_tune(flow_params(data, tmp_path / "ok", canary_backend, USER), return_state=True)
+    ok = fine_tune(
+        **flow_params(data, tmp_path / "ok", canary_backend, USER).flow_arguments(), return_state=True
+    )
     result = ok.result()
     assert result.status == "succeeded"
 
@@ -97,7 +99,7 @@ def test_key_never_leaks(
     bad_params = flow_params(data, tmp_path / "bad", canary_backend, USER).model_copy(
         update={"model": f"local:{empty_model}", "smoke_prompts": []}
     )
-    failed = fine_tune(bad_params, return_state=True)
+    failed = fine_tune(**bad_params.flow_arguments(), return_state=True)
     assert failed.is_failed()
     with pytest.raises(Exception) as info:
         failed.result()

@@ -41,8 +41,11 @@ def base_params(dataset: Path, tmp: Path, **overrides: object) -> dict[str, obje
     data: dict[str, object] = {
         "dataset_dir": str(dataset),
         "model": "local:micro-chat",
-        "hyperparameters": {"n_epochs": 1, "batch_size": 4},
-        "polling": {"interval_s": 0.3, "max_interval_s": 1.0, "timeout_s": 300},
+        "n_epochs": 1,
+        "batch_size": 4,
+        "poll_interval_s": 0.3,
+        "poll_max_interval_s": 1.0,
+        "wait_timeout_s": 300,
         "state_dir": str(tmp / "state"),
         "output_dir": str(tmp / "out"),
     }

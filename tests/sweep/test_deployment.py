@@ -32,7 +32,7 @@ def test_served_deployment_run_completes(backend: RunningBackend, tiny_dataset: 
     # Schedule first, then let the runner execute what is due once (in a subprocess, like a worker would).
     params = base_params(tiny_dataset, tmp_path, seed=31)
     scheduled: FlowRun = run_deployment(  # type: ignore[assignment]
-        "fine-tune/served-test", parameters={"params": params}, timeout=0, as_subflow=False
+        "fine-tune/served-test", parameters=params, timeout=0, as_subflow=False
     )
     asyncio.run(runner.start(run_once=True))
 

@@ -49,8 +49,8 @@ def test_child_params_override_only_the_set_fields(tmp_path: Path) -> None:
     base = FineTuneParams.model_validate(base_params(tmp_path, tmp_path, metadata={"team": "x"}))
     cfg = SweepConfig(name="c1", learning_rate_multiplier=0.25, seed=7)
     child = child_params(base, cfg, tmp_path / "sweep", "s1")
-    assert child.hyperparameters.learning_rate_multiplier == 0.25
-    assert child.hyperparameters.n_epochs == 1 and child.hyperparameters.batch_size == 4
+    assert child.learning_rate_multiplier == 0.25
+    assert child.n_epochs == 1 and child.batch_size == 4
     assert child.seed == 7 and child.model == "local:micro-chat"
     assert child.output_dir == tmp_path / "sweep" / "c1"
     assert child.metadata == {"team": "x", "ftpipe_sweep": "s1", "ftpipe_sweep_config": "c1"}
