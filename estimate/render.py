@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from estimate.core import Budget, JobEstimate, Totals
+from estimate.core import Budget, EstimateVsActual, JobEstimate, Totals
 
 
 def money(amount: float | None, currency: str | None) -> str:
@@ -83,3 +83,30 @@ def totals_line(total: Totals) -> str:
         f"sweep estimate: {total.tokens:,} trained tokens over {total.jobs} jobs, "
         f"cost {money(total.cost, total.currency)}"
     )
+
+
+def _error(value: float | None) -> str:
+    return "" if value is None else f", {value:+.1%}"
+
+
+def vs_actual_rows(e: EstimateVsActual) -> list[tuple[str, str]]:
+    """The estimate beside what the job reported: tokens, cost and training time."""
+    actual = "unknown" if e.actual_tokens is None else f"{e.actual_tokens:,}"
+    out = [("estimated tokens", f"{e.estimated_tokens:,} (actual {actual}{_error(e.token_error)})")]
+    if e.price_per_million_tokens is not None:
+        out.append(
+            (
+                "cost",
+                f"estimated {money(e.estimated_cost, e.currency)}, actual {money(e.actual_cost, e.currency)}"
+                f" at {money(e.price_per_million_tokens, e.currency)} per 1M ({e.price_source})",
+            )
+        )
+    if e.estimated_duration_s is not None or e.actual_duration_s is not None:
+        measured = "unknown" if e.actual_duration_s is None else f"{e.actual_duration_s:.0f} s"
+        out.append(
+            (
+                "training time",
+                f"estimated {duration(e.estimated_duration_s)}, actual {measured}{_error(e.duration_error)}",
+            )
+        )
+    return out

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from estimate.core import EstimateVsActual
+
 RECORD_VERSION = 1
 
 
@@ -92,7 +94,7 @@ class RunRecord(BaseModel):
     )
     # Filled by later stages when they ran: the eval stage's summary and the pre-launch estimate.
     evaluation: dict[str, Any] | None = None
-    estimate: dict[str, Any] | None = None
+    estimate: EstimateVsActual | None = None
     tracking: TrackingRef | None = None
 
     @property

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from estimate.render import vs_actual_rows
+
 if TYPE_CHECKING:  # type-only: the stage modules import this one
     import pandas as pd
 
@@ -178,6 +180,7 @@ def run_summary_rows(record: RunRecord) -> list[tuple[str, str]]:
         ("fine-tuned model", str(record.fine_tuned_model)),
         *((name, f"{value:.4f}") for name, value in record.final_metrics.items()),
         ("trained tokens", str(record.trained_tokens)),
+        *(vs_actual_rows(record.estimate) if record.estimate else []),
         ("training file", record.training_file_id + (" (reused)" if record.training.reused else "")),
         ("validation file", _validation_file(record)),
         ("attached to existing job", _yes_no(record.job_attached)),

@@ -194,3 +194,28 @@ def test_smoke_rows_and_failures() -> None:
     }
     assert report.smoke_failures(cases) == ["'colour?': missing ['blue']", f"{'x' * 40!r}: empty output"]
     assert report.smoke_failures([SmokeCase("ok", "fine", 0.1)]) == []
+
+
+def test_run_summary_shows_the_estimate_beside_the_actuals() -> None:
+    estimate = {
+        "model": "local:micro-chat",
+        "counter": "tokenizer of local:micro-chat",
+        "exact": True,
+        "n_epochs": 2,
+        "estimated_tokens": 1234,
+        "actual_tokens": 1234,
+        "token_error": 0.0,
+        "currency": "EUR",
+        "price_per_million_tokens": 2.5,
+        "price_source": "API cluster_default",
+        "estimated_cost": 0.003085,
+        "actual_cost": 0.003085,
+        "estimated_duration_s": 50.0,
+        "actual_duration_s": 40.0,
+        "duration_error": 0.25,
+    }
+    rows = dict(report.run_summary_rows(_record(estimate=estimate)))
+    assert rows["estimated tokens"] == "1,234 (actual 1,234, +0.0%)"
+    assert rows["cost"] == "estimated 0.00 EUR, actual 0.00 EUR at 2.50 EUR per 1M (API cluster_default)"
+    assert rows["training time"] == "estimated ~50 s, actual 40 s, +25.0%"
+    assert "estimated tokens" not in dict(report.run_summary_rows(_record()))
