@@ -1,4 +1,4 @@
-.PHONY: setup run test lint format bench
+.PHONY: setup run test lint format bench wheel-smoke
 setup:
 	bash scripts/setup.sh
 run:
@@ -11,3 +11,5 @@ format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 bench:
 	.venv/bin/python -m bench
+wheel-smoke:
+	bash scripts/wheel_smoke.sh
