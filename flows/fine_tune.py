@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
@@ -19,9 +20,11 @@ from client.models import FineTuningJob
 from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, MethodType, NEpochs, Seed
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
+from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.params import FineTuneParams
 from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
+from tasks.errors import JobFailed
 from tasks.metrics import collect_metrics_task
 from tasks.record import DatasetFile, RunRecord
 from tasks.smoke import smoke_test_task
@@ -61,6 +64,27 @@ def _dataset_file(role: str, path: Path, upload: UploadedFile, validation: Valid
     )
 
 
+def _known_params(params: FineTuneParams, train: Path, validation: Path | None) -> dict[str, str]:
+    """Params fixed before the job exists (the record adds the rest); the same strings the record logs."""
+    known: dict[str, object] = {
+        "base_model": params.model,
+        "method": params.method,
+        "seed": params.seed,
+        "suffix": params.suffix,
+        "training_file": train.absolute(),
+        "validation_file": validation.absolute() if validation else None,
+    }
+    return {k: str(v) for k, v in known.items() if v is not None}
+
+
+def _flow_run_name() -> str:
+    """The run's name from its config, e.g. ``tiny-chat-support-bot-s42``."""
+    given = current_flow_run.get_parameters()
+    model = given.get("model") or FineTuneParams.model_fields["model"].default
+    seed = given["seed"] if "seed" in given else FineTuneParams.model_fields["seed"].default
+    return run_name(str(model), given.get("suffix"), seed)
+
+
 def _param(name: str) -> Any:
     """A flow parameter's default and description, taken from ``FineTuneParams`` (their one home)."""
     field = FineTuneParams.model_fields[name]
@@ -73,7 +97,12 @@ _P = {name: _param(name) for name in FineTuneParams.model_fields}
 
 # Every parameter is top-level (Prefect merges a deployment run's overrides key by key); the signature lists
 # FineTuneParams' fields in form order, and a test pins the two together.
-@flow(name="fine-tune", on_cancellation=[on_cancellation_hook], persist_result=False)
+@flow(
+    name="fine-tune",
+    flow_run_name=_flow_run_name,
+    on_cancellation=[on_cancellation_hook],
+    persist_result=False,
+)
 def fine_tune(
     dataset_dir: Path | None = _P["dataset_dir"],
     train_file: Path | None = _P["train_file"],
@@ -88,6 +117,7 @@ def fine_tune(
     suffix: str | None = _P["suffix"],
     seed: Seed | None = _P["seed"],
     metadata: dict[str, str] = _P["metadata"],
+    integrations: list[dict[str, Any]] = _P["integrations"],
     smoke_prompts: list[SmokePrompt] = _P["smoke_prompts"],
     smoke_max_output_tokens: int = _P["smoke_max_output_tokens"],
     poll_interval_s: float = _P["poll_interval_s"],
@@ -102,10 +132,24 @@ def fine_tune(
     """Fine-tune ``model`` on the dataset and return the run's record (also written to result.json)."""
     # locals() is exactly the arguments here; they are checked together (dataset_dir or train_file, beta
     # only for DPO, metadata limits) before anything is read or uploaded.
-    return _fine_tune(FineTuneParams.from_arguments(dict(locals())))
+    params = FineTuneParams.from_arguments(dict(locals()))
+    experiment = ExperimentRun.prepare(
+        model=params.model, flow_run_id=current_flow_run.get_id(), warn=runtime.run_logger().warning
+    )
+    try:
+        return _fine_tune(params, experiment)
+    except JobFailed as exc:
+        experiment.ended_without_success(exc.job_id, exc.status, str(exc))
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
+        experiment.ended_without_success(experiment.job_id, "cancelled", "the flow run was interrupted")
+        raise
+    except BaseException as exc:
+        experiment.ended_without_success(experiment.job_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
 
 
-def _fine_tune(params: FineTuneParams) -> RunRecord:
+def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
     started = time.monotonic()
     started_at = datetime.now(UTC)
     log = runtime.run_logger()
@@ -115,6 +159,16 @@ def _fine_tune(params: FineTuneParams) -> RunRecord:
     flow_run_id = current_flow_run.get_id()
 
     validation = validate_dataset_task(train_path, validation_path, n_epochs=params.n_epochs)
+    experiment.begin(
+        name=current_flow_run.get_name() or run_name(params.model, params.suffix, params.seed),
+        tags=run_tags(
+            params.model,
+            params.method,
+            dataset_label(params.dataset_dir, train_path),
+            current_deployment.get_name(),
+        ),
+        params=_known_params(params, train_path, validation_path),
+    )
 
     with (
         open_connection(params.base_url, params.on_behalf_of) as conn,
@@ -138,6 +192,7 @@ def _fine_tune(params: FineTuneParams) -> RunRecord:
             method=params.job_method(),
             suffix=params.suffix,
             seed=params.seed,
+            integrations=list(params.integrations),
         )
         handle = create_job_task(
             client,
@@ -149,10 +204,11 @@ def _fine_tune(params: FineTuneParams) -> RunRecord:
             fresh_if_dead=params.fresh_job_if_failed,
         )
         job_id = handle.job.id
+        experiment.job_created(job_id)
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
-            finished = wait_for_job_task(client, job_id, params.poll_policy())
+            finished = wait_for_job_task(client, job_id, params.poll_policy(), on_events=experiment.observe)
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)
             status = cancel_job(client, job_id, log)
@@ -223,6 +279,7 @@ def _fine_tune(params: FineTuneParams) -> RunRecord:
         smoke_answers=smoke_answers,
     )
     result_path.write_text(result.to_json(), encoding="utf-8")
+    result = experiment.succeeded(result, metrics.checkpoint_values)
     runtime.markdown(
         report.run_summary_markdown(result),
         key=runtime.artifact_key("fine-tune-result"),

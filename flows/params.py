@@ -55,6 +55,10 @@ class FineTuneParams(Hyperparameters):
     )
     seed: Seed | None = Field(default=42, description="Training seed (part of the job's identity)")
     metadata: dict[str, str] = Field(default_factory=dict, description="Extra job metadata (string pairs)")
+    integrations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='Passed to the job as is, e.g. [{"type": "wandb", "wandb": {"project": "support"}}]',
+    )
     poll_interval_s: float = Field(default=2.0, gt=0, description="First poll interval, seconds")
     poll_max_interval_s: float = Field(
         default=15.0, gt=0, description="Poll interval cap while nothing changes, seconds"

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class JobSpec:
     method: Method
     suffix: str | None
     seed: int | None
+    # Where the server also reports the job (e.g. Weights & Biases); not part of the job's identity.
+    integrations: list[dict[str, Any]] = field(default_factory=list)
 
     def idempotency_key(self) -> str:
         """sha256 over the canonical JSON of the inputs."""
@@ -161,6 +163,7 @@ def create_job_task(
                 method=spec.method,
                 hyperparameters=None,
                 metadata=tags,
+                integrations=spec.integrations or None,
             )
         )
     record_job(state_dir, server_id, obo, key, job, flow_run_id)

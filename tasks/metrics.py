@@ -44,6 +44,7 @@ class MetricsResult:
     files: dict[str, Path] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
     definitions: dict[str, MetricDefinition] = field(default_factory=dict)
+    checkpoint_values: dict[int, dict[str, float]] = field(default_factory=dict)
     total_steps: int | None = None
     n_checkpoints: int = 0
     n_events: int = 0
@@ -89,6 +90,15 @@ def checkpoints_frame(checkpoints: list[FineTuningJobCheckpoint]) -> pd.DataFram
     frame["model"] = frame["model"].astype("string")
     frame.insert(2, "created_at", _ts([ck.created_at for ck in checkpoints]))
     return frame.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def checkpoint_values(checkpoints: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """Each checkpoint's reported metrics by step (NaN left out)."""
+    out: dict[int, dict[str, float]] = {}
+    for record in checkpoints.dropna(subset=["step"]).to_dict("records"):
+        values = {n: float(record[n]) for n in METRIC_COLUMNS if not pd.isna(record[n])}
+        out[int(record["step"])] = values
+    return out
 
 
 def metrics_frame(events: list[FineTuningJobEvent]) -> pd.DataFrame:
@@ -272,6 +282,7 @@ def collect_metrics_task(client: MKA1Client, job_id: str, output_dir: Path) -> M
         files=files,
         final_metrics=finals,
         definitions=definitions,
+        checkpoint_values=checkpoint_values(ck),
         total_steps=int(totals.iloc[-1]) if len(totals) else None,
         n_checkpoints=len(ck),
         n_events=len(events),

@@ -79,8 +79,12 @@ def wait_for_job_task(
     *,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_events: Callable[[FineTuningJob, list[FineTuningJobEvent]], None] | None = None,
 ) -> FineTuningJob:
-    """Poll ``job_id`` until succeeded|failed|cancelled; raise ``JobFailed`` / ``JobTimeout`` otherwise."""
+    """Poll ``job_id`` until succeeded|failed|cancelled; raise ``JobFailed`` / ``JobTimeout`` otherwise.
+
+    ``on_events`` sees each poll's new events (oldest first) as they arrive: live metrics and curves.
+    """
     policy = policy or PollPolicy()
     log = runtime.run_logger()
     log.info(
@@ -135,6 +139,11 @@ def wait_for_job_task(
             _echo(log, job_id, event)
             progress.absorb(event)
             since_id = event.id
+        if events and on_events is not None:
+            try:
+                on_events(job, events)
+            except Exception:
+                log.debug("event observer failed", exc_info=True)  # an observer never fails the wait
         status_changed = job.status != last_status
         changed = bool(events) or status_changed
         if status_changed:

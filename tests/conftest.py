@@ -18,6 +18,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Never let a developer's real credentials leak into tests.
 os.environ.pop("MKA1_API_KEY", None)
 os.environ.pop("MKA1_BASE_URL", None)
+# Experiment tracking off unless a test turns it on (tests/tracking): no writes to the user's MLflow store,
+# and no MLflow import costing every flow test seconds.
+os.environ["FTPIPE_TRACKING_ENABLED"] = "false"
+for _name in ("FTPIPE_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,7 @@ class Tracker:
         self._run_id: str | None = None
         self._logged_params: dict[str, str] = {}
         self._off: str | None = None
+        self.started = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._work, name="ftpipe-tracking", daemon=True)
         self._thread.start()
@@ -143,6 +144,7 @@ class Tracker:
         parent_run_id: str | None = None,
     ) -> None:
         """Create the run (in the background) with its name, tags and the params known up front."""
+        self.started = True
         all_tags = {**(tags or {}), "mlflow.runName": run_name}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -189,15 +191,17 @@ class Tracker:
         self._submit(lambda: self._with_run(lambda c, r: c.set_terminated(r, status=status)))
         self._ops.put(None)
         self._done.wait(wait_s)
-        if not self._done.is_set() and self._off is None:
+        if not self._done.is_set() and self._off is None and self.started:
             self._turn_off(f"still writing after {wait_s:.0f}s; the rest is dropped")
         return self.run
 
-    def flush(self, wait_s: float = 10.0) -> None:
-        """Wait until everything queued so far is written (tests; the run itself never needs to)."""
+    def flush(self, wait_s: float = 10.0) -> bool:
+        """Wait up to ``wait_s`` until everything queued so far is written; False if it was not."""
+        if self._off is not None:
+            return False
         written = threading.Event()
         self._submit(written.set)
-        written.wait(wait_s)
+        return written.wait(wait_s)
 
     # --- background side -----------------------------------------------------------------------------------
     def _submit(self, op: Callable[[], None]) -> None:

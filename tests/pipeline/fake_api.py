@@ -171,6 +171,7 @@ class FakeMKA1:
             "seed": body.get("seed"),
             "suffix": body.get("suffix"),
             "metadata": body.get("metadata"),
+            "integrations": body.get("integrations"),
             "result_files": [],
             "trained_tokens": None,
             "error": None,

@@ -13,7 +13,9 @@ from tracking.tracker import Point, Tracker, open_client
 
 
 def _target(tmp_path: Path, **kw: object) -> TrackingTarget:
-    settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", flush_interval_s=0.05, **kw)
+    settings = TrackingSettings(
+        enabled=True, uri=f"sqlite:///{tmp_path / 'mlflow.db'}", flush_interval_s=0.05, **kw
+    )
     target = resolve_target(settings)
     assert target is not None
     return target
@@ -31,7 +33,7 @@ def test_points_params_tags_and_artifacts_land_in_the_store(tmp_path: Path) -> N
     tracker = Tracker(target, warn=warnings.append)
     tracker.start(run_name="tiny-chat-s42", tags={"model": "local:tiny-chat"}, params={"seed": "42"})
     tracker.log_points(Point("train_loss", 3.0 - s / 10, s, 1_700_000_000_000 + s) for s in (10, 20))
-    tracker.flush()
+    assert tracker.flush(wait_s=120)
     client = open_client(target)
     run = tracker.run
     assert run is not None and run.tracking_uri == target.uri
@@ -55,7 +57,11 @@ def test_points_params_tags_and_artifacts_land_in_the_store(tmp_path: Path) -> N
 def test_unreachable_server_warns_once_and_never_blocks(tmp_path: Path) -> None:
     target = resolve_target(
         TrackingSettings(
-            uri=f"http://127.0.0.1:{_free_port()}", flush_interval_s=0.05, timeout_s=1, max_retries=0
+            enabled=True,
+            uri=f"http://127.0.0.1:{_free_port()}",
+            flush_interval_s=0.05,
+            timeout_s=1,
+            max_retries=0,
         )
     )
     assert target is not None
@@ -74,10 +80,10 @@ def test_unreachable_server_warns_once_and_never_blocks(tmp_path: Path) -> None:
 
 def test_disabled_and_secret_free_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_target(TrackingSettings(enabled=False)) is None
-    target = resolve_target(TrackingSettings(uri="https://user:pw@mlflow.example.com:5000"))
+    target = resolve_target(TrackingSettings(enabled=True, uri="https://user:pw@mlflow.example.com:5000"))
     assert target is not None and target.display_uri == "https://mlflow.example.com:5000"
     monkeypatch.setenv("MKA1_BASE_URL", "https://gw.example.com/api/v1/llm")
     monkeypatch.setenv("MKA1_API_KEY", "sk-secret")
-    mka1 = resolve_target(TrackingSettings(uri="mka1"))
+    mka1 = resolve_target(TrackingSettings(enabled=True, uri="mka1"))
     assert mka1 is not None and mka1.uri == "https://gw.example.com"
     assert mka1.token is not None and "sk-secret" not in repr(mka1)
