@@ -88,6 +88,7 @@ class WorkerPool:
         """Ask workers to stop (running jobs checkpoint and re-queue), then terminate stragglers."""
         self._stopping.set()
         self._stop.set()
+        log.info("asked %d worker(s) to stop: running jobs save a checkpoint and re-queue", len(self._procs))
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in self._procs:
             proc.join(max(0.0, deadline - time.monotonic()))

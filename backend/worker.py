@@ -149,25 +149,36 @@ class JobCallbacks:
                 )
 
     def control(self) -> ControlSignal:
-        """pause/cancel requested through the API (read at most every 0.2 s), or backend shutdown."""
+        """pause/cancel requested through the API (read at most every 0.2 s), or backend shutdown.
+
+        Called before every step. A dead API process and a shutdown request are checked on every call (both
+        are cheap), so neither lets the job run on for another polling interval.
+        """
+        _exit_if_orphaned(self._parent_pid)
         t = time.monotonic()
-        if t - self._last_poll < CONTROL_POLL_S or self._signal == "cancel":
-            return self._signal
-        self._last_poll = t
-        if os.getppid() != self._parent_pid:
-            # The API process died: stop writing at once; the next backend re-queues this job.
-            os._exit(0)
-        row = self.db.one("SELECT status, control FROM jobs WHERE id=?", (self.job["id"],))
-        if row is None or row["status"] != "running" or row["control"] == "cancel":
-            self._signal = "cancel"
-        elif row["control"] == "pause":
-            self._signal = "pause"
-        elif self._stop.is_set():
+        if t - self._last_poll >= CONTROL_POLL_S and self._signal != "cancel":
+            self._last_poll = t
+            row = self.db.one("SELECT status, control FROM jobs WHERE id=?", (self.job["id"],))
+            if row is None or row["status"] != "running" or row["control"] == "cancel":
+                self._signal = "cancel"
+            elif row["control"] == "pause":
+                self._signal = "pause"
+            else:
+                self._signal = "continue"
+        if self._signal == "continue" and self._stop.is_set():
             self.shutdown_requested = True
-            self._signal = "pause"
-        else:
-            self._signal = "continue"
+            return "pause"
         return self._signal
+
+
+def _exit_if_orphaned(parent_pid: int) -> None:
+    """Exit at once, writing nothing more, when the API process that started this worker is gone.
+
+    The job stays ``running`` in SQLite: the next backend re-queues it and resumes it from its last
+    checkpoint ("Resumed after backend restart"). An orphan that went on would race that backend.
+    """
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 def _run(
@@ -186,10 +197,12 @@ def _run(
         spec = _spec(db, layout, job, metrics_every, max_steps)
         outcome: TrainingOutcome = train(spec, callbacks)
     except TrainingError as exc:
+        _exit_if_orphaned(parent_pid)
         fail(db, job_id, exc.code, exc.message, exc.param, expect=("running",))
         return
     except Exception as exc:
         log.exception("training of %s crashed", job_id)
+        _exit_if_orphaned(parent_pid)
         fail(
             db,
             job_id,
@@ -198,6 +211,9 @@ def _run(
             expect=("running",),
         )
         return
+    # The outcome is the API process's to record: a worker whose backend died meanwhile leaves the job
+    # running for the next backend to resume, even when training just finished.
+    _exit_if_orphaned(parent_pid)
     hp = json.loads(job["hyperparameters"])
     hp.update({k: v for k, v in outcome.resolved_hyperparameters.items() if k in hp})
     if outcome.status == "succeeded":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from backend_testkit import TERMINAL, wait_for
 
 from backend.launcher import RunningBackend
+from tests.backend_workers import frozen_when
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,9 @@ def test_upload_list_retrieve(sdk: openai.OpenAI, train_file: Path) -> None:
     assert sdk.files.content(f.id).read() == train_file.read_bytes()
 
 
-def test_pause_resume_to_success_then_responses(sdk: openai.OpenAI, train_file: Path) -> None:
+def test_pause_resume_to_success_then_responses(
+    sdk: openai.OpenAI, backend: RunningBackend, train_file: Path
+) -> None:
     with train_file.open("rb") as fh:
         f = sdk.files.create(file=fh, purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(
@@ -46,9 +50,17 @@ def test_pause_resume_to_success_then_responses(sdk: openai.OpenAI, train_file: 
     )
     assert job.status == "validating_files"
     _status(sdk, job.id, {"running"})
-    # wait for some progress so the pause has a real step to stop at
-    wait_for(lambda: any(e.type == "metrics" for e in sdk.fine_tuning.jobs.list_events(job.id, limit=50)))
-    paused = sdk.fine_tuning.jobs.pause(job.id)
+
+    def events() -> list[Any]:
+        return list(sdk.fine_tuning.jobs.list_events(job.id, limit=50))
+
+    # Wait for some progress so the pause has a real step to stop at. The worker is held still until the
+    # server has recorded the pause request, so the job cannot finish before it.
+    with ThreadPoolExecutor(1) as pool:
+        with frozen_when(backend, lambda: any(e.type == "metrics" for e in events())):
+            pausing = pool.submit(sdk.fine_tuning.jobs.pause, job.id)  # answers once the worker stopped
+            wait_for(lambda: any(e.message.startswith("Pause requested") for e in events()))
+        paused = pausing.result()
     if paused.status != "paused":
         paused = _status(sdk, job.id, {"paused"} | TERMINAL)
     assert paused.status == "paused"
@@ -74,14 +86,15 @@ def test_pause_resume_to_success_then_responses(sdk: openai.OpenAI, train_file: 
     assert resp.usage is not None and resp.usage.output_tokens > 0
 
 
-def test_cancel_running_job(sdk: openai.OpenAI, train_file: Path) -> None:
+def test_cancel_running_job(sdk: openai.OpenAI, backend: RunningBackend, train_file: Path) -> None:
     with train_file.open("rb") as fh:
         f = sdk.files.create(file=fh, purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(
         model="local:micro-chat", training_file=f.id, hyperparameters={"n_epochs": 30, "batch_size": 1}
     )
-    _status(sdk, job.id, {"running"})
-    cancelled = sdk.fine_tuning.jobs.cancel(job.id)
+    # the worker is held still until the cancel landed, so the job cannot finish first
+    with frozen_when(backend, lambda: sdk.fine_tuning.jobs.retrieve(job.id).status == "running"):
+        cancelled = sdk.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(openai.ConflictError):
         sdk.fine_tuning.jobs.cancel(job.id)

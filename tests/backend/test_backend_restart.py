@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from backend_testkit import TERMINAL, Api, wait_for
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
+from tests.backend_workers import frozen_when
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +47,17 @@ def test_kill_mid_training_then_restart(own_backend: RunningBackend, train_file:
     short_done = api.wait_status(short["id"], TERMINAL)
     assert short_done["status"] == "succeeded"
     long_job = api.create_job(api.upload(train_file)["id"], n_epochs=10, batch_size=1)
-    # kill once the job has a checkpoint (end of epoch 1) so there is something to resume from
-    wait_for(lambda: any(e["message"].startswith("Checkpoint saved") for e in api.events(long_job["id"])))
-    before = _snapshot(api)
-    assert api.job(long_job["id"])["status"] == "running"
-    own_backend.kill()
+
+    def checkpointed() -> bool:
+        return any(e["message"].startswith("Checkpoint saved") for e in api.events(long_job["id"]))
+
+    # Kill once the job has a checkpoint (end of epoch 1) so there is something to resume from. Its worker
+    # is held still until the server is dead, so the job cannot finish first; released, the orphaned worker
+    # sees its server gone and exits without writing.
+    with frozen_when(own_backend, checkpointed):
+        before = _snapshot(api)
+        assert api.job(long_job["id"])["status"] == "running"
+        own_backend.kill()
     own_backend.start()
 
     after = _snapshot(api)
@@ -77,9 +85,21 @@ def test_kill_mid_training_then_restart(own_backend: RunningBackend, train_file:
 def test_graceful_restart_requeues_running_job(own_backend: RunningBackend, train_file: Path) -> None:
     api = Api(own_backend)
     job = api.create_job(api.upload(train_file)["id"], n_epochs=6, batch_size=1)
-    wait_for(lambda: any(e["type"] == "metrics" for e in api.events(job["id"])))
-    own_backend.restart()
+    stop = threading.Thread(target=own_backend.stop)  # SIGTERM, then waits for the server to exit
+    with frozen_when(own_backend, lambda: any(e["type"] == "metrics" for e in api.events(job["id"]))):
+        assert api.job(job["id"])["status"] == "running"
+        asked = _stop_requests(own_backend)
+        stop.start()
+        # The worker moves again only once the server has asked it to stop, so it cannot finish first.
+        wait_for(lambda: _stop_requests(own_backend) > asked, timeout=60)
+    stop.join()
+    own_backend.start()
     done = api.wait_status(job["id"], TERMINAL)
     assert done["status"] == "succeeded", done["error"]
     messages = [e["message"] for e in api.events(job["id"])]
     assert any("job re-queued to resume" in m or m == "Resumed after backend restart" for m in messages)
+
+
+def _stop_requests(rb: RunningBackend) -> int:
+    """How often the server logged asking its workers to stop (backend/pool.py, after setting the event)."""
+    return rb.log_path.read_text(encoding="utf-8", errors="replace").count("worker(s) to stop")

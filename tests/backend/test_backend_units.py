@@ -214,3 +214,42 @@ def test_backend_modules_import_no_cycle() -> None:
 
     for name in sorted(graph):
         assert cycle_from(name, [name]) is None, " -> ".join(cycle_from(name, [name]) or [])
+
+
+class _Exited(Exception):
+    """Stands in for os._exit inside the test process."""
+
+
+def test_worker_sees_shutdown_and_a_dead_server_before_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither waits for the 0.2 s DB poll, and an orphaned worker writes nothing more (not even an outcome)."""
+    from multiprocessing import Event
+    from types import SimpleNamespace
+
+    from backend import worker
+    from backend.trainer.spec import TrainingOutcome
+
+    def exit_(code: int) -> None:
+        raise _Exited(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+    reads: list[object] = []
+    db = SimpleNamespace(
+        one=lambda sql, params: reads.append(params) or {"status": "running", "control": "continue"}
+    )
+    job = {"id": "ftjob_1", "owner": "o", "model": "local:micro-chat", "suffix": None}
+    stop = Event()
+    alive = worker.JobCallbacks(db, job, parent_pid=os.getppid(), stop=stop)  # type: ignore[arg-type]
+    assert alive.control() == "continue" and len(reads) == 1
+    stop.set()  # the server is shutting down: the very next step pauses (no DB read in between)
+    assert alive.control() == "pause" and alive.shutdown_requested and len(reads) == 1
+
+    orphan = worker.JobCallbacks(db, job, parent_pid=-1, stop=Event())  # type: ignore[arg-type]
+    with pytest.raises(_Exited):
+        orphan.control()
+    assert len(reads) == 1
+
+    # Training finished just as the server died: the outcome is left for the next backend (no DB access).
+    monkeypatch.setattr(worker, "_spec", lambda *args: None)
+    done = TrainingOutcome(status="succeeded", trained_tokens=1, final_model_dir=Path("/nonexistent"))
+    with pytest.raises(_Exited):
+        worker._run(SimpleNamespace(), None, job, 2, -1, Event(), lambda spec, cb: done)  # type: ignore[arg-type]

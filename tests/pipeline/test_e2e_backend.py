@@ -30,6 +30,7 @@ from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tasks.errors import DatasetInvalid
 from tasks.metrics import METRIC_COLUMNS
+from tests.backend_workers import frozen_when
 from tests.pipeline.conftest import write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
@@ -143,13 +144,21 @@ def _spawn(params: FineTuneParams, tmp_path: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _running_job(rb: RunningBackend, user: str, child: subprocess.Popen[bytes], tmp_path: Path) -> str | None:
+    """The user's newest job id once it is running; the flow child must still be alive until then."""
+    jobs = _lists(rb, user)[1]
+    if jobs and jobs[0].status == "running":
+        return str(jobs[0].id)
+    assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+    return None
+
+
 def _wait_running(rb: RunningBackend, user: str, child: subprocess.Popen[bytes], tmp_path: Path) -> str:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        jobs = _lists(rb, user)[1]
-        if jobs and jobs[0].status == "running":
-            return jobs[0].id
-        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+        job_id = _running_job(rb, user, child, tmp_path)
+        if job_id:
+            return job_id
         time.sleep(0.2)
     raise AssertionError("job never reached running")
 
@@ -175,9 +184,10 @@ def test_interrupt_cancels_remote_job(backend: RunningBackend, small_dataset: Pa
     params = _params(small_dataset, tmp_path, "e2e-cancel", epochs=30)
     child = _spawn(params, tmp_path)
     try:
-        job_id = _wait_running(backend, "e2e-cancel", child, tmp_path)
-        child.send_signal(signal.SIGINT)  # Ctrl-C -> KeyboardInterrupt in the wait loop
-        assert child.wait(60) != 0
+        # The worker is held still until the flow has cancelled, so the job cannot succeed first.
+        with frozen_when(backend, lambda: _running_job(backend, "e2e-cancel", child, tmp_path)) as job_id:
+            child.send_signal(signal.SIGINT)  # Ctrl-C -> KeyboardInterrupt in the wait loop
+            assert child.wait(60) != 0
     finally:
         if child.poll() is None:
             child.kill()

@@ -17,6 +17,7 @@ from prefect.settings import get_current_settings
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
+from tests.backend_workers import frozen_when
 from tests.reliability.reliability_kit import REPO, client_for, flow_params, small_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
@@ -45,8 +46,13 @@ def test_backend_killed_mid_training_job_resumes_and_flow_finishes(tmp_path: Pat
                 stderr=subprocess.STDOUT,
             )
         try:
-            job_id = _wait_for_checkpoint(rb, child, log_path)
-            rb.kill()  # SIGKILL: a crash, workers included (they exit when they see their parent gone)
+            # The worker is held still until the server is dead, so the job cannot finish before the crash.
+            with frozen_when(
+                rb,
+                lambda: _checkpointed_job(rb, child, log_path),
+                explain=lambda: "job never reached a first checkpoint:\n" + log_path.read_text()[-3000:],
+            ) as job_id:
+                rb.kill()  # SIGKILL: a crash (released, the workers see their parent gone and exit)
             time.sleep(OUTAGE_S)
             rb.start()
             assert child.wait(400) == 0, log_path.read_text()[-4000:]
@@ -63,14 +69,11 @@ def test_backend_killed_mid_training_job_resumes_and_flow_finishes(tmp_path: Pat
     assert "transient error polling" in out and "succeeded" in out, out[-4000:]
 
 
-def _wait_for_checkpoint(rb: RunningBackend, child: subprocess.Popen[bytes], log_path: Path) -> str:
+def _checkpointed_job(rb: RunningBackend, child: subprocess.Popen[bytes], log_path: Path) -> str | None:
     """The job id once it is running and has at least one checkpoint (so resume has state to use)."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert child.poll() is None, log_path.read_text()[-3000:]
-        with client_for(rb, USER) as c:
-            jobs = list(c.jobs.list())
-            if jobs and jobs[0].status == "running" and next(c.jobs.list_checkpoints(jobs[0].id), None):
-                return jobs[0].id
-        time.sleep(0.2)
-    raise AssertionError("job never reached a first checkpoint:\n" + log_path.read_text()[-3000:])
+    assert child.poll() is None, log_path.read_text()[-3000:]
+    with client_for(rb, USER) as c:
+        jobs = list(c.jobs.list())
+        if jobs and jobs[0].status == "running" and next(c.jobs.list_checkpoints(jobs[0].id), None):
+            return jobs[0].id
+    return None
