@@ -53,11 +53,6 @@ _COLUMNS: Final = frozenset(
 _DONE: Final = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
 
-def can_transition(current: str, target: str) -> bool:
-    """True when the table lets a job in ``current`` become ``target``."""
-    return target in TRANSITIONS.get(current, frozenset())
-
-
 class JobNotFound(LookupError):
     """No such job (or not this owner's: the two are indistinguishable on purpose)."""
 
