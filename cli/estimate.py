@@ -55,7 +55,7 @@ def non_negative_float(text: str) -> float:
 
 def add_budget_options(p: argparse.ArgumentParser) -> None:
     """``--max-cost`` and ``--max-tokens`` (shared by run, sweep and estimate)."""
-    from estimate.core import Budget
+    from estimate.budget import Budget
 
     group = p.add_argument_group("budget")
     group.add_argument(
@@ -131,7 +131,8 @@ def estimate_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from client import MKA1Client
-    from estimate.core import Budget, budget_problem, estimate_job
+    from estimate.budget import Budget
+    from estimate.core import budget_problem, estimate_job
     from estimate.render import rows
     from estimate.tokens import EstimateError
     from flows.backend_runtime import open_connection

@@ -24,6 +24,7 @@ from cli.common import (
     quiet_prefect_logging,
     usage_error,
 )
+from cli.estimate import add_budget_options
 
 if TYPE_CHECKING:
     from flows.params import FineTuneParams
@@ -173,6 +174,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="USER",
         help=model_help(fp, "on_behalf_of", show_default=False),
     )
+    add_budget_options(p)
 
 
 def params_from_args(args: argparse.Namespace) -> FineTuneParams:
@@ -202,6 +204,8 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
         fresh_job_if_failed=args.fresh,
         base_url=args.base_url,
         on_behalf_of=args.on_behalf_of,
+        max_cost=args.max_cost,
+        max_tokens=args.max_tokens,
     )
 
 
@@ -226,7 +230,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from flows.fine_tune import fine_tune
-    from tasks.errors import DatasetInvalid, JobFailed, PipelineError
+    from tasks.errors import BudgetExceeded, DatasetInvalid, JobFailed, PipelineError
     from tasks.progress import ProgressUpdate, subscribe
     from tasks.report import run_summary_text
 
@@ -247,6 +251,11 @@ def run_command(args: argparse.Namespace) -> int:
             console.print("[red]dataset invalid; nothing was uploaded:[/red]")
             for line in exc.issues:
                 console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            return EXIT_FAILED
+        except BudgetExceeded as exc:
+            console.print(
+                f"[red]stopped before upload:[/red] {escape(exc.line)}", highlight=False, soft_wrap=True
+            )
             return EXIT_FAILED
         except JobFailed as exc:
             detail = escape(f"[{exc.code}] {exc.message}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, positive_int, quiet_prefect_logging
+from cli.estimate import add_budget_options
 
 EPILOG = """examples:
   ftpipe sweep sweep.yaml
@@ -53,6 +54,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="where config tasks run (default: thread)",
     )
     p.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
+    add_budget_options(p)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
@@ -74,7 +76,14 @@ def sweep_command(args: argparse.Namespace) -> int:
             }.items()
             if v is not None
         }
-        params = sweep_flow.SweepParams.model_validate({**params.model_dump(), **overrides})
+        budget = {
+            k: v
+            for k, v in {"max_cost": args.max_cost, "max_tokens": args.max_tokens}.items()
+            if v is not None
+        }
+        data = params.model_dump()
+        data["base"] = {**data["base"], **budget}  # a budget flag is for the whole sweep: the base carries it
+        params = sweep_flow.SweepParams.model_validate({**data, **overrides})
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         console.print(f"[red]bad sweep file:[/red] {exc}")
         return EXIT_USAGE

@@ -9,29 +9,13 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from client.errors import APIError
+from estimate.budget import Budget
 from estimate.duration import DurationEstimate, from_history
 from estimate.pricing import Price, PriceLookup, PriceTable, find_price
 from estimate.tokens import Epochs, Method, TokenCount, count_tokens, is_embedded_model
 
 if TYPE_CHECKING:
     from client import MKA1Client
-
-
-class Budget(BaseModel):
-    """Limits a run must fit in before anything is uploaded; None: no limit."""
-
-    max_cost: float | None = Field(
-        default=None,
-        ge=0,
-        description="Stop before any upload when the estimated training cost is higher (price's currency)",
-    )
-    max_tokens: int | None = Field(
-        default=None, ge=1, description="Stop before any upload when more trained tokens are estimated"
-    )
-
-    @property
-    def is_set(self) -> bool:
-        return self.max_cost is not None or self.max_tokens is not None
 
 
 class JobInputs(BaseModel):

@@ -49,6 +49,16 @@ def job_training_seconds(client: MKA1Client, job: FineTuningJob) -> float | None
     return float(job.finished_at - started)
 
 
+def measured_training_seconds(client: MKA1Client, job: FineTuningJob) -> float | None:
+    """``job_training_seconds`` for a record: an API error leaves the time unknown instead of failing."""
+    from client.errors import APIError
+
+    try:
+        return job_training_seconds(client, job)
+    except APIError:
+        return None
+
+
 def _method_of(job: FineTuningJob) -> str:
     return job.method.type if job.method is not None else "supervised"
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from estimate.core import Budget, EstimateVsActual, JobEstimate, Totals
+from estimate.budget import Budget
+from estimate.core import EstimateVsActual, JobEstimate, Totals
 
 
 def money(amount: float | None, currency: str | None) -> str:

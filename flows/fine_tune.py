@@ -18,6 +18,9 @@ from pydantic import Field
 from client import MKA1Client
 from client.models import FineTuningJob
 from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, MethodType, NEpochs, Seed
+from estimate.budget import MaxCost, MaxTokens
+from estimate.core import compare
+from estimate.duration import measured_training_seconds
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
@@ -25,6 +28,7 @@ from flows.params import FineTuneParams
 from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.errors import JobFailed
+from tasks.estimate import estimate_task
 from tasks.metrics import collect_metrics_task
 from tasks.record import DatasetFile, RunRecord
 from tasks.smoke import smoke_test_task
@@ -128,6 +132,8 @@ def fine_tune(
     fresh_job_if_failed: bool = _P["fresh_job_if_failed"],
     base_url: str | None = _P["base_url"],
     on_behalf_of: str | None = _P["on_behalf_of"],
+    max_cost: MaxCost = _P["max_cost"],
+    max_tokens: MaxTokens = _P["max_tokens"],
 ) -> RunRecord:
     """Fine-tune ``model`` on the dataset and return the run's record (also written to result.json)."""
     # locals() is exactly the arguments here; they are checked together (dataset_dir or train_file, beta
@@ -175,6 +181,17 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         MKA1Client(conn.settings, transport=conn.transport) as client,
     ):
         log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
+        # Before any upload: over budget, the run stops here (BudgetExceeded) with nothing sent.
+        estimate = estimate_task(
+            client,
+            train_path,
+            model=params.model,
+            method=params.method,
+            n_epochs=params.n_epochs,
+            batch_size=params.batch_size,
+            embedded=conn.embedded,
+            budget=params.budget(),
+        )
         train_up = upload_file_task(
             client, train_path, state_dir=state_dir, server_id=conn.server_id, role="training"
         )
@@ -234,6 +251,11 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
 
         output_dir = params.output_dir or Path("runs") / job_id
         metrics = collect_metrics_task(client, job_id, output_dir)
+        vs_actual = (
+            compare(estimate, job.trained_tokens, measured_training_seconds(client, job))
+            if estimate is not None
+            else None
+        )
         smoke_passed: bool | None = None
         smoke_answers: list[dict[str, str]] = []
         if smoke_prompts and job.fine_tuned_model:
@@ -277,6 +299,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         outputs={**metrics.files, "result_json": result_path},
         smoke_passed=smoke_passed,
         smoke_answers=smoke_answers,
+        estimate=vs_actual,
     )
     result_path.write_text(result.to_json(), encoding="utf-8")
     result = experiment.succeeded(result, metrics.checkpoint_values)

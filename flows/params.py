@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 
 from contract import wire
 from contract.hyperparameters import Hyperparameters, MethodType, Seed
+from estimate.budget import Budget, MaxCost, MaxTokens
 from tasks.smoke_prompts import SmokePrompt
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ class FineTuneParams(Hyperparameters):
         default=None, description="API root; set to use a remote MKA1 API instead of the embedded backend"
     )
     on_behalf_of: str | None = Field(default=None, description="End-user id sent as X-On-Behalf-Of")
+    max_cost: MaxCost = None
+    max_tokens: MaxTokens = None
 
     @field_validator("metadata")
     @classmethod
@@ -121,6 +124,10 @@ class FineTuneParams(Hyperparameters):
     def flow_arguments(self, *, json: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``fine_tune(**...)`` (or, with ``json``, a deployment run's parameters)."""
         return self.model_dump(mode="json" if json else "python")
+
+    def budget(self) -> Budget:
+        """The run's budget (both limits None: no gate)."""
+        return Budget(max_cost=self.max_cost, max_tokens=self.max_tokens)
 
     def hyperparameters(self) -> Hyperparameters:
         """Just the hyperparameters, as the contract type."""

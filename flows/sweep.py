@@ -28,8 +28,11 @@ from prefect.states import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from client import MKA1Client
 from contract.hyperparameters import BatchSize, LearningRateMultiplier, NEpochs, Seed
 from contract.wire import MAX_SUFFIX_CHARS
+from estimate.budget import Budget
+from estimate.core import JobInputs
 from flows.backend_runtime import Connection, open_connection, use_connection
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
@@ -46,6 +49,7 @@ from flows.sweep_report import (
     write_outputs,
 )
 from tasks import runtime
+from tasks.estimate import estimate_sweep_task
 from tasks.record import RunRecord
 
 DASK_ADDRESS_ENV = "FTPIPE_DASK_ADDRESS"
@@ -336,6 +340,40 @@ def _backend_env(conn: Connection) -> dict[str, str]:
     return env
 
 
+def _estimate_inputs(name: str, child: FineTuneParams) -> JobInputs | None:
+    try:
+        train, validation = child.train_path(), child.validation_path()
+    except FileNotFoundError:
+        return None  # the config fails on its own, with this message
+    return JobInputs(
+        name=name,
+        train_path=train,
+        validation_path=validation,
+        model=child.model,
+        method=child.method,
+        n_epochs=child.n_epochs,
+        batch_size=child.batch_size,
+    )
+
+
+def _check_budget(
+    conn: Connection | None,
+    prepared: list[tuple[SweepRow, FineTuneParams | None, str | None]],
+    budget: Budget,
+) -> None:
+    """Estimate every config and check their sum against the budget before any is launched."""
+    jobs = [
+        inputs
+        for row, child, _ in prepared
+        if child is not None and (inputs := _estimate_inputs(row.name, child)) is not None
+    ]
+    if conn is None:  # configs run as deployment runs elsewhere: tokens and the price table only
+        estimate_sweep_task(None, jobs, embedded=False, budget=budget)
+        return
+    with MKA1Client(conn.settings, transport=conn.transport) as client:
+        estimate_sweep_task(client, jobs, embedded=conn.embedded, budget=budget)
+
+
 def _sweep_name(params: SweepParams) -> str:
     if params.name:
         return params.name
@@ -369,6 +407,7 @@ def sweep(params: SweepParams) -> SweepResult:
     dask = params.task_runner == "dask"
     with ExitStack() as stack:
         backend_env: dict[str, str] = {}
+        conn: Connection | None = None
         if params.deployment is None:
             # One backend for the whole sweep; children reuse it instead of each starting their own.
             conn = stack.enter_context(open_connection(params.base.base_url, params.base.on_behalf_of))
@@ -376,6 +415,7 @@ def sweep(params: SweepParams) -> SweepResult:
                 backend_env = _backend_env(conn)
             else:
                 stack.enter_context(use_connection(conn))
+        _check_budget(conn, prepared, params.base.budget())
         runner = stack.enter_context(make_task_runner(params))
         semaphore = (
             (f"ftpipe-sweep-{current_flow_run.get_id() or name}", params.max_concurrency) if dask else None

@@ -8,7 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from client import MKA1Client
-from estimate.core import Budget, JobEstimate, JobInputs, budget_problem, estimate_job, totals
+from estimate.budget import Budget
+from estimate.core import JobEstimate, JobInputs, budget_problem, estimate_job, totals
 from estimate.render import markdown, rows, summary_line, totals_line
 from estimate.tokens import Epochs, EstimateError, Method
 from tasks import runtime

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from client import ClientSettings, MKA1Client
-from estimate.core import Budget, JobEstimate, budget_problem, totals
+from estimate.budget import Budget
+from estimate.core import JobEstimate, budget_problem, totals
 from estimate.duration import DurationEstimate
 from estimate.pricing import Price, PriceTable, find_price
 from estimate.tokens import TokenCount
