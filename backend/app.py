@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from backend import routes_files, routes_jobs, routes_pricing, routes_responses
+from backend import routes_files, routes_jobs, routes_models, routes_pricing, routes_responses
 from backend.context import BackendState
 from backend.db import Database
 from backend.errors import install_error_handlers
@@ -37,6 +37,7 @@ def build_router() -> APIRouter:
     router.include_router(routes_responses.router)
     # Before any /models/{id} route: otherwise "pricing" would be taken for a model id.
     router.include_router(routes_pricing.router)
+    router.include_router(routes_models.router)
     return router
 
 

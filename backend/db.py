@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS files (
     purpose TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'processed',
     status_details TEXT,
-    path TEXT NOT NULL
+    path TEXT NOT NULL,
+    sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS files_owner ON files(owner, seq);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(owner, sha256);
 
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,9 +105,18 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at INTEGER NOT NULL,
     model TEXT NOT NULL,
     conversation TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    input_items TEXT NOT NULL DEFAULT '[]'
 );
+CREATE INDEX IF NOT EXISTS responses_owner ON responses(owner, seq);
 """
+
+# Columns added after a table first shipped: (table, column, declaration). A data_dir written by an
+# older backend gets them on startup (existing rows read NULL / the default).
+ADDED_COLUMNS = (
+    ("files", "sha256", "TEXT"),
+    ("responses", "input_items", "TEXT NOT NULL DEFAULT '[]'"),
+)
 
 
 def now() -> int:
@@ -151,6 +162,11 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
+        # Old tables first gain their new columns, so the script's indexes on them can be created.
+        for table, column, decl in ADDED_COLUMNS:
+            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         conn.executescript(SCHEMA)
 
     def conn(self) -> sqlite3.Connection:

@@ -103,6 +103,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(400, "The request body is not valid JSON.", "invalid_json", None)
         if first.get("type") == "model_attributes_type":
             return error_response(400, "The request body must be a JSON object.", "invalid_request", None)
+        if first.get("type") == "extra_forbidden":
+            return error_response(
+                400,
+                f"Unknown parameter '{param}': the embedded backend does not accept it.",
+                "unknown_parameter",
+                param,
+            )
+        msg = msg.removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
         message = f"Invalid value for '{param}': {msg}" if param else msg
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem(s))"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ class GenerationRequest:
     temperature: float | None  # None: the generator's default (greedy)
     top_p: float | None
     seed: int | None
+    truncate: bool = True  # False: a prompt longer than the context window fails (ContextTooLong)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class GenerationService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
         self._generator: Any = None
 
-    def _generate(self, req: GenerationRequest) -> GenerationOutput:
+    def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
         if self._generator is None:
             from backend.trainer.generate import Generator
 
@@ -54,15 +56,26 @@ class GenerationService:
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
+            truncate=req.truncate,
+            on_text=on_text,
         )
         return GenerationOutput(
             text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens
         )
 
-    async def generate(self, req: GenerationRequest) -> GenerationOutput:
-        """Generate without blocking the event loop."""
+    async def generate(
+        self, req: GenerationRequest, on_text: Callable[[str], None] | None = None
+    ) -> GenerationOutput:
+        """Generate without blocking the event loop; ``on_text`` gets text pieces on this loop as they come."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._generate, req)
+        emit: Callable[[str], None] | None = None
+        if on_text is not None:
+            callback = on_text
+
+            def emit(piece: str) -> None:
+                loop.call_soon_threadsafe(callback, piece)
+
+        return await loop.run_in_executor(self._executor, self._generate, req, emit)
 
     def close(self) -> None:
         """Stop accepting work (a generation in progress finishes on its thread)."""

@@ -78,7 +78,7 @@ class JobService:
     # create / read -----------------------------------------------------------------------------
     def create(self, owner: str, req: JobCreate) -> sqlite3.Row:
         """Check the request against this owner's files and models, store the job, start validation."""
-        model = resolve_model(self.db, owner, req.model)
+        model = resolve_model(self.db, owner, req.model, aliases=self.settings.model_aliases)
         self._require_training_file(owner, req.training_file, "training_file")
         if req.validation_file is not None:
             self._require_training_file(owner, req.validation_file, "validation_file")
@@ -115,6 +115,8 @@ class JobService:
                 ),
             )
             add_event(conn, job_id, owner, f"Created fine-tuning job: {job_id}")
+            if model.kind == "base" and model.ref != req.model:
+                add_event(conn, job_id, owner, f"Base model {req.model} is served by {model.ref}")
             add_event(conn, job_id, owner, "Validating training file: " + req.training_file)
         # Read before validation starts: the answer is always validating_files.
         created = self.get(owner, job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -36,6 +37,7 @@ class ParsedUpload:
     filename: str | None = None
     tmp_path: Path | None = None
     size: int = 0
+    sha256: str | None = None  # hex digest of the file part, computed while it streams to disk
 
 
 @dataclass
@@ -76,6 +78,7 @@ async def parse_upload(
     out = ParsedUpload()
     part = _PartState()
     sink: list[IO[bytes]] = []
+    digest = hashlib.sha256()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         part.header_field += data[start:end]
@@ -104,6 +107,7 @@ async def parse_upload(
             if out.size > max_bytes:
                 raise UploadTooLarge(max_bytes)
             sink[-1].write(data[start:end])
+            digest.update(data[start:end])
         else:
             if len(part.buf) + end - start > MAX_FIELD_BYTES:
                 raise BackendHTTPError(
@@ -114,6 +118,7 @@ async def parse_upload(
     def on_part_end() -> None:
         if part.is_file:
             sink[-1].close()
+            out.sha256 = digest.hexdigest()
         elif part.name:
             out.fields[part.name] = bytes(part.buf).decode("utf-8", "replace")
         part.headers = {}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from backend.db import Database
 from backend.errors import BackendHTTPError
+from backend.model_refs import ModelInfo
 
 ORGANIZATION_ID = "org-local"
 
@@ -18,7 +19,7 @@ def _json(value: str | None) -> Any:
 
 
 def file_object(row: sqlite3.Row) -> dict[str, Any]:
-    """The contract's File object."""
+    """The contract's File object (``sha256`` of the stored bytes, as MKA1's file object has)."""
     return {
         "id": row["id"],
         "object": "file",
@@ -29,6 +30,7 @@ def file_object(row: sqlite3.Row) -> dict[str, Any]:
         "expires_at": None,
         "status": row["status"],
         "status_details": row["status_details"],
+        "sha256": row["sha256"],
     }
 
 
@@ -88,6 +90,42 @@ def checkpoint_object(row: sqlite3.Row) -> dict[str, Any]:
         "fine_tuned_model_checkpoint": row["model_id"],
         "step_number": row["step_number"],
         "metrics": json.loads(row["metrics"]),
+    }
+
+
+def model_object(info: ModelInfo) -> dict[str, Any]:
+    """MKA1's model object: every field its schema requires, the ones that do not apply as null."""
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": info.created,
+        "owned_by": info.owned_by,
+        "model_type": "llm",
+        "input_modalities": ["text"],
+        "output_modalities": ["text"],
+        "context_window": info.context_window,
+        "max_image_resolution": None,
+        "min_image_resolution": None,
+        "embedding_dimension_range": None,
+        "parameter_count": None,
+        "active_parameter_count": None,
+        "release_date": None,
+        "serving_locations": None,
+        "developer": None,
+        "base_model": info.base_model,
+        "weights": "open",
+        "license": None,
+        "languages": None,
+        "tts": None,
+        "limitations": None,
+        "lifecycle": {"status": "active", "deprecated_at": None, "retires_at": None, "successor": None},
+        "capabilities": {
+            "supports_temperature": True,
+            "supports_top_p": True,
+            "supports_reasoning": False,
+            "supports_reasoning_effort": False,
+            "supports_structured_outputs": False,
+        },
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -92,46 +92,3 @@ class JobCreate(BaseModel):
         """Field path of the hyperparameters `resolved_method` picked, for error ``param`` values."""
         method_type, section = self._method_section()
         return f"method.{method_type}.hyperparameters" if section is not None else "hyperparameters"
-
-
-class InputMessage(BaseModel):
-    """A message item of Responses ``input``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[dict[str, Any]]
-
-    def text(self) -> str:
-        """Plain text of the content (text parts joined)."""
-        if isinstance(self.content, str):
-            return self.content
-        parts = [
-            str(p.get("text", ""))
-            for p in self.content
-            if p.get("type") in {"input_text", "output_text", "text"}
-        ]
-        return "".join(parts)
-
-
-class ResponseCreate(BaseModel):
-    """POST /responses body (the subset the local backend implements)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: Annotated[str, Field(min_length=1, max_length=1024)]
-    input: str | list[InputMessage]
-    instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    metadata: dict[str, str] | None = None
-    previous_response_id: str | None = None
-    store: bool = True
-    seed: int | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return check_metadata(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,8 @@ router = APIRouter()
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_JSONL_ERROR_LEN = 200
+# Content types the MKA1 SDK accepts for file content; mimetypes does not know .jsonl.
+_CONTENT_TYPES = {".jsonl": "application/jsonl", ".csv": "text/csv", ".json": "application/json"}
 
 
 def check_jsonl(path: Path) -> None:
@@ -98,7 +101,8 @@ async def upload_file(
         parsed.tmp_path = None
         try:
             ctx.db.execute(
-                "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path, sha256)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     file_id,
                     ctx.owner,
@@ -108,6 +112,7 @@ async def upload_file(
                     purpose,
                     "processed",
                     str(final),
+                    parsed.sha256,
                 ),
             )
         except BaseException:
@@ -133,12 +138,16 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
-    """This owner's files, newest first by default."""
+    """This owner's files, newest first by default; ``purpose`` and ``sha256`` filter."""
     where, params = "owner = ?", [ctx.owner]
     if purpose is not None:
         where += " AND purpose = ?"
         params.append(purpose)
+    if sha256 is not None:
+        where += " AND sha256 = ?"
+        params.append(sha256.lower())
     return paginate(
         ctx.db, "files", where, params, after=after, limit=limit, order=order, to_object=file_object
     )
@@ -170,4 +179,10 @@ def file_content(file_id: str, ctx: Annotated[RequestContext, Depends(require_au
     row = ctx.db.one("SELECT path, filename FROM files WHERE id = ? AND owner = ?", (file_id, ctx.owner))
     if row is None or not Path(row["path"]).is_file():
         raise not_found("file", file_id)
-    return FileResponse(row["path"], media_type="application/octet-stream", filename=row["filename"])
+    return FileResponse(row["path"], media_type=content_type(row["filename"]), filename=row["filename"])
+
+
+def content_type(filename: str) -> str:
+    """The media type of a stored file, from its name (``application/octet-stream`` when unknown)."""
+    suffix = Path(filename).suffix.lower()
+    return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(filename)[0] or "application/octet-stream"

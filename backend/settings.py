@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# The MKA1 guide's example base model runs unchanged against the embedded backend.
+DEFAULT_MODEL_ALIASES = {"meetkai:functionary-medium": "local:tiny-chat"}
 # Read by backend.trainer.base_models.default_cache_dir (CACHE_ENV there); named here so that importing the
 # settings does not import torch.
 BASE_MODEL_CACHE_ENV = "FTPIPE_BASE_MODEL_CACHE"
@@ -34,6 +36,8 @@ class BackendSettings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * MIB, ge=1)
     max_request_body_bytes: int = Field(default=1 * MIB, ge=1)
     metrics_every_n_steps: int = Field(default=10, ge=1)
+    # Model names the backend accepts in place of a built-in base (jobs keep the name the caller sent).
+    model_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_ALIASES))
     # None: the trainer's own default cache location.
     base_model_cache_dir: Path | None = None
     # Benchmarks: stop every job after this many optimizer steps (a real, shorter run). None: no cap.

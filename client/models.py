@@ -72,6 +72,7 @@ class FileObject(_Model):
     expires_at: int | None = None
     status: str | None = None
     status_details: str | None = None
+    sha256: str | None = None  # MKA1 reports the stored bytes' hash; OpenAI does not
 
 
 class FileDeleted(_Model):

@@ -15,6 +15,19 @@ class DatasetInvalid(PipelineError):
         self.issues = issues
 
 
+class UploadIntegrityError(PipelineError):
+    """The server reports a different sha256 for the bytes just uploaded than the local file has."""
+
+    def __init__(self, path: str, local: str, server: str) -> None:
+        super().__init__(
+            f"{path}: the server stored sha256 {server[:12]}... but the file's is {local[:12]}...; the upload "
+            "was corrupted in transit or the file changed while uploading. Run again."
+        )
+        self.path = path
+        self.local = local
+        self.server = server
+
+
 class JobFailed(PipelineError):
     """The remote fine-tuning job ended ``failed`` (or ``cancelled``); carries the server's error code."""
 

@@ -80,8 +80,15 @@ def upload_markdown(role: str, path: Path, uploaded: UploadedFile) -> str:
             ("bytes", str(uploaded.bytes)),
             ("sha256", f"`{uploaded.sha256}`"),
             ("reused", _yes_no(uploaded.reused, uploaded.how, "uploaded")),
+            ("server sha256", _server_sha256(uploaded.sha256_verified)),
         ],
     )
+
+
+def _server_sha256(verified: bool | None) -> str:
+    if verified is None:
+        return "not reported by the server (matched by name and size)"
+    return "verified: equals the local sha256"
 
 
 def job_url(base_url: str, job_id: str) -> str:

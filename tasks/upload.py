@@ -2,6 +2,8 @@
 
 Reuse order: the local index (verified with ``files.retrieve``), then the server's file list matched by
 the content-addressed upload name + byte size (covers a retry whose response was lost), then upload.
+A reused file whose server-reported ``sha256`` differs from the local hash is not reused; servers that
+report no hash are matched by name and size alone, and the upload artifact says which check applied.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from client import MKA1Client
 from client.errors import NotFoundError
 from client.models import FileObject
 from tasks import report, runtime
+from tasks.errors import UploadIntegrityError
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
 from tasks.state import scoped_key, uploads_index
@@ -36,6 +39,8 @@ class UploadedFile:
     bytes: int
     reused: bool
     how: str  # "index" | "server-list" | "uploaded"
+    # True: the server's sha256 equals the local one; None: the server reports no hash (name + size only).
+    sha256_verified: bool | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -52,22 +57,23 @@ def upload_name(path: Path, sha256: str) -> str:
     return f"{path.stem}-{sha256[:12]}.jsonl"
 
 
-def _usable(obj: FileObject) -> bool:
-    return obj.status != "error" and (obj.purpose in (None, "fine-tune"))
+def _usable(obj: FileObject, sha256: str) -> bool:
+    same_bytes = obj.sha256 is None or obj.sha256.lower() == sha256
+    return obj.status != "error" and (obj.purpose in (None, "fine-tune")) and same_bytes
 
 
-def _from_index(client: MKA1Client, file_id: str, size: int) -> FileObject | None:
+def _from_index(client: MKA1Client, file_id: str, size: int, sha256: str) -> FileObject | None:
     try:
         obj = client.files.retrieve(file_id)
     except NotFoundError:
         return None
-    return obj if _usable(obj) and obj.bytes in (None, size) else None
+    return obj if _usable(obj, sha256) and obj.bytes in (None, size) else None
 
 
-def _from_server_list(client: MKA1Client, name: str, size: int) -> FileObject | None:
+def _from_server_list(client: MKA1Client, name: str, size: int, sha256: str) -> FileObject | None:
     # islice stops at the bound without fetching another page.
     listed = islice(client.files.list(purpose="fine-tune"), _MAX_LISTED)
-    return next((o for o in listed if o.filename == name and o.bytes == size and _usable(o)), None)
+    return next((o for o in listed if o.filename == name and o.bytes == size and _usable(o, sha256)), None)
 
 
 @task(name="upload-file", task_run_name="upload-{role}", **api_task_options())
@@ -88,20 +94,30 @@ def upload_file_task(
     how = "uploaded"
     entry = index.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("file_id"), str):
-        found = _from_index(client, entry["file_id"], size)
+        found = _from_index(client, entry["file_id"], size, sha)
         how = "index"
         if found is None:
             index.delete(key)
     if found is None:
-        found = _from_server_list(client, name, size)
+        found = _from_server_list(client, name, size, sha)
         how = "server-list"
     if found is None:
         found = client.files.upload(path, purpose="fine-tune", filename=name)
         how = "uploaded"
+    verified = None if found.sha256 is None else found.sha256.lower() == sha
+    if found.sha256 is not None and not verified:
+        # Only a fresh upload gets here (reuse already skipped mismatches): the server stored other bytes.
+        raise UploadIntegrityError(str(path), sha, found.sha256)
     index.put(key, {"file_id": found.id, "filename": name, "bytes": size, "source": str(path)})
 
     uploaded = UploadedFile(
-        file_id=found.id, filename=name, sha256=sha, bytes=size, reused=how != "uploaded", how=how
+        file_id=found.id,
+        filename=name,
+        sha256=sha,
+        bytes=size,
+        reused=how != "uploaded",
+        how=how,
+        sha256_verified=verified,
     )
     log.info(
         "%s file %s (%d bytes, sha256 %s): %s %s",

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 
 from backend.trainer.chat import ChatFormat
 from backend.trainer.device import prepare_device, resolve_device
 from backend.trainer.modeling import load_for_inference
+from backend.trainer.spec import ContextTooLong
 from backend.trainer.train import configure_threads
 from contract.wire import DEFAULT_MAX_OUTPUT_TOKENS
 
@@ -24,6 +27,40 @@ class GenerationResult:
     text: str
     input_tokens: int
     output_tokens: int
+
+
+class _TextDeltas(BaseStreamer):
+    """Hands `emit` the reply as it grows, in pieces that concatenate to the final (stripped) text.
+
+    Whitespace at the end is held back until more text follows (the final text is stripped), and so is a
+    partial UTF-8 character (byte-level tokens decode it as U+FFFD until the rest arrives).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[int], emit: Callable[[str], None]):
+        self._tok = tokenizer
+        self._stop = set(stop)
+        self._emit = emit
+        self._ids: list[int] = []
+        self._prompt_seen = False
+        self.sent = ""
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first passes the prompt itself
+            self._prompt_seen = True
+            return
+        self._ids.extend(t for t in value.reshape(-1).tolist() if t not in self._stop)
+        text = str(self._tok.decode(self._ids, skip_special_tokens=True)).strip()
+        if not text.endswith("\ufffd"):
+            self.send(text)
+
+    def end(self) -> None:
+        pass
+
+    def send(self, text: str) -> None:
+        """Emit what `text` adds to what was sent (nothing if an earlier piece was decoded differently)."""
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self._emit(text[len(self.sent) :])
+            self.sent = text
 
 
 @dataclass
@@ -72,14 +109,22 @@ class Generator:
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        truncate: bool = True,
+        on_text: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        """Reply to `messages` (instructions become a leading system message); greedy when temperature is 0/None."""
+        """Reply to `messages` (instructions become a leading system message); greedy when temperature is 0/None.
+
+        ``on_text`` receives the reply in pieces as it is generated; ``truncate=False`` raises
+        `ContextTooLong` instead of dropping the oldest prompt tokens.
+        """
         entry = self._get(model_ref)
         chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
         wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
         prompt = entry.fmt.encode_prompt(chat)
         # Stay within the context window; the prompt keeps at least half of it when both are long.
         keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
+        if not truncate and keep < len(prompt):
+            raise ContextTooLong(len(prompt), keep)
         prompt = prompt[-keep:]
         max_new = min(wanted, entry.max_seq_len - keep)
         input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
@@ -100,6 +145,9 @@ class Generator:
             kwargs["top_k"] = 0
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        deltas = _TextDeltas(tok, stop, on_text) if on_text is not None else None
+        if deltas is not None:
+            kwargs["streamer"] = deltas
         # Seeding must not disturb the global RNG streams (the CUDA one too, when sampling there).
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -112,4 +160,6 @@ class Generator:
         while new and new[-1] in stop:
             new.pop()
         text = str(tok.decode(new, skip_special_tokens=True)).strip()
+        if deltas is not None:
+            deltas.send(text)
         return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)

@@ -63,3 +63,15 @@ class TrainingError(Exception):
 
     def __repr__(self) -> str:
         return f"TrainingError(code={self.code!r}, message={self.message!r}, param={self.param!r})"
+
+
+class ContextTooLong(ValueError):
+    """The prompt does not fit the context window and truncation was not allowed."""
+
+    def __init__(self, prompt_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"The input is {prompt_tokens} tokens; this model takes at most {limit} with the requested "
+            "output length (set truncation to 'auto' to drop the oldest tokens)."
+        )
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit

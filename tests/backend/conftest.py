@@ -21,6 +21,8 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend
         max_upload_bytes=SMALL_UPLOAD_LIMIT,
         max_request_body_bytes=32 * 1024,
         metrics_every_n_steps=2,
+        # The MKA1 guide's base model name, on the fast test model (the default alias is local:tiny-chat).
+        model_aliases={"meetkai:functionary-medium": "local:micro-chat"},
     )
     with start_backend(settings, port=0) as rb:
         yield rb

@@ -115,3 +115,26 @@ def test_event_pagination_newest_first(sdk: openai.OpenAI, trained_job: dict[str
     assert older.data[0].created_at <= first.data[-1].created_at
     all_ids = [e.id for e in sdk.fine_tuning.jobs.list_events(trained_job["id"], limit=1000)]
     assert all_ids[:6] == [e.id for e in first.data] + [e.id for e in older.data]
+
+
+def test_streaming_yields_text_deltas_and_a_completed_event(
+    sdk: openai.OpenAI, trained_job: dict[str, Any]
+) -> None:
+    model = trained_job["fine_tuned_model"]
+    events = list(
+        sdk.responses.create(model=model, input="Say the color blue.", max_output_tokens=64, stream=True)
+    )
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas and events[-1].type == "response.completed"
+    assert "".join(deltas) == events[-1].response.output_text
+    # The SDK's accumulating helper checks item identities and indexes across the whole stream.
+    with sdk.responses.stream(model=model, input="Say the color red.", max_output_tokens=64) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text and final.output_text == text and final.status == "completed"
+    assert sdk.responses.retrieve(final.id).output_text == text
+    (item,) = sdk.responses.input_items.list(final.id).data
+    assert item.type == "message" and item.role == "user"
+    sdk.responses.delete(final.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(final.id)

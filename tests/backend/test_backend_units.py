@@ -106,6 +106,7 @@ def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest
         "max_upload_bytes": 1234,
         "max_request_body_bytes": 5678,
         "metrics_every_n_steps": 7,
+        "model_aliases": {"acme:chat-large": "local:micro-chat"},
         "base_model_cache_dir": tmp_path / "cache",
         "max_steps_per_job": 11,
         "fault_rates": "all=0.25,files.drop=0.5",
@@ -253,3 +254,34 @@ def test_worker_sees_shutdown_and_a_dead_server_before_every_step(monkeypatch: p
     done = TrainingOutcome(status="succeeded", trained_tokens=1, final_model_dir=Path("/nonexistent"))
     with pytest.raises(_Exited):
         worker._run(SimpleNamespace(), None, job, 2, -1, Event(), lambda spec, cb: done)  # type: ignore[arg-type]
+
+
+def test_default_alias_runs_the_guide_model_on_tiny_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.launcher import ENV_PREFIX
+
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    assert BackendSettings().model_aliases == {"meetkai:functionary-medium": "local:tiny-chat"}
+
+
+def test_old_database_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from backend.db import Database
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # a files table as an older backend wrote it
+        conn.execute(
+            "CREATE TABLE files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,"
+            " created_at INTEGER NOT NULL, bytes INTEGER NOT NULL, filename TEXT NOT NULL, purpose TEXT NOT NULL,"
+            " status TEXT NOT NULL DEFAULT 'processed', status_details TEXT, path TEXT NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, path) VALUES"
+            " ('file-1', 'o', 1, 2, 'a.jsonl', 'fine-tune', '/x')"
+        )
+    db = Database(path)
+    db.init_schema()
+    row = db.one("SELECT sha256 FROM files WHERE id = 'file-1'")
+    assert row is not None and row["sha256"] is None
+    db.close()

@@ -3,6 +3,7 @@ checkpoints and responses, with one-shot error injection. Enough to drive every 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -79,10 +80,13 @@ class FakeMKA1:
         """A flows.backend_runtime.Connection onto this fake."""
         return Connection(self.settings(), SERVER_ID, False, httpx.MockTransport(self.handle))
 
-    def add_file(self, filename: str, size: int, purpose: str = "fine-tune") -> str:
-        """Pre-seed a file as if uploaded earlier."""
+    def add_file(
+        self, filename: str, size: int, purpose: str = "fine-tune", sha256: str | None = None
+    ) -> str:
+        """Pre-seed a file as if uploaded earlier (``sha256`` None: a server that reports no hash)."""
         fid = f"file-{next(self._ids)}"
         self.files[fid] = {
+            "sha256": sha256,
             "id": fid,
             "object": "file",
             "bytes": size,
@@ -147,7 +151,8 @@ class FakeMKA1:
             rb'name="file"; filename="[^"]+"\r\nContent-Type: [^\r]+\r\n\r\n(.*?)\r\n--', body, re.S
         )
         assert name and part, "multipart upload not understood"
-        fid = self.add_file(name.group(1).decode(), len(part.group(1)))
+        content = part.group(1)
+        fid = self.add_file(name.group(1).decode(), len(content), sha256=hashlib.sha256(content).hexdigest())
         return httpx.Response(200, json=self.files[fid])
 
     def _list_files(self, request: httpx.Request) -> httpx.Response:

@@ -122,8 +122,13 @@ def test_upload_and_job_markdown() -> None:
     assert (
         md.startswith("### training file\n") and "| reused | yes (index) |" in md and "| bytes | 42 |" in md
     )
-    fresh = UploadedFile("file-2", "v.jsonl", "d" * 64, 1, reused=False, how="uploaded")
-    assert "| reused | no (uploaded) |" in report.upload_markdown("validation", Path("v.jsonl"), fresh)
+    assert "| server sha256 | not reported by the server (matched by name and size) |" in md
+    fresh = UploadedFile("file-2", "v.jsonl", "d" * 64, 1, reused=False, how="uploaded", sha256_verified=True)
+    fresh_md = report.upload_markdown("validation", Path("v.jsonl"), fresh)
+    assert (
+        "| reused | no (uploaded) |" in fresh_md
+        and "| server sha256 | verified: equals the local sha256 |" in fresh_md
+    )
 
     spec = JobSpec(
         model="m",

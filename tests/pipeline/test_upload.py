@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from tasks.errors import UploadIntegrityError
 from tasks.state import UPLOADS_FILE
 from tasks.upload import sha256_file, upload_file_task, upload_name
 from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
@@ -72,3 +75,35 @@ def test_index_is_scoped_by_end_user(fake: FakeMKA1, dataset_dir: Path, tmp_path
         got = upload_file_task.fn(c, train, state_dir=state, server_id=SERVER_ID)
     assert got.how == "server-list"
     assert len(json.loads((state / UPLOADS_FILE).read_text())) == 2
+
+
+def test_reuse_checks_the_server_sha256(fake: FakeMKA1, dataset_dir: Path, tmp_path: Path) -> None:
+    train = dataset_dir / "train.jsonl"
+    first = _upload(fake, train, tmp_path / "state")
+    assert fake.files[first.file_id]["sha256"] == first.sha256 == sha256_file(train)
+    second = _upload(fake, train, tmp_path / "state")
+    assert (second.how, second.sha256_verified) == ("index", True)
+    # Same name and size but other bytes on the server: neither the index entry nor the listing is reused.
+    fake.files[first.file_id]["sha256"] = "0" * 64
+    third = _upload(fake, train, tmp_path / "state")
+    assert (third.how, third.sha256_verified) == ("uploaded", True) and third.file_id != first.file_id
+    assert fake.count("POST", "/files") == 2
+
+
+def test_server_without_sha256_is_matched_by_name_and_size(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path
+) -> None:
+    train = dataset_dir / "train.jsonl"
+    existing = fake.add_file(upload_name(train, sha256_file(train)), train.stat().st_size)
+    got = _upload(fake, train, tmp_path / "state")
+    assert (got.file_id, got.how, got.sha256_verified) == (existing, "server-list", None)
+
+
+def test_a_fresh_upload_stored_with_another_hash_fails(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_add = fake.add_file
+    monkeypatch.setattr(fake, "add_file", lambda *a, **kw: real_add(*a, **{**kw, "sha256": "f" * 64}))
+    with pytest.raises(UploadIntegrityError, match="train.jsonl: the server stored sha256 ffffffffffff"):
+        _upload(fake, dataset_dir / "train.jsonl", tmp_path / "state")
+    assert not (tmp_path / "state" / UPLOADS_FILE).exists()  # nothing indexed
