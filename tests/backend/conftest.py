@@ -48,3 +48,13 @@ def trained_job(api: Api, train_file: Path) -> dict[str, Any]:
     done = api.wait_status(job["id"], TERMINAL)
     assert done["status"] == "succeeded", done
     return done
+
+
+@pytest.fixture(scope="session")
+def fluent_job(api: Api, train_file: Path) -> dict[str, Any]:
+    """A micro-chat job trained long enough (128 steps, fixed seed) that its model ends its replies itself."""
+    f = api.upload(train_file)
+    job = api.create_job(f["id"], n_epochs=8, batch_size=1, suffix="fluent", seed=7)
+    done = api.wait_status(job["id"], TERMINAL)
+    assert done["status"] == "succeeded", done
+    return done

@@ -118,9 +118,9 @@ def test_event_pagination_newest_first(sdk: openai.OpenAI, trained_job: dict[str
 
 
 def test_streaming_yields_text_deltas_and_a_completed_event(
-    sdk: openai.OpenAI, trained_job: dict[str, Any]
+    sdk: openai.OpenAI, fluent_job: dict[str, Any]
 ) -> None:
-    model = trained_job["fine_tuned_model"]
+    model = fluent_job["fine_tuned_model"]
     events = list(
         sdk.responses.create(model=model, input="Say the color blue.", max_output_tokens=64, stream=True)
     )
