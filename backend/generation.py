@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,21 +35,32 @@ class GenerationOutput:
 
 
 class GenerationService:
-    """Serialises generations on a single thread: the Generator caches loaded models and is not thread-safe.
+    """Runs generations on a single thread (the Generator caches loaded models and is not thread-safe).
 
-    The one-worker executor is the only caller of ``_generate``, so it needs no lock of its own.
+    Plain greedy requests for the same model that arrive while the thread is busy are answered together in
+    one batched call: on a small model a batch of 16 costs little more than one request, so concurrent
+    callers (an eval stage, several users) are served several times faster. Sampling, streaming and
+    no-truncation requests run alone (a seeded sample stays reproducible; a stream gets its own deltas).
     """
+
+    MAX_BATCH = 32
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
         self._generator: Any = None
+        self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
+        self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
+        self._closed = False
 
-    def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
+    def _gen(self) -> Any:
         if self._generator is None:
             from backend.trainer.generate import Generator
 
             self._generator = Generator()
-        result = self._generator.generate(
+        return self._generator
+
+    def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
+        result = self._gen().generate(
             req.model_ref,
             req.messages,
             instructions=req.instructions,
@@ -63,20 +75,67 @@ class GenerationService:
             text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens
         )
 
+    def _drain(self, key: str) -> None:
+        """Answer up to MAX_BATCH queued greedy requests for one model (runs on the generation thread)."""
+        from backend.trainer.generate import BatchItem
+
+        with self._lock:
+            queue = self._queues.get(key, [])
+            batch, queue[: self.MAX_BATCH] = queue[: self.MAX_BATCH], []
+            if queue:
+                self._executor.submit(self._drain, key)
+            else:
+                self._queues.pop(key, None)
+        batch = [(req, fut) for req, fut in batch if fut.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:
+            if len(batch) == 1:
+                outputs = [self._generate(batch[0][0], None)]
+            else:
+                results = self._gen().generate_greedy_batch(
+                    batch[0][0].model_ref,
+                    [BatchItem(r.messages, r.instructions, r.max_output_tokens) for r, _ in batch],
+                )
+                outputs = [GenerationOutput(r.text, r.input_tokens, r.output_tokens) for r in results]
+        except BaseException as exc:
+            for _, fut in batch:
+                fut.set_exception(exc)
+            return
+        for (_, fut), out in zip(batch, outputs, strict=True):
+            fut.set_result(out)
+
     async def generate(
         self, req: GenerationRequest, on_text: Callable[[str], None] | None = None
     ) -> GenerationOutput:
         """Generate without blocking the event loop; ``on_text`` gets text pieces on this loop as they come."""
         loop = asyncio.get_running_loop()
-        emit: Callable[[str], None] | None = None
-        if on_text is not None:
-            callback = on_text
+        if on_text is not None or req.temperature or not req.truncate:
+            emit: Callable[[str], None] | None = None
+            if on_text is not None:
+                callback = on_text
 
-            def emit(piece: str) -> None:
-                loop.call_soon_threadsafe(callback, piece)
+                def emit(piece: str) -> None:
+                    loop.call_soon_threadsafe(callback, piece)
 
-        return await loop.run_in_executor(self._executor, self._generate, req, emit)
+            return await loop.run_in_executor(self._executor, self._generate, req, emit)
+        fut: Future[GenerationOutput] = Future()
+        key = str(req.model_ref)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the generation service is shut down")
+            queue = self._queues.setdefault(key, [])
+            queue.append((req, fut))
+            if len(queue) == 1:  # no drain pending for this model: schedule one
+                self._executor.submit(self._drain, key)
+        return await asyncio.wrap_future(fut)
 
     def close(self) -> None:
-        """Stop accepting work (a generation in progress finishes on its thread)."""
+        """Stop accepting work (a generation in progress finishes on its thread; queued ones are cancelled)."""
+        with self._lock:
+            self._closed = True
+            for queue in self._queues.values():
+                for _, fut in queue:
+                    fut.cancel()
+            self._queues.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -63,6 +63,15 @@ class _TextDeltas(BaseStreamer):
             self.sent = text
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One chat of a greedy batch."""
+
+    messages: list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+
+
 @dataclass
 class _Entry:
     model: PreTrainedModel
@@ -118,25 +127,15 @@ class Generator:
         `ContextTooLong` instead of dropping the oldest prompt tokens.
         """
         entry = self._get(model_ref)
-        chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
-        wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
-        prompt = entry.fmt.encode_prompt(chat)
-        # Stay within the context window; the prompt keeps at least half of it when both are long.
-        keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
-        if not truncate and keep < len(prompt):
-            raise ContextTooLong(len(prompt), keep)
-        prompt = prompt[-keep:]
-        max_new = min(wanted, entry.max_seq_len - keep)
+        prompt, max_new = self._prompt(entry, messages, instructions, max_output_tokens, truncate)
         input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         tok = entry.fmt.tokenizer
-        stop = [entry.fmt.end_token_id]
-        if tok.eos_token_id is not None and tok.eos_token_id not in stop:
-            stop.append(int(tok.eos_token_id))
+        stop, pad = self._stops(entry)
         sample = bool(temperature)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "eos_token_id": stop,
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stop[0],
+            "pad_token_id": pad,
             "do_sample": sample,
         }
         if sample:
@@ -155,11 +154,79 @@ class Generator:
                 torch.manual_seed(seed)
             model: Any = entry.model
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        new = out[0, len(prompt) :].tolist()
+        result = self._reply(entry, out[0, len(prompt) :].tolist(), stop, len(prompt))
+        if deltas is not None:
+            deltas.send(result.text)
+        return result
+
+    def generate_greedy_batch(self, model_ref: str | Path, items: list[BatchItem]) -> list[GenerationResult]:
+        """Greedy replies to several chats of one model in one left-padded ``generate`` call.
+
+        Each row gets what ``generate`` would give it alone: greedy decoding of a row does not depend on the
+        others (padding is masked), and a row that wants fewer tokens is cut at its own limit.
+        """
+        entry = self._get(model_ref)
+        stop, pad = self._stops(entry)
+        prompts = [self._prompt(entry, i.messages, i.instructions, i.max_output_tokens) for i in items]
+        width = max(len(p) for p, _ in prompts)
+        ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p, _ in prompts], dtype=torch.long, device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p, _ in prompts], dtype=torch.long, device=self.device
+        )
+        with torch.no_grad():
+            model: Any = entry.model
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(n for _, n in prompts),
+                eos_token_id=stop,
+                pad_token_id=pad,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        results = []
+        for row, (prompt, max_new) in enumerate(prompts):
+            new = out[row, width : width + max_new].tolist()
+            end = next((k for k, t in enumerate(new) if t in stop), None)
+            results.append(self._reply(entry, new if end is None else new[: end + 1], stop, len(prompt)))
+        return results
+
+    def _prompt(
+        self,
+        entry: _Entry,
+        messages: list[dict[str, Any]],
+        instructions: str | None,
+        max_output_tokens: int | None,
+        truncate: bool = True,
+    ) -> tuple[list[int], int]:
+        """The prompt's token ids and how many new tokens it may get (``ContextTooLong`` when it must not be cut)."""
+        chat = ([{"role": "system", "content": instructions}] if instructions else []) + list(messages)
+        wanted = max(1, max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
+        prompt = entry.fmt.encode_prompt(chat)
+        # Stay within the context window; the prompt keeps at least half of it when both are long.
+        keep = min(len(prompt), entry.max_seq_len - min(wanted, entry.max_seq_len // 2))
+        if not truncate and keep < len(prompt):
+            raise ContextTooLong(len(prompt), keep)
+        return prompt[-keep:], min(wanted, entry.max_seq_len - keep)
+
+    @staticmethod
+    def _stops(entry: _Entry) -> tuple[list[int], int]:
+        """End-of-turn token ids and the padding id."""
+        tok = entry.fmt.tokenizer
+        stop = [entry.fmt.end_token_id]
+        if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+            stop.append(int(tok.eos_token_id))
+        return stop, tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+
+    @staticmethod
+    def _reply(entry: _Entry, new: list[int], stop: list[int], prompt_len: int) -> GenerationResult:
+        """Decode generated ids (end-of-turn dropped); output_tokens counts the end token like the API does."""
         n_out = len(new)
         while new and new[-1] in stop:
             new.pop()
-        text = str(tok.decode(new, skip_special_tokens=True)).strip()
-        if deltas is not None:
-            deltas.send(text)
-        return GenerationResult(text=text, input_tokens=len(prompt), output_tokens=n_out)
+        text = str(entry.fmt.tokenizer.decode(new, skip_special_tokens=True)).strip()
+        return GenerationResult(text=text, input_tokens=prompt_len, output_tokens=n_out)

@@ -17,7 +17,7 @@ from backend.trainer.base_models import (
     is_known_base_model,
     resolve_base_model,
 )
-from backend.trainer.generate import Generator
+from backend.trainer.generate import BatchItem, Generator
 from backend.trainer.spec import TrainingSpec
 from backend.trainer.tokenizer import build_tokenizer
 from backend.trainer.train import train
@@ -187,3 +187,34 @@ def test_dpo_learns_the_preference(tmp_path: Path, lora: bool) -> None:
             "full_valid_mean_token_accuracy",
         }
     assert rec.checkpoints[-1][1]["full_valid_mean_token_accuracy"] > 0.5
+
+
+def test_greedy_batch_matches_one_by_one(chat_file: Path, tmp_path: Path) -> None:
+    out = train(_spec(chat_file, tmp_path / "job", n_epochs=4), Recorder())
+    assert out.final_model_dir is not None
+    gen = Generator(cache_size=1)
+    items = [
+        BatchItem([{"role": "user", "content": "Hi, how do I track my order? (ticket 3)"}], None, 40),
+        BatchItem([{"role": "user", "content": "refund"}], "You are a helpful support agent.", 5),
+        BatchItem(
+            [
+                {"role": "user", "content": "My order is late, it has been two weeks already."},
+                {"role": "assistant", "content": "Which order?"},
+                {"role": "user", "content": "ticket 7"},
+            ],
+            None,
+            24,
+        ),
+    ]
+    batched = gen.generate_greedy_batch(out.final_model_dir, items)
+    alone = [
+        gen.generate(
+            out.final_model_dir,
+            i.messages,
+            instructions=i.instructions,
+            max_output_tokens=i.max_output_tokens,
+        )
+        for i in items
+    ]
+    assert batched == alone
+    assert batched[1].output_tokens <= 5 and any(r.text for r in batched)
