@@ -19,6 +19,7 @@ SEED = 20240601
 HERE = Path(__file__).resolve().parent
 N_TRAIN, N_VALID = 300, 40
 N_PREF_TRAIN, N_PREF_VALID = 30, 10
+N_EVAL = 100
 
 PRODUCTS = [
     "SmartPlug Mini",
@@ -277,6 +278,28 @@ def unique(make: Callable[[random.Random], dict[str, object]], rng: random.Rando
     return list(seen)
 
 
+def eval_case(example: dict[str, object]) -> dict[str, object]:
+    """An eval.jsonl case from a chat example: the turns before the last answer, that answer as reference,
+    and the house style as checks (its greeting and sign-off)."""
+    messages = list(example["messages"])  # type: ignore[call-overload]
+    answer = str(messages[-1]["content"])
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+    greeting = "Thanks!" if answer.startswith("Thanks!") else "Hi there!"
+    return {"messages": prompt, "reference": answer, "must_contain": [greeting, SIGN_OFF]}
+
+
+def held_out(rng: random.Random, taken: list[str], n: int) -> list[str]:
+    """``n`` new chat examples (none equal to a ``taken`` line) as eval cases."""
+    seen = set(taken)
+    cases: list[str] = []
+    while len(cases) < n:
+        line = json.dumps(chat_example(rng), ensure_ascii=False)
+        if line not in seen:
+            seen.add(line)
+            cases.append(json.dumps(eval_case(json.loads(line)), ensure_ascii=False))
+    return cases
+
+
 def write(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -300,6 +323,8 @@ def main() -> None:
     pref = unique(preference_example, rng, N_PREF_TRAIN + N_PREF_VALID)
     write(HERE / "preference-sample" / "train.jsonl", pref[:N_PREF_TRAIN])
     write(HERE / "preference-sample" / "validation.jsonl", pref[N_PREF_TRAIN:])
+    # Drawn last so the files above stay byte-identical to earlier versions of this script.
+    write(HERE / "customer-support" / "eval.jsonl", held_out(rng, chat, N_EVAL))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ from client.errors import APIError
 from client.models import InputMessage, ResponseCreateRequest
 from client.retry import is_transient
 from evaluation.evalset import EvalCase, EvalSet
+from evaluation.frame import eval_frame, summarize
 from evaluation.judge import judge_prompt, parse_grade
 from evaluation.report import score_line, side_by_side_markdown, summary_rows
-from evaluation.results import EvalModel, ModelSummary, eval_frame, summarize
+from evaluation.results import EvalModel, ModelSummary
 from evaluation.scoring import score_answer
 from evaluation.selection import SelectBy, Selection, select_best
 from tasks import runtime

@@ -1,0 +1,235 @@
+"""The fine-tune flow's judging step: which prompts and models to evaluate, the gate, champion promotion.
+
+``plan_judging`` runs before any compute is spent (a bad eval file or a contradictory option fails the run
+at once); ``judge_run`` runs after the metrics stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from client import ClientSettings
+from client.models import FineTuningJob
+from evaluation.champion import (
+    ChampionRecord,
+    ChampionStoreError,
+    VariableStore,
+    check_name,
+    decide,
+    promote,
+    read_champion,
+)
+from evaluation.evalset import EvalCase, EvalSet, EvalSetError, cases_from_dataset_file, load_eval_file
+from evaluation.gate import GateThresholds, check_gate
+from evaluation.outcome import EvalSetInfo, EvaluationReport
+from evaluation.results import EvalModel
+from evaluation.scoring import SCORE_VERSION
+from evaluation.selection import SelectBy
+from tasks import _runtime
+from tasks.errors import EvalSetInvalid
+from tasks.evaluate import EvalOptions, evaluate_task
+
+
+@dataclass(frozen=True)
+class JudgePlan:
+    """Everything the judging step needs that does not depend on the trained job."""
+
+    eval_set: EvalSet | None
+    smoke_set: EvalSet | None
+    select_by: SelectBy
+    thresholds: GateThresholds
+    promote_as: str | None
+    options: EvalOptions
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The eval set's identity for champion comparisons (cases + scoring version + output cap)."""
+        if self.eval_set is None:
+            return None
+        return self.eval_set.fingerprint(
+            score_version=SCORE_VERSION, max_output_tokens=self.options.max_output_tokens
+        )
+
+    @property
+    def sets(self) -> list[EvalSet]:
+        """The sets to ask, eval first."""
+        return [s for s in (self.eval_set, self.smoke_set) if s is not None and s.cases]
+
+
+def plan_judging(
+    *,
+    eval_file: Path | None,
+    validation_file: Path | None,
+    smoke_file: Path | None,
+    smoke_cases: list[EvalCase],
+    select_by: SelectBy | None,
+    min_score: float | None,
+    min_improvement: float | None,
+    promote_as: str | None,
+    options: EvalOptions,
+    min_improvement_is_default: bool = True,
+) -> JudgePlan:
+    """Load the eval and smoke sets and check the options against them; raise ``EvalSetInvalid`` (one line)."""
+    try:
+        if eval_file is not None:
+            eval_set: EvalSet | None = load_eval_file(eval_file)
+        elif validation_file is not None:
+            eval_set = cases_from_dataset_file(validation_file)
+        else:
+            eval_set = None
+        smoke_set = load_eval_file(smoke_file, kind="smoke") if smoke_file is not None else None
+    except EvalSetError as exc:
+        raise EvalSetInvalid(str(exc)) from None
+    if smoke_cases:
+        smoke_set = EvalSet(
+            kind="smoke",
+            source=smoke_set.source + " + parameters" if smoke_set else "parameters",
+            cases=[*(smoke_set.cases if smoke_set else []), *smoke_cases],
+        )
+    if eval_set is not None and not eval_set.cases:
+        eval_set = None  # e.g. a validation file made only of tool-call conversations
+    no_eval = "give an eval set (eval.jsonl in the dataset folder, an eval file, or a validation file)"
+    if eval_set is None:
+        if select_by == "eval_score":
+            raise EvalSetInvalid(f"select_by eval_score needs eval prompts: {no_eval}")
+        if min_score is not None or (min_improvement is not None and not min_improvement_is_default):
+            raise EvalSetInvalid(f"the gate's score thresholds need eval prompts: {no_eval}")
+        if promote_as is not None:
+            raise EvalSetInvalid(f"promotion compares eval scores: {no_eval}")
+        thresholds = GateThresholds(min_score=None, min_improvement=None)
+    else:
+        thresholds = GateThresholds(min_score=min_score, min_improvement=min_improvement)
+    if promote_as is not None:
+        try:
+            check_name(promote_as)
+        except ValueError as exc:
+            raise EvalSetInvalid(str(exc)) from None
+    return JudgePlan(
+        eval_set=eval_set,
+        smoke_set=smoke_set,
+        select_by=select_by or ("eval_score" if eval_set is not None else "full_valid_loss"),
+        thresholds=thresholds,
+        promote_as=promote_as,
+        options=options,
+    )
+
+
+def models_to_ask(
+    base_model: str,
+    job: FineTuningJob,
+    checkpoints_parquet: Path | None,
+    final_metrics: dict[str, float],
+    champion: ChampionRecord | None,
+) -> list[EvalModel]:
+    """Base, each checkpoint (by step), the fine-tuned model, and the champion when it needs re-scoring."""
+    import pandas as pd
+
+    models = [EvalModel(base_model, "base")]
+    last_step: int | None = None
+    if checkpoints_parquet is not None and checkpoints_parquet.is_file():
+        frame = pd.read_parquet(checkpoints_parquet).dropna(subset=["model"]).sort_values("step")
+        for row in frame.itertuples():
+            step = None if pd.isna(row.step) else int(row.step)
+            loss = None if pd.isna(row.full_valid_loss) else float(row.full_valid_loss)
+            models.append(EvalModel(str(row.model), "checkpoint", step=step, full_valid_loss=loss))
+            last_step = step if step is not None else last_step
+    assert job.fine_tuned_model is not None
+    models.append(
+        EvalModel(
+            job.fine_tuned_model,
+            "fine-tuned",
+            step=last_step,
+            full_valid_loss=final_metrics.get("full_valid_loss"),
+        )
+    )
+    if champion is not None and champion.model_id not in {m.model for m in models}:
+        models.append(EvalModel(champion.model_id, "champion"))
+    return models
+
+
+def _info(s: EvalSet | None, fingerprint: str | None = None) -> EvalSetInfo | None:
+    if s is None:
+        return None
+    return EvalSetInfo(
+        source=s.source, kind=s.kind, size=len(s.cases), fingerprint=fingerprint, skipped=s.skipped
+    )
+
+
+def judge_run(
+    *,
+    plan: JudgePlan,
+    settings: ClientSettings,
+    transport: httpx.BaseTransport | None,
+    base_model: str,
+    job: FineTuningJob,
+    checkpoints_parquet: Path | None,
+    final_metrics: dict[str, float],
+    output_dir: Path,
+    flow_run_id: str | None,
+    store: VariableStore,
+) -> tuple[EvaluationReport, dict[str, Path]]:
+    """Evaluate, select, gate and (when asked and the gate passed) promote; returns the report and files."""
+    log = _runtime.run_logger()
+    fingerprint = plan.fingerprint
+    champion = None
+    if plan.promote_as is not None:
+        try:
+            champion = read_champion(store, plan.promote_as)
+        except ChampionStoreError as exc:
+            raise EvalSetInvalid(str(exc)) from None
+    rescore = champion if champion is not None and champion.eval_set_hash != fingerprint else None
+    models = models_to_ask(base_model, job, checkpoints_parquet, final_metrics, rescore)
+    outcome = evaluate_task(
+        settings,
+        models,
+        plan.sets,
+        output_dir,
+        select_by=plan.select_by,
+        options=plan.options,
+        transport=transport,
+    )
+    by_model = {s.model: s for s in outcome.summaries}
+    selected = by_model[outcome.selection.model]
+    base = next((s for s in outcome.summaries if s.role == "base"), None)
+    gate = check_gate(selected, base, plan.thresholds)
+    report = EvaluationReport(
+        eval_set=_info(plan.eval_set, fingerprint),
+        smoke_set=_info(plan.smoke_set),
+        models=outcome.summaries,
+        selected=outcome.selection,
+        gate_passed=gate.passed if gate.checked else None,
+        gate=plan.thresholds,
+        gate_failures=gate.failures,
+        duration_s=outcome.duration_s,
+        calls=outcome.calls,
+    )
+    log.info("%s", gate.reason() if gate.checked else "no gate thresholds to check")
+    if plan.promote_as is None or not gate.passed:
+        if plan.promote_as is not None:
+            report.promotion = f"not promoted as {plan.promote_as}: {gate.reason()}"
+        return report, outcome.files
+    assert plan.eval_set is not None and fingerprint is not None and selected.score is not None
+    candidate = ChampionRecord(
+        name=plan.promote_as,
+        model_id=selected.model,
+        job_id=job.id,
+        step=selected.step if selected.role == "checkpoint" else None,
+        eval_score=selected.score,
+        base_score=base.score if base is not None else None,
+        eval_set_hash=fingerprint,
+        eval_set_size=len(plan.eval_set.cases),
+        promoted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        flow_run_id=flow_run_id,
+    )
+    held = by_model.get(champion.model_id) if champion is not None else None
+    decision = decide(champion, candidate, held.score if held is not None and held.complete else None)
+    if decision.promote:
+        promote(store, candidate)
+    log.info("champion %s: %s", plan.promote_as, decision.message)
+    report.promotion = decision.message
+    report.promoted = decision.promote
+    return report, outcome.files
