@@ -38,7 +38,8 @@ from rich.table import Table  # noqa: E402
 from backend.launcher import start_backend  # noqa: E402
 from backend.settings import BackendSettings  # noqa: E402
 from client import ClientSettings, MKA1Client  # noqa: E402
-from client.models import JobCreateRequest, ResponseCreateRequest  # noqa: E402
+from client.models import InputMessage, JobCreateRequest, ResponseCreateRequest  # noqa: E402
+from evaluation.evalset import load_eval_file  # noqa: E402
 from flows.fine_tune import fine_tune  # noqa: E402
 from flows.params import FineTuneParams  # noqa: E402
 from tasks.metrics import (  # noqa: E402
@@ -48,7 +49,6 @@ from tasks.metrics import (  # noqa: E402
     loss_curve_png,
     metrics_frame,
 )
-from tasks.smoke_prompts import load_smoke_file  # noqa: E402
 from validation import validate_dataset  # noqa: E402
 
 TARGET = 1.10
@@ -97,15 +97,19 @@ def plain_script(base_url: str, api_key: object, user: str, params: FineTunePara
             frame.to_csv(out / f"{name}.csv", index=False)
         (out / "loss_curve.png").write_bytes(loss_curve_png(ck, steps))
         final_metrics(ck, steps)
-        for prompt in load_smoke_file(smoke) if smoke else []:
-            c.responses.create(
-                ResponseCreateRequest(
-                    model=job.fine_tuned_model or "",
-                    input=prompt.prompt,
-                    max_output_tokens=params.smoke_max_output_tokens,
-                    temperature=0,
+        # The flow with evaluate=False asks the smoke prompts of every checkpoint and the final model.
+        models = [*ck["model"].dropna().astype(str), job.fine_tuned_model or ""]
+        for case in load_eval_file(smoke, kind="smoke").cases if smoke else []:
+            for model in models:
+                c.responses.create(
+                    ResponseCreateRequest(
+                        model=model,
+                        input=[InputMessage(role=m.role, content=m.content) for m in case.input_messages()],
+                        max_output_tokens=params.eval_max_output_tokens,
+                        temperature=0,
+                        store=False,
+                    )
                 )
-            )
     return time.perf_counter() - started
 
 
@@ -135,6 +139,7 @@ def _params(args: argparse.Namespace, tmp: Path, tag: str, user: str) -> FineTun
         output_dir=tmp / f"out-{tag}",
         state_dir=tmp / f"state-{tag}",
         on_behalf_of=user,
+        evaluate=False,  # the eval stage has its own figure; this compares the pipeline's orchestration
     )
 
 

@@ -102,6 +102,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _bounded_float(text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse ``type=`` for a score threshold in 0..1."""
+    return _bounded_float(text, 0.0, 1.0)
+
+
+def signed_unit_float(text: str) -> float:
+    """argparse ``type=`` for a score difference in -1..1."""
+    return _bounded_float(text, -1.0, 1.0)
+
+
 def positive_int(text: str) -> int:
     """argparse ``type=`` for counts and limits."""
     try:

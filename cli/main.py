@@ -12,7 +12,15 @@ from cli.common import Parser
 # A new command is a module with ``register(subparsers)``: ``subparsers.add_parser(name, help=...,
 # configure=add_options)`` and ``set_defaults(handler=...)`` (args -> exit code). Heavy imports go inside
 # ``add_options`` (defaults) or the handler (the work), never at module level.
-COMMAND_MODULES = ("cli.run", "cli.runs", "cli.estimate", "cli.validate", "cli.sweep", "cli.backend")
+COMMAND_MODULES = (
+    "cli.run",
+    "cli.runs",
+    "cli.estimate",
+    "cli.validate",
+    "cli.sweep",
+    "cli.backend",
+    "cli.models",
+)
 
 EPILOG = """examples:
   ftpipe run datasets/customer-support           train on the sample dataset (embedded backend)
@@ -21,6 +29,7 @@ EPILOG = """examples:
   ftpipe runs compare JOB_ID_A JOB_ID_B          compare tracked runs (table + overlaid loss curves)
   ftpipe sweep sweep.yaml --max-concurrency 2
   ftpipe backend serve --port 8765
+  ftpipe models champion support-bot              the model promoted with --promote-as support-bot
 """
 
 

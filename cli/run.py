@@ -22,6 +22,8 @@ from cli.common import (
     positive_float,
     positive_int,
     quiet_prefect_logging,
+    signed_unit_float,
+    unit_float,
     usage_error,
 )
 from cli.estimate import add_budget_options
@@ -58,7 +60,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
     fp = FineTuneParams
     p.add_argument(
-        "dataset", nargs="?", type=Path, help="dataset folder (train.jsonl [validation.jsonl] [smoke.jsonl])"
+        "dataset",
+        nargs="?",
+        type=Path,
+        help="dataset folder (train.jsonl [validation.jsonl] [eval.jsonl] [smoke.jsonl])",
     )
     data = p.add_argument_group("data")
     data.add_argument(
@@ -69,6 +74,55 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--smoke", type=Path, metavar="FILE", help=model_help(fp, "smoke_file", show_default=False)
+    )
+
+    data.add_argument(
+        "--eval", type=Path, metavar="FILE", help=model_help(fp, "eval_file", show_default=False)
+    )
+
+    judge = p.add_argument_group("evaluation, gate and promotion")
+    judge.add_argument(
+        "--no-eval", dest="evaluate", action="store_false", help="skip the eval stage (smoke checks only)"
+    )
+    judge.add_argument(
+        "--select-by",
+        choices=("eval_score", "full_valid_loss"),
+        default=model_default(fp, "select_by"),
+        help=model_help(fp, "select_by", show_default=False),
+    )
+    judge.add_argument(
+        "--gate-min-score",
+        type=unit_float,
+        default=model_default(fp, "gate_min_score"),
+        metavar="X",
+        help=model_help(fp, "gate_min_score"),
+    )
+    judge.add_argument(
+        "--gate-min-improvement",
+        type=signed_unit_float,
+        default=model_default(fp, "gate_min_improvement"),
+        metavar="X",
+        help=model_help(fp, "gate_min_improvement"),
+    )
+    judge.add_argument(
+        "--promote-as", metavar="NAME", default=None, help=model_help(fp, "promote_as", show_default=False)
+    )
+    judge.add_argument(
+        "--judge-model", metavar="ID", default=None, help=model_help(fp, "judge_model", show_default=False)
+    )
+    judge.add_argument(
+        "--eval-max-output-tokens",
+        type=positive_int,
+        default=model_default(fp, "eval_max_output_tokens"),
+        metavar="N",
+        help=model_help(fp, "eval_max_output_tokens"),
+    )
+    judge.add_argument(
+        "--eval-concurrency",
+        type=positive_int,
+        default=model_default(fp, "eval_concurrency"),
+        metavar="N",
+        help=model_help(fp, "eval_concurrency"),
     )
 
     job = p.add_argument_group("job")
@@ -152,13 +206,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=model_help(fp, "wait_timeout_s"),
     )
-    out.add_argument(
-        "--smoke-max-output-tokens",
-        type=positive_int,
-        default=model_default(fp, "smoke_max_output_tokens"),
-        metavar="N",
-        help=model_help(fp, "smoke_max_output_tokens"),
-    )
     out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
 
     api = p.add_argument_group("API")
@@ -195,7 +242,15 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
         suffix=args.suffix,
         seed=args.seed,
         metadata=dict(args.metadata),
-        smoke_max_output_tokens=args.smoke_max_output_tokens,
+        eval_file=args.eval,
+        evaluate=args.evaluate,
+        select_by=args.select_by,
+        gate_min_score=args.gate_min_score,
+        promote_as=args.promote_as,
+        judge_model=args.judge_model,
+        eval_max_output_tokens=args.eval_max_output_tokens,
+        eval_concurrency=args.eval_concurrency,
+        gate_min_improvement=args.gate_min_improvement,
         output_dir=args.output,
         state_dir=args.state_dir,
         poll_interval_s=args.poll_interval,
@@ -230,8 +285,9 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from flows.fine_tune import fine_tune
-    from tasks.errors import BudgetExceeded, DatasetInvalid, JobFailed, PipelineError
+    from tasks.errors import BudgetExceeded, DatasetInvalid, GateFailed, JobFailed, PipelineError
     from tasks.progress import ProgressUpdate, subscribe
+    from tasks.record import RunRecord
     from tasks.report import run_summary_text
 
     console = Console()
@@ -261,8 +317,13 @@ def run_command(args: argparse.Namespace) -> int:
             detail = escape(f"[{exc.code}] {exc.message}")
             console.print(f"[red]job {exc.job_id} {exc.status}:[/red] {detail}", highlight=False)
             return EXIT_FAILED
+        except GateFailed as exc:
+            if isinstance(exc.record, RunRecord):
+                console.print(run_summary_text(exc.record), markup=False, highlight=False, soft_wrap=True)
+            console.print(f"[red]{escape(str(exc))}; nothing was promoted[/red]", highlight=False)
+            return EXIT_FAILED
         except PipelineError as exc:
-            console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+            console.print(f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}", highlight=False)
             return EXIT_FAILED
     console.print(run_summary_text(result), markup=False, highlight=False, soft_wrap=True)
     ok = result.status == "succeeded" and result.smoke_passed is not False

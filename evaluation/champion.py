@@ -95,7 +95,12 @@ def read_champion(store: VariableStore, name: str) -> ChampionRecord | None:
     try:
         return ChampionRecord.model_validate(raw)
     except ValidationError as exc:
-        raise ChampionStoreError(f"Prefect Variable {key!r} does not hold a champion record: {exc}") from None
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        raise ChampionStoreError(
+            f"Prefect Variable {key!r} does not hold a champion record ({exc.error_count()} problem(s); "
+            f"first: {where}: {err['msg']}); delete or fix it"
+        ) from None
 
 
 def read_history(store: VariableStore, name: str) -> list[ChampionRecord]:

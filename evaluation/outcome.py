@@ -36,3 +36,34 @@ class EvaluationReport(BaseModel):
     promoted: bool = Field(default=False, description="The selected model became the champion")
     duration_s: float = 0.0
     calls: int = 0
+
+    def metric_values(self) -> dict[str, float]:
+        """Flat metrics for experiment tracking: ``eval.<model label>.<metric>``, the selection and the gate."""
+        out: dict[str, float] = {}
+        for m in self.models:
+            label = m.role.replace("-", "_") + (f"_step_{m.step}" if m.role == "checkpoint" else "")
+            for name in ("score", "exact_match", "token_f1", "rouge_l", "checks_pass_rate", "judge_grade"):
+                value = getattr(m, name)
+                if value is not None:
+                    out[f"eval.{label}.{name}"] = float(value)
+            if m.latency_mean_s is not None:
+                out[f"eval.{label}.latency_mean_s"] = m.latency_mean_s
+        selected = next((m for m in self.models if self.selected and m.model == self.selected.model), None)
+        if selected is not None and selected.score is not None:
+            out["eval.selected.score"] = selected.score
+        if self.gate_passed is not None:
+            out["eval.gate_passed"] = float(self.gate_passed)
+        out["eval.duration_s"] = self.duration_s
+        return out
+
+    def tags(self, promoted_as: str | None) -> dict[str, str]:
+        """Tracking tags: the selected model and, when promoted, the champion name it now serves under."""
+        tags = {"eval.score_name": self.score_name}
+        if self.selected is not None:
+            tags["eval.selected_model"] = self.selected.model
+        if self.gate_passed is not None:
+            tags["eval.gate"] = "passed" if self.gate_passed else "failed"
+        if promoted_as is not None and self.selected is not None:
+            tags["champion"] = promoted_as
+            tags[f"champion.{promoted_as}"] = self.selected.model
+        return tags

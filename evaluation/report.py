@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from evaluation.outcome import EvaluationReport
 from evaluation.results import ModelSummary
 from evaluation.scoring import SCORE_DEFINITION
 
@@ -83,3 +84,65 @@ def score_line(summaries: list[ModelSummary]) -> str:
     return ", ".join(
         f"{s.model}={s.score:.4f}" if s.score is not None else f"{s.model}=n/a" for s in summaries
     )
+
+
+def evaluation_summary_rows(report: EvaluationReport) -> list[tuple[str, str]]:
+    """The run summary's evaluation lines: selected model, gate verdict, promotion."""
+    rows = []
+    if report.selected is not None:
+        value = (
+            ""
+            if report.selected.value is None
+            else f" {report.selected.criterion}={report.selected.value:.4f}"
+        )
+        rows.append(("selected model", f"{report.selected.model}{value} ({report.selected.reason})"))
+    verdict = {True: "passed", False: "failed: " + "; ".join(report.gate_failures), None: "nothing to check"}
+    rows.append(("gate", verdict[report.gate_passed]))
+    if report.promotion:
+        rows.append(("promotion", report.promotion))
+    return rows
+
+
+def score_table_text(report: EvaluationReport) -> str:
+    """Per-model scores as aligned text for a terminal (the selected model starred)."""
+    selected = report.selected.model if report.selected else None
+    source = report.eval_set or report.smoke_set
+    title = (
+        f"evaluation: {source.size} {source.kind} prompt(s) from {source.source}" if source else "evaluation"
+    )
+    header = (
+        "",
+        "model",
+        "role",
+        report.score_name,
+        "token_f1",
+        "rougeL",
+        "checks",
+        "judge",
+        "smoke",
+        "errors",
+    )
+    lines: list[tuple[str, ...]] = [header]
+    for s in report.models:
+        lines.append(
+            (
+                "*" if s.model == selected else "",
+                s.model,
+                s.role + (f" {s.step}" if s.step is not None else ""),
+                *(
+                    "-" if v is None else f"{v:.{d}f}"
+                    for v, d in (
+                        (s.score, 4),
+                        (s.token_f1, 3),
+                        (s.rouge_l, 3),
+                        (s.checks_pass_rate, 3),
+                        (s.judge_grade, 2),
+                    )
+                ),
+                {True: "ok", False: f"{s.smoke_failed} failed", None: "-"}[s.smoke_passed],
+                str(s.errors),
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    text = "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in lines)
+    return f"{title}\n{text}\n  * selected; {report.score_name}: {report.score_definition}"

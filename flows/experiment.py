@@ -239,7 +239,9 @@ class ExperimentRun:
         )
         if record.trained_tokens is not None:
             tracker.log_metrics({"trained_tokens": float(record.trained_tokens)})
-        tracker.log_metrics(_numbers("eval", record.evaluation or {}))
+        if record.evaluation is not None:
+            tracker.log_metrics(record.evaluation.metric_values())
+            tracker.set_tags(record.evaluation.tags(record.promoted_as))
         result_json = record.outputs.get("result_json")
         tracker.log_artifacts(
             p for k, p in record.outputs.items() if not k.endswith("_csv") and p != result_json
@@ -273,15 +275,3 @@ class ExperimentRun:
                 last = metrics_frame(self._metric_events).iloc[-1]
                 metrics = {k: float(v) for k, v in last.items() if isinstance(v, float) and v == v}
             emit_job_event(status, job_id, self.model, {"error": error, "metrics": metrics}, self.flow_run_id)
-
-
-def _numbers(prefix: str, values: dict[str, Any]) -> dict[str, float]:
-    """Numeric leaves of a nested summary as ``prefix.key`` metrics (booleans excluded)."""
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            out |= _numbers(name, value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out

@@ -1,4 +1,4 @@
-"""The ``fine-tune`` flow: validate -> upload -> create job -> wait -> metrics -> smoke test."""
+"""The ``fine-tune`` flow: validate -> upload -> create job -> wait -> metrics -> evaluate (gate, promotion)."""
 
 # No `from __future__ import annotations`: a served deployment pickles the flow into a subprocess, where
 # string annotations such as "FineTuneParams" can no longer be resolved.
@@ -21,28 +21,47 @@ from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, Me
 from estimate.budget import MaxCost, MaxTokens
 from estimate.core import compare
 from estimate.duration import measured_training_seconds
+from evaluation.champion import PrefectVariables
+from evaluation.evalset import EvalCase
+from evaluation.gate import DEFAULT_MIN_IMPROVEMENT
+from evaluation.selection import SelectBy
 from flows.backend_runtime import open_connection
 from flows.cancellation import cancel_job, on_cancellation_hook
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
+from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
 from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
-from tasks.errors import JobFailed
+from tasks.errors import GateFailed, JobFailed
 from tasks.estimate import estimate_task
+from tasks.evaluate import EvalOptions
 from tasks.metrics import collect_metrics_task
 from tasks.record import DatasetFile, RunRecord
-from tasks.smoke import smoke_test_task
-from tasks.smoke_prompts import SmokePrompt, load_smoke_file
 from tasks.state import default_state_dir
 from tasks.upload import UploadedFile, upload_file_task
 from tasks.validate import ValidationSummary, validate_dataset_task
 from tasks.wait import wait_for_job_task
 
 
-def _smoke_prompts(params: FineTuneParams) -> list[SmokePrompt]:
-    path = params.smoke_path()
-    from_file = load_smoke_file(path) if path is not None else []
-    return [*from_file, *params.smoke_prompts]
+def _judge_plan(params: FineTuneParams) -> JudgePlan:
+    return plan_judging(
+        evaluate=params.evaluate,
+        eval_file=params.eval_path(),
+        validation_file=params.validation_path(),
+        smoke_file=params.smoke_path(),
+        smoke_cases=list(params.smoke_prompts),
+        select_by=params.select_by,
+        min_score=params.gate_min_score,
+        min_improvement=params.gate_min_improvement,
+        # The flow receives every parameter explicitly, so "not set" can only be told by value.
+        min_improvement_is_default=params.gate_min_improvement == DEFAULT_MIN_IMPROVEMENT,
+        promote_as=params.promote_as,
+        options=EvalOptions(
+            max_output_tokens=params.eval_max_output_tokens,
+            concurrency=params.eval_concurrency,
+            judge_model=params.judge_model,
+        ),
+    )
 
 
 def _resolved_hyperparameters(job: FineTuningJob) -> dict[str, Any]:
@@ -122,8 +141,16 @@ def fine_tune(
     seed: Seed | None = _P["seed"],
     metadata: dict[str, str] = _P["metadata"],
     integrations: list[dict[str, Any]] = _P["integrations"],
-    smoke_prompts: list[SmokePrompt] = _P["smoke_prompts"],
-    smoke_max_output_tokens: int = _P["smoke_max_output_tokens"],
+    smoke_prompts: list[EvalCase] = _P["smoke_prompts"],
+    eval_file: Path | None = _P["eval_file"],
+    evaluate: bool = _P["evaluate"],
+    select_by: SelectBy | None = _P["select_by"],
+    gate_min_score: float | None = _P["gate_min_score"],
+    gate_min_improvement: float | None = _P["gate_min_improvement"],
+    promote_as: str | None = _P["promote_as"],
+    judge_model: str | None = _P["judge_model"],
+    eval_max_output_tokens: int = _P["eval_max_output_tokens"],
+    eval_concurrency: int = _P["eval_concurrency"],
     poll_interval_s: float = _P["poll_interval_s"],
     poll_max_interval_s: float = _P["poll_max_interval_s"],
     wait_timeout_s: float = _P["wait_timeout_s"],
@@ -144,6 +171,8 @@ def fine_tune(
     )
     try:
         return _fine_tune(params, experiment)
+    except GateFailed:
+        raise  # the job succeeded and its tracked run is already finished; only the model was rejected
     except JobFailed as exc:
         experiment.ended_without_success(exc.job_id, exc.status, str(exc))
         raise
@@ -160,7 +189,9 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
     started_at = datetime.now(UTC)
     log = runtime.run_logger()
     train_path, validation_path = params.train_path(), params.validation_path()
-    smoke_prompts = _smoke_prompts(params)  # fail on a broken smoke file before spending compute
+    judge_plan = _judge_plan(params)  # a broken eval/smoke file fails the run before compute is spent
+    champions = PrefectVariables()
+    current_champion(judge_plan, champions)  # so does an unreadable champion record
     state_dir = params.state_dir or default_state_dir()
     flow_run_id = current_flow_run.get_id()
 
@@ -256,15 +287,22 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             if estimate is not None
             else None
         )
-        smoke_passed: bool | None = None
-        smoke_answers: list[dict[str, str]] = []
-        if smoke_prompts and job.fine_tuned_model:
-            smoke = smoke_test_task(
-                client, job.fine_tuned_model, smoke_prompts, max_output_tokens=params.smoke_max_output_tokens
+        judged = None
+        if job.fine_tuned_model and judge_plan.sets:
+            judged = judge_run(
+                plan=judge_plan,
+                settings=conn.settings,
+                transport=conn.transport,
+                base_model=job.model or params.model,
+                job=job,
+                checkpoints_parquet=metrics.files.get("checkpoints_parquet"),
+                final_metrics=metrics.final_metrics,
+                output_dir=output_dir,
+                flow_run_id=str(flow_run_id) if flow_run_id else None,
+                store=champions,
             )
-            smoke_passed = smoke.passed
-            smoke_answers = [{"prompt": c.prompt, "output": c.output} for c in smoke.cases]
 
+    evaluation = judged.report if judged else None
     result_path = metrics.output_dir / "result.json"
     result = RunRecord(
         job_id=job_id,
@@ -296,9 +334,11 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         final_metrics=metrics.final_metrics,
         metric_definitions=metrics.definitions,
         output_dir=metrics.output_dir,
-        outputs={**metrics.files, "result_json": result_path},
-        smoke_passed=smoke_passed,
-        smoke_answers=smoke_answers,
+        outputs={**metrics.files, **(judged.files if judged else {}), "result_json": result_path},
+        smoke_passed=judged.smoke_passed if judged else None,
+        smoke_answers=judged.smoke_answers if judged else [],
+        evaluation=evaluation,
+        promoted_as=params.promote_as if evaluation is not None and evaluation.promoted else None,
         estimate=vs_actual,
     )
     result_path.write_text(result.to_json(), encoding="utf-8")
@@ -309,4 +349,9 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         description="run summary",
     )
     log.info("fine-tune finished: job %s %s, model %s", job_id, job.status, job.fine_tuned_model)
+    if evaluation is not None and evaluation.gate_passed is False:
+        # The record is written first, so a failed gate still leaves the scores behind.
+        raise GateFailed(
+            "gate failed: " + "; ".join(evaluation.gate_failures), evaluation.gate_failures, result
+        )
     return result

@@ -29,7 +29,7 @@ from evaluation.outcome import EvalSetInfo, EvaluationReport
 from evaluation.results import EvalModel
 from evaluation.scoring import SCORE_VERSION
 from evaluation.selection import SelectBy
-from tasks import _runtime
+from tasks import runtime
 from tasks.errors import EvalSetInvalid
 from tasks.evaluate import EvalOptions, evaluate_task
 
@@ -62,6 +62,7 @@ class JudgePlan:
 
 def plan_judging(
     *,
+    evaluate: bool,
     eval_file: Path | None,
     validation_file: Path | None,
     smoke_file: Path | None,
@@ -75,8 +76,10 @@ def plan_judging(
 ) -> JudgePlan:
     """Load the eval and smoke sets and check the options against them; raise ``EvalSetInvalid`` (one line)."""
     try:
-        if eval_file is not None:
-            eval_set: EvalSet | None = load_eval_file(eval_file)
+        if not evaluate:
+            eval_set: EvalSet | None = None
+        elif eval_file is not None:
+            eval_set = load_eval_file(eval_file)
         elif validation_file is not None:
             eval_set = cases_from_dataset_file(validation_file)
         else:
@@ -92,7 +95,11 @@ def plan_judging(
         )
     if eval_set is not None and not eval_set.cases:
         eval_set = None  # e.g. a validation file made only of tool-call conversations
-    no_eval = "give an eval set (eval.jsonl in the dataset folder, an eval file, or a validation file)"
+    no_eval = (
+        "give an eval set (eval.jsonl in the dataset folder, an eval file, or a validation file)"
+        if evaluate
+        else "the eval stage is turned off"
+    )
     if eval_set is None:
         if select_by == "eval_score":
             raise EvalSetInvalid(f"select_by eval_score needs eval prompts: {no_eval}")
@@ -118,24 +125,39 @@ def plan_judging(
     )
 
 
+def current_champion(plan: JudgePlan, store: VariableStore) -> ChampionRecord | None:
+    """The champion the candidate will face (None when not promoting or none yet); one-line error if unreadable."""
+    if plan.promote_as is None:
+        return None
+    try:
+        return read_champion(store, plan.promote_as)
+    except ChampionStoreError as exc:
+        raise EvalSetInvalid(str(exc)) from None
+
+
 def models_to_ask(
     base_model: str,
     job: FineTuningJob,
     checkpoints_parquet: Path | None,
     final_metrics: dict[str, float],
     champion: ChampionRecord | None,
+    *,
+    with_base: bool = True,
 ) -> list[EvalModel]:
-    """Base, each checkpoint (by step), the fine-tuned model, and the champion when it needs re-scoring."""
+    """Base, each checkpoint (by step), the fine-tuned model, and the champion when it needs re-scoring.
+
+    Without eval prompts (``with_base`` False) only the candidates are asked: their smoke checks.
+    """
     import pandas as pd
 
-    models = [EvalModel(base_model, "base")]
+    models = [EvalModel(base_model, "base")] if with_base else []
     last_step: int | None = None
     if checkpoints_parquet is not None and checkpoints_parquet.is_file():
         frame = pd.read_parquet(checkpoints_parquet).dropna(subset=["model"]).sort_values("step")
-        for row in frame.itertuples():
-            step = None if pd.isna(row.step) else int(row.step)
-            loss = None if pd.isna(row.full_valid_loss) else float(row.full_valid_loss)
-            models.append(EvalModel(str(row.model), "checkpoint", step=step, full_valid_loss=loss))
+        for row in frame.to_dict("records"):
+            step = None if pd.isna(row["step"]) else int(row["step"])
+            loss = None if pd.isna(row["full_valid_loss"]) else float(row["full_valid_loss"])
+            models.append(EvalModel(str(row["model"]), "checkpoint", step=step, full_valid_loss=loss))
             last_step = step if step is not None else last_step
     assert job.fine_tuned_model is not None
     models.append(
@@ -149,6 +171,16 @@ def models_to_ask(
     if champion is not None and champion.model_id not in {m.model for m in models}:
         models.append(EvalModel(champion.model_id, "champion"))
     return models
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The report for result.json, the files written, and the selected model's smoke results."""
+
+    report: EvaluationReport
+    files: dict[str, Path]
+    smoke_passed: bool | None
+    smoke_answers: list[dict[str, str]]
 
 
 def _info(s: EvalSet | None, fingerprint: str | None = None) -> EvalSetInfo | None:
@@ -171,18 +203,15 @@ def judge_run(
     output_dir: Path,
     flow_run_id: str | None,
     store: VariableStore,
-) -> tuple[EvaluationReport, dict[str, Path]]:
-    """Evaluate, select, gate and (when asked and the gate passed) promote; returns the report and files."""
-    log = _runtime.run_logger()
+) -> Judgement:
+    """Evaluate, select, gate and (when asked and the gate passed) promote."""
+    log = runtime.run_logger()
     fingerprint = plan.fingerprint
-    champion = None
-    if plan.promote_as is not None:
-        try:
-            champion = read_champion(store, plan.promote_as)
-        except ChampionStoreError as exc:
-            raise EvalSetInvalid(str(exc)) from None
+    champion = current_champion(plan, store)
     rescore = champion if champion is not None and champion.eval_set_hash != fingerprint else None
-    models = models_to_ask(base_model, job, checkpoints_parquet, final_metrics, rescore)
+    models = models_to_ask(
+        base_model, job, checkpoints_parquet, final_metrics, rescore, with_base=plan.eval_set is not None
+    )
     outcome = evaluate_task(
         settings,
         models,
@@ -207,11 +236,21 @@ def judge_run(
         duration_s=outcome.duration_s,
         calls=outcome.calls,
     )
+    smoke = outcome.frame[(outcome.frame["set"] == "smoke") & (outcome.frame["model"] == selected.model)]
+    judgement = Judgement(
+        report=report,
+        files=outcome.files,
+        smoke_passed=selected.smoke_passed,
+        smoke_answers=[
+            {"prompt": str(r["prompt"]), "output": "" if r["answer"] is None else str(r["answer"])}
+            for r in smoke.astype(object).where(smoke.notna(), None).to_dict("records")
+        ],
+    )
     log.info("%s", gate.reason() if gate.checked else "no gate thresholds to check")
     if plan.promote_as is None or not gate.passed:
         if plan.promote_as is not None:
             report.promotion = f"not promoted as {plan.promote_as}: {gate.reason()}"
-        return report, outcome.files
+        return judgement
     assert plan.eval_set is not None and fingerprint is not None and selected.score is not None
     candidate = ChampionRecord(
         name=plan.promote_as,
@@ -232,4 +271,4 @@ def judge_run(
     log.info("champion %s: %s", plan.promote_as, decision.message)
     report.promotion = decision.message
     report.promoted = decision.promote
-    return report, outcome.files
+    return judgement

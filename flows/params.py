@@ -14,7 +14,9 @@ from pydantic.fields import FieldInfo
 from contract import wire
 from contract.hyperparameters import Hyperparameters, MethodType, Seed
 from estimate.budget import Budget, MaxCost, MaxTokens
-from tasks.smoke_prompts import SmokePrompt
+from evaluation.evalset import EvalCase
+from evaluation.gate import DEFAULT_MIN_IMPROVEMENT
+from evaluation.selection import SelectBy
 
 if TYPE_CHECKING:
     from client.models import Method
@@ -24,6 +26,7 @@ TRAIN_NAMES = ("train.jsonl", "training.jsonl")
 VALIDATION_NAMES = ("validation.jsonl", "valid.jsonl", "val.jsonl")
 SMOKE_NAMES = ("smoke.jsonl",)
 NEED_TRAINING_DATA = "give dataset_dir (a folder with train.jsonl) or train_file; neither was set"
+EVAL_NAMES = ("eval.jsonl",)
 
 
 class FineTuneParams(Hyperparameters):
@@ -37,7 +40,8 @@ class FineTuneParams(Hyperparameters):
 
     dataset_dir: Path | None = Field(
         default=None,
-        description="Folder with train.jsonl [validation.jsonl] [smoke.jsonl]; this or train_file is required",
+        description="Folder with train.jsonl [validation.jsonl] [eval.jsonl] [smoke.jsonl]; this or train_file "
+        "is required",
     )
     train_file: Path | None = Field(
         default=None,
@@ -67,12 +71,45 @@ class FineTuneParams(Hyperparameters):
     wait_timeout_s: float = Field(
         default=3600.0, gt=0, description="Give up waiting for the job after this long"
     )
-    smoke_prompts: list[SmokePrompt] = Field(
-        default_factory=list, description="Smoke prompts used in addition to the smoke file"
+    smoke_prompts: list[EvalCase] = Field(
+        default_factory=list, description="Smoke checks used in addition to the smoke file"
     )
-    smoke_max_output_tokens: int = Field(
-        default=32, ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP, description="Answer length of each smoke prompt"
+    eval_file: Path | None = Field(
+        default=None,
+        description="Eval JSONL (overrides the dataset folder's eval.jsonl; without either, the validation "
+        "file's examples are the eval set)",
     )
+    evaluate: bool = Field(
+        default=True,
+        description="Ask base, checkpoint and fine-tuned models the eval prompts (off: smoke checks only)",
+    )
+    select_by: SelectBy | None = Field(
+        default=None,
+        description="How the best of checkpoints and final model is picked (default: eval_score when an "
+        "eval ran, else full_valid_loss)",
+    )
+    gate_min_score: float | None = Field(
+        default=None, ge=0, le=1, description="Gate: the selected model's mean eval score must reach this"
+    )
+    gate_min_improvement: float | None = Field(
+        default=DEFAULT_MIN_IMPROVEMENT,
+        ge=-1,
+        le=1,
+        description="Gate: the selected model's score minus the base model's must reach this (None: off)",
+    )
+    promote_as: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Record the selected model as champion NAME when the gate passes and it scores at "
+        "least the current champion (Prefect Variable ftpipe-champion-NAME)",
+    )
+    judge_model: str | None = Field(
+        default=None, min_length=1, description="Also grade each answer 1-5 with this model (LLM-as-judge)"
+    )
+    eval_max_output_tokens: int = Field(
+        default=96, ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP, description="Answer length of each eval/smoke prompt"
+    )
+    eval_concurrency: int = Field(default=16, ge=1, le=64, description="Eval calls in flight at once")
     output_dir: Path | None = Field(
         default=None, description="Where frames and plots go (default runs/<job id>)"
     )
@@ -162,6 +199,10 @@ class FineTuneParams(Hyperparameters):
     def smoke_path(self) -> Path | None:
         """The smoke prompts file, if any."""
         return self.smoke_file or self._from_dir(SMOKE_NAMES)
+
+    def eval_path(self) -> Path | None:
+        """The eval file, if any (explicit, else the dataset folder's eval.jsonl)."""
+        return self.eval_file or self._from_dir(EVAL_NAMES)
 
     def job_method(self) -> Method:
         """The wire ``method`` object."""

@@ -49,16 +49,8 @@ class JobTimeout(PipelineError):
         self.waited_s = waited_s
 
 
-class SmokeTestFailed(PipelineError):
-    """The fine-tuned model gave an empty answer or missed a required substring."""
-
-    def __init__(self, failures: list[str]) -> None:
-        super().__init__("smoke test failed: " + "; ".join(failures))
-        self.failures = failures
-
-
 class EvalSetInvalid(PipelineError):
-    """An eval or smoke file has an invalid line (the message names ``file:line: field``)."""
+    """An eval or smoke file has an invalid line (``file:line: field``), or the eval options contradict it."""
 
 
 class EvaluationFailed(PipelineError):
@@ -66,11 +58,15 @@ class EvaluationFailed(PipelineError):
 
 
 class GateFailed(PipelineError):
-    """The selected model missed a gate threshold; the message names each threshold and measured value."""
+    """The selected model missed a gate threshold; the message names each threshold and measured value.
 
-    def __init__(self, reason: str, failures: list[str]) -> None:
+    ``record`` is the run's record (already written to result.json), so a front end can still show scores.
+    """
+
+    def __init__(self, reason: str, failures: list[str], record: object = None) -> None:
         super().__init__(reason)
         self.failures = failures
+        self.record = record
 
 
 class BudgetExceeded(PipelineError):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from estimate.core import EstimateVsActual
+from evaluation.outcome import EvaluationReport
 
 RECORD_VERSION = 1
 
@@ -93,7 +94,8 @@ class RunRecord(BaseModel):
         default_factory=list, description="What the fine-tuned model answered to each smoke prompt"
     )
     # Filled by later stages when they ran: the eval stage's summary and the pre-launch estimate.
-    evaluation: dict[str, Any] | None = None
+    evaluation: EvaluationReport | None = None
+    promoted_as: str | None = Field(default=None, description="Champion name this run's model became, if any")
     estimate: EstimateVsActual | None = None
     tracking: TrackingRef | None = None
 

@@ -8,11 +8,12 @@ their own data model keep their renderers beside it (``estimate/render.py``, ``e
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from estimate.render import vs_actual_rows
+from evaluation.report import evaluation_summary_rows, score_table_text
 
 if TYPE_CHECKING:  # type-only: the stage modules import this one
     import pandas as pd
@@ -20,8 +21,6 @@ if TYPE_CHECKING:  # type-only: the stage modules import this one
     from client.models import FineTuningJob
     from tasks.create_job import JobSpec
     from tasks.record import RunRecord
-    from tasks.smoke import SmokeCase
-    from tasks.smoke_prompts import SmokePrompt
     from tasks.upload import UploadedFile
     from tasks.validate import ValidationSummary
 
@@ -148,32 +147,6 @@ def loss_curve_markdown(job_id: str, png: bytes, saved_to: Path | None = None, n
     return f"### Loss curve of `{job_id}`\n\n{note}![loss curve](data:image/png;base64,{encoded})\n\n{where}"
 
 
-# ----------------------------------------------------------------------------------------------- smoke
-
-
-def smoke_rows(cases: Sequence[SmokeCase], prompts: Sequence[SmokePrompt]) -> list[dict[str, Any]]:
-    """One row per smoke prompt: what it asked, what came back, how long it took, whether it passed."""
-    return [
-        {
-            "prompt": c.prompt,
-            "output": c.output,
-            "latency_s": round(c.latency_s, 3),
-            "must_contain": ", ".join(p.must_contain),
-            "passed": c.passed,
-        }
-        for c, p in zip(cases, prompts, strict=True)
-    ]
-
-
-def smoke_failures(cases: Iterable[SmokeCase]) -> list[str]:
-    """One line per failed case: the prompt's start and what was wrong with the answer."""
-    return [
-        f"{c.prompt[:40]!r}: " + ("empty output" if not c.output.strip() else f"missing {c.missing}")
-        for c in cases
-        if not c.passed
-    ]
-
-
 # ------------------------------------------------------------------------------------------ run summary
 
 
@@ -196,6 +169,7 @@ def run_summary_rows(record: RunRecord) -> list[tuple[str, str]]:
     if record.smoke_answers:
         first = record.smoke_answers[0]
         rows.append(("smoke answer", f"{first['prompt']!r} -> {first['output'].strip()!r}"))
+    rows += evaluation_summary_rows(record.evaluation) if record.evaluation else []
     rows += [("duration", f"{record.duration_s:.1f}s"), ("output dir", str(record.output_dir))]
     return rows
 
@@ -220,4 +194,5 @@ def run_summary_text(record: RunRecord) -> str:
     """The run summary for a terminal: a title over aligned ``field  value`` lines."""
     rows = run_summary_rows(record)
     width = max(len(k) for k, _ in rows)
-    return "fine-tune result\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    scores = score_table_text(record.evaluation) + "\n\n" if record.evaluation else ""
+    return scores + "fine-tune result\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

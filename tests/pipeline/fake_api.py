@@ -28,6 +28,15 @@ SIX_METRICS = (
 )
 
 
+def trained_reply(model: str, prompt: Any) -> str:
+    """A base model knows nothing; fine-tuned and checkpoint models ("ft:...") answer like the test data."""
+    text = prompt if isinstance(prompt, str) else str(prompt[-1]["content"])
+    if not model.startswith("ft:"):
+        return "I do not know."
+    item = re.search(r"item number (\d+)", text)
+    return f"Item {item.group(1)} is blue." if item else f"answer from {model}: {text}"
+
+
 @dataclass
 class Injected:
     """A canned failure for the next matching request(s)."""
@@ -48,7 +57,7 @@ class FakeMKA1:
     metadata_filter: str = "honour"  # honour | ignore | empty (a server that mis-parses the filter)
     total_steps: int = 4
     error: dict[str, str] | None = None
-    reply: Callable[[str, str], str] = lambda model, prompt: f"answer from {model}: {prompt}"
+    reply: Callable[[str, Any], str] = field(default=lambda model, prompt: trained_reply(model, prompt))
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

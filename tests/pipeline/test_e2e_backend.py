@@ -22,13 +22,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.settings import get_current_settings
+from prefect.variables import Variable
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
 from client import ClientSettings, MKA1Client
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
-from tasks.errors import DatasetInvalid
+from tasks.errors import DatasetInvalid, GateFailed
 from tasks.metrics import METRIC_COLUMNS
 from tests.backend_workers import frozen_when
 from tests.pipeline.conftest import write_jsonl
@@ -112,13 +113,34 @@ def test_flow_trains_and_rerun_creates_nothing(
     assert ev["message"].str.contains("Training completed").any() and "metrics" not in set(ev["type"])
     assert (tmp_path / "out" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     keys = asyncio.run(_artifact_keys(state.state_details.flow_run_id))
-    assert {"dataset-validation", "job", "job-progress", "checkpoints", "loss-curve", "smoke-test"} <= keys
+    assert {"dataset-validation", "job", "job-progress", "checkpoints", "loss-curve", "eval-summary"} <= keys
+    # The eval stage asked the base model, every checkpoint model and the fine-tuned model over real HTTP.
+    evaluation = result.evaluation
+    assert evaluation is not None and evaluation.eval_set is not None and evaluation.eval_set.size == 10
+    roles = [m.role for m in evaluation.models]
+    assert roles[0] == "base" and roles[-1] == "fine-tuned" and roles.count("checkpoint") == len(ck)
+    assert all(m.errors == 0 and m.score is not None and 0 <= m.score <= 1 for m in evaluation.models)
+    frame = pd.read_parquet(tmp_path / "out" / "eval.parquet")
+    assert len(frame) == len(evaluation.models) * (10 + 5) and frame["latency_s"].gt(0).all()
+    assert evaluation.selected is not None and evaluation.selected.model in set(frame["model"])
 
     files, jobs = _lists(backend, "e2e-happy")
-    again = fine_tune(**params.flow_arguments())
+    # Same job inputs, so this re-attaches; it evaluates again and promotes.
+    promoting = params.model_copy(update={"promote_as": "e2e-bot", "gate_min_improvement": None})
+    again = fine_tune(**promoting.flow_arguments())
     assert _lists(backend, "e2e-happy")[0] == files
     assert [j.id for j in _lists(backend, "e2e-happy")[1]] == [j.id for j in jobs] == [result.job_id]
     assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
+    assert again.promoted_as == "e2e-bot" and again.evaluation is not None
+    champion = Variable.get("ftpipe-champion-e2e-bot")
+    assert again.evaluation.selected is not None
+    assert champion["model_id"] == again.evaluation.selected.model and champion["job_id"] == result.job_id
+
+    with pytest.raises(GateFailed, match=r"^gate failed: min_score: .* below the threshold 0\.9900$"):
+        fine_tune(
+            **params.model_copy(update={"promote_as": "e2e-bot", "gate_min_score": 0.99}).flow_arguments()
+        )
+    assert Variable.get("ftpipe-champion-e2e-bot") == champion
 
 
 def test_bad_dataset_uploads_nothing(backend: RunningBackend, tmp_path: Path) -> None:

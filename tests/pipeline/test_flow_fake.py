@@ -100,7 +100,7 @@ def test_flow_succeeds_then_rerun_reuses_everything(
     arts, logs, run = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
     keys = {a.key for a in arts}
     assert {"dataset-validation", "upload-training", "job", "job-link", "job-progress", "checkpoints"} <= keys
-    assert {"loss-curve", "smoke-test", "fine-tune-result"} <= keys
+    assert {"loss-curve", "eval-summary", "eval-side-by-side", "fine-tune-result"} <= keys
     progress = [a for a in arts if a.type == "progress"]
     assert progress and progress[0].data == 100.0
     loss = next(a for a in arts if a.key == "loss-curve")

@@ -12,8 +12,6 @@ from client.models import FineTuningJob, Method
 from tasks import report
 from tasks.create_job import JobSpec
 from tasks.record import DatasetFile, RunRecord
-from tasks.smoke import SmokeCase
-from tasks.smoke_prompts import SmokePrompt
 from tasks.upload import UploadedFile
 from tasks.validate import ValidationSummary
 
@@ -184,21 +182,6 @@ def test_loss_curve_markdown_inlines_the_png() -> None:
         and "Saved to `/o/loss.png`." in md
     )
     assert "Saved to" not in report.loss_curve_markdown("j", b"x")
-
-
-def test_smoke_rows_and_failures() -> None:
-    prompts = [SmokePrompt(prompt="colour?", must_contain=["blue", "sky"]), SmokePrompt(prompt="x" * 60)]
-    cases = [SmokeCase("colour?", "red", 0.12345, ["blue"]), SmokeCase("x" * 60, "  ", 1.0)]
-    rows = report.smoke_rows(cases, prompts)
-    assert rows[0] == {
-        "prompt": "colour?",
-        "output": "red",
-        "latency_s": 0.123,
-        "must_contain": "blue, sky",
-        "passed": False,
-    }
-    assert report.smoke_failures(cases) == ["'colour?': missing ['blue']", f"{'x' * 40!r}: empty output"]
-    assert report.smoke_failures([SmokeCase("ok", "fine", 0.1)]) == []
 
 
 def test_run_summary_shows_the_estimate_beside_the_actuals() -> None:
