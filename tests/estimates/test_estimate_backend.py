@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from client.models import JobCreateRequest, Method, SupervisedHyperparameters, S
 from estimate.core import estimate_job
 from estimate.duration import job_training_seconds
 from estimate.pricing import Price, PriceTable
+from estimate.tokens import count_tokens
 from tests.jsonl_data import chat_example, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -24,10 +26,12 @@ MODEL = "local:micro-chat"
 
 @pytest.fixture(scope="module")
 def priced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
-    settings = BackendSettings(
-        data_dir=tmp_path_factory.mktemp("priced"), training_price_per_million=2.5, price_currency="EUR"
-    )
-    with start_backend(settings, port=0) as rb:
+    """A backend that charges 2.5 EUR per 1M trained tokens; flows find it through FTPIPE_BACKEND_*."""
+    data_dir = tmp_path_factory.mktemp("priced")
+    settings = BackendSettings(data_dir=data_dir, training_price_per_million=2.5, price_currency="EUR")
+    with start_backend(settings, port=0) as rb, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTPIPE_BACKEND_DATA_DIR", str(data_dir))
+        mp.setenv("FTPIPE_BACKEND_PORT", str(rb.port))
         yield rb
 
 
@@ -73,7 +77,9 @@ def _train(c: MKA1Client, path: Path, n_epochs: int) -> str:
 def test_estimate_matches_the_job_and_learns_its_throughput(priced: RunningBackend, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "train.jsonl", [chat_example(i) for i in range(24)])
     with _client(priced) as c:
-        before = estimate_job(c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable())
+        before = estimate_job(
+            c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable(), calibrate=False
+        )
         assert before.duration.seconds is None and "no finished supervised job" in before.duration.basis
         assert before.price == Price(per_million_tokens=2.5, currency="EUR", source="API cluster_default")
         assert before.cost == pytest.approx(before.tokens.tokens * 2.5 / 1e6)
@@ -81,7 +87,44 @@ def test_estimate_matches_the_job_and_learns_its_throughput(priced: RunningBacke
         job = c.jobs.retrieve(_train(c, path, n_epochs=2))
         assert job.trained_tokens == before.tokens.tokens
 
-        after = estimate_job(c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable())
+        after = estimate_job(
+            c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable(), calibrate=False
+        )
         actual = job_training_seconds(c, job)
     assert after.duration.jobs == [job.id]
     assert actual is not None and after.duration.seconds == pytest.approx(actual)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_budget_gate_on_the_embedded_backend(
+    priced: RunningBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over budget: exit 1 in seconds, one line, no new file on the backend. Within: trains, records costs."""
+    from cli.main import main
+
+    ds = tmp_path / "ds"
+    write_jsonl(ds / "train.jsonl", [chat_example(i) for i in range(16)])
+    write_jsonl(ds / "validation.jsonl", [chat_example(100 + i) for i in range(10)])
+    tokens = count_tokens(ds / "train.jsonl", MODEL, "supervised", 1).tokens
+    cost = tokens * 2.5 / 1e6
+    argv = ["run", str(ds), "--model", MODEL, "--epochs", "1", "--batch-size", "4", "--poll-interval", "0.3"]
+    argv += ["--state-dir", str(tmp_path / "state"), "--output", str(tmp_path / "out"), "--quiet"]
+    with _client(priced) as c:
+        files_before = {f.id for f in c.files.list()}
+        began = time.monotonic()
+        assert main([*argv, "--max-tokens", "10"]) == 1
+        assert main([*argv, "--max-cost", f"{cost / 2:.10f}"]) == 1
+        stopped_in = time.monotonic() - began
+        assert {f.id for f in c.files.list()} == files_before
+        out = capsys.readouterr().out
+        assert f"over budget: estimate {tokens:,} trained tokens > max_tokens 10" in out
+        assert f"over budget: estimate {cost:,.2f} EUR ({tokens:,} trained tokens at 2.50 EUR per 1M" in out
+        assert stopped_in < 120  # no training, no upload: only the estimate (generous for a loaded CI box)
+
+        assert main([*argv, "--max-cost", f"{cost * 2:.10f}"]) == 0
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    est = record["estimate"]
+    assert est["estimated_tokens"] == est["actual_tokens"] == record["trained_tokens"] == tokens
+    assert est["estimated_cost"] == pytest.approx(cost) and est["actual_cost"] == pytest.approx(cost)
+    assert est["currency"] == "EUR" and est["price_source"] == "API cluster_default"
+    assert est["actual_duration_s"] is not None
