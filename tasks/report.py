@@ -51,7 +51,8 @@ def validation_markdown(train: Path, validation: Path | None, summary: Validatio
         f"- training file: `{train}`",
         f"- validation file: `{validation or '-'}`",
         f"- {summary.n_errors} error(s), {summary.n_warnings} warning(s)",
-        f"- estimated billed tokens: {summary.estimated_billed_tokens}",
+        f"- estimated billed tokens: {summary.estimated_billed_tokens} (characters/4 heuristic;"
+        " the pre-flight estimate counts them with the model's tokenizer)",
         "",
     ]
     for title, issues in (("Errors", summary.errors), ("Warnings", summary.warnings)):
