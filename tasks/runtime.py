@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 from uuid import UUID
 
-from prefect import Task
 from prefect import artifacts as _artifacts
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _FALLBACK = logging.getLogger("ftpipe.tasks")
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
@@ -38,13 +34,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     if in_run():
         return get_run_logger()
     return _FALLBACK
-
-
-def call_task(task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run ``task`` as a (nested) task run inside a run, so its retries apply; else call its function bare."""
-    if in_run():
-        return task(*args, **kwargs)
-    return task.fn(*args, **kwargs)
 
 
 def artifact_key(*parts: str) -> str:
