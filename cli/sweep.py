@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, positive_int, quiet_prefect_logging
+from cli.common import EXIT_FAILED, EXIT_OK, positive_int, quiet_prefect_logging, usage_error
 from cli.estimate import add_budget_options
+
+PROG = "ftpipe sweep"
 
 EPILOG = """examples:
   ftpipe sweep sweep.yaml
@@ -59,14 +61,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Load the file, apply the flags, run the sweep flow; 0 only if every config succeeded."""
+    from pydantic import ValidationError
     from rich.console import Console
     from rich.table import Table
 
-    from flows import sweep as sweep_flow
+    from flows.params import error_lines
+    from flows.sweep_config import SweepParams, load_sweep_file
 
     console = Console()
     try:
-        params = sweep_flow.load_sweep_file(args.config)
+        params = load_sweep_file(args.config)
         overrides = {
             k: v
             for k, v in {
@@ -83,13 +87,17 @@ def sweep_command(args: argparse.Namespace) -> int:
         }
         data = params.model_dump()
         data["base"] = {**data["base"], **budget}  # a budget flag is for the whole sweep: the base carries it
-        params = sweep_flow.SweepParams.model_validate({**data, **overrides})
-    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        console.print(f"[red]bad sweep file:[/red] {exc}")
-        return EXIT_USAGE
+        params = SweepParams.model_validate({**data, **overrides})
+    except ValidationError as exc:
+        return usage_error(PROG, f"bad sweep file {args.config}: " + "; ".join(error_lines(exc)))
+    except (OSError, ValueError) as exc:
+        return usage_error(PROG, f"bad sweep file: {exc}")
     if args.quiet:
         quiet_prefect_logging()
-    state = sweep_flow.sweep(params, return_state=True)
+    # Prefect is imported only now: a bad sweep file is reported without starting it.
+    from flows import sweep as sweep_flow
+
+    state = sweep_flow.sweep(**params.flow_arguments(), return_state=True)
     if not state.is_completed():
         console.print(f"[red]sweep failed:[/red] {sweep_flow.error_text(state)}")
         return EXIT_FAILED

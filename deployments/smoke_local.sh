@@ -27,7 +27,7 @@ rows = [{"messages": [{"role": "user", "content": f"Colour of item {i}?"}, {"rol
 PY
 P='{"dataset_dir": "'$W'/ds", "model": "local:micro-chat", "n_epochs": 1, "poll_interval_s": 0.5, "state_dir": "'$W'/state", "output_dir": "'$W'/out-manual"}'
 echo "== run manual"; prefect deployment run 'fine-tune/manual' --params "$P" --watch --watch-timeout 300 2>&1 | tail -8
-S='{"params": {"base": {"dataset_dir": "'$W'/ds", "model": "local:micro-chat", "n_epochs": 1, "poll_interval_s": 0.5, "state_dir": "'$W'/state"}, "grid": {"seed": [1, 2]}, "output_dir": "'$W'/out-sweep"}}'
+S='{"base": {"dataset_dir": "'$W'/ds", "model": "local:micro-chat", "n_epochs": 1, "poll_interval_s": 0.5, "state_dir": "'$W'/state"}, "grid": {"seed": [1, 2]}, "output_dir": "'$W'/out-sweep"}'
 echo "== run sweep"; prefect deployment run 'fine-tune-sweep/sweep' --params "$S" --watch --watch-timeout 400 2>&1 | tail -8
 echo "== flow runs"; prefect flow-run ls --limit 10 2>&1 | tail -14
 ls $W/out-manual $W/out-sweep

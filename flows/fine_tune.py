@@ -13,7 +13,6 @@ from prefect import flow
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
-from pydantic import Field
 
 from client import MKA1Client
 from client.models import FineTuningJob
@@ -108,14 +107,8 @@ def _flow_run_name() -> str:
     return run_name(str(model), given.get("suffix"), seed)
 
 
-def _param(name: str) -> Any:
-    """A flow parameter's default and description, taken from ``FineTuneParams`` (their one home)."""
-    field = FineTuneParams.model_fields[name]
-    return Field(default=field.get_default(call_default_factory=True), description=field.description)
-
-
-# Built once: these are the signature's defaults (Prefect shows their descriptions in the run form).
-_P = {name: _param(name) for name in FineTuneParams.model_fields}
+# Built once: the signature's defaults and descriptions, from FineTuneParams (their one home).
+_P = FineTuneParams.signature_defaults()
 
 
 # Every parameter is top-level (Prefect merges a deployment run's overrides key by key); the signature lists

@@ -6,9 +6,9 @@ Prefect-free on purpose: the CLI reads its defaults from these models while buil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from contract import wire
@@ -29,13 +29,48 @@ NEED_TRAINING_DATA = "give dataset_dir (a folder with train.jsonl) or train_file
 EVAL_NAMES = ("eval.jsonl",)
 
 
-class FineTuneParams(Hyperparameters):
-    """Inputs of the ``fine-tune`` flow, flat: each field is one top-level flow parameter.
+class FlowParameters(BaseModel):
+    """A flow's parameters as one model whose fields are the flow's top-level parameters.
 
-    Flat so that a deployment run overriding one parameter keeps the deployment's others (Prefect merges
-    top-level keys only). The hyperparameter fields are ``contract.hyperparameters.Hyperparameters``' own.
+    Flat on purpose: Prefect merges a deployment run's overrides key by key, so overriding one parameter
+    keeps the deployment's others. The flow's signature takes its defaults from ``signature_defaults()``.
     """
 
+    flow_name: ClassVar[str] = "flow"
+
+    @classmethod
+    def signature_defaults(cls) -> dict[str, Any]:
+        """Per field a pydantic ``Field`` with its default and description (Prefect's form shows both)."""
+        return {
+            name: Field(
+                default=field.get_default(call_default_factory=True),
+                description=field.description,
+            )
+            for name, field in cls.model_fields.items()
+        }
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> Self:
+        """The flow's arguments checked together; a bad set raises one ValueError listing each problem."""
+        # A direct ``flow.fn(...)`` call still holds the signature's ``Field`` placeholders: their defaults.
+        values = {
+            k: (v.get_default(call_default_factory=True) if isinstance(v, FieldInfo) else v)
+            for k, v in arguments.items()
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(f"invalid {cls.flow_name} parameters: " + "; ".join(error_lines(exc))) from None
+
+    def flow_arguments(self, *, json: bool = False) -> dict[str, Any]:
+        """Keyword arguments for the flow (or, with ``json``, a deployment run's parameters)."""
+        return self.model_dump(mode="json" if json else "python")
+
+
+class FineTuneParams(Hyperparameters, FlowParameters):
+    """Inputs of the ``fine-tune`` flow; the hyperparameter fields are the contract's ``Hyperparameters``."""
+
+    flow_name: ClassVar[str] = "fine-tune"
     model_config = ConfigDict(extra="forbid")
 
     dataset_dir: Path | None = Field(
@@ -143,24 +178,6 @@ class FineTuneParams(Hyperparameters):
         if self.beta is not None and self.method != "dpo":
             raise ValueError("beta only applies to method 'dpo'")
         return self
-
-    @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> FineTuneParams:
-        """The flow's arguments checked together; a bad set raises one ValueError listing each problem."""
-        # Called with the flow function's own arguments: a direct ``fine_tune.fn(...)`` call still holds the
-        # ``Field`` placeholders of the signature, which stand for their defaults.
-        values = {
-            k: (v.get_default(call_default_factory=True) if isinstance(v, FieldInfo) else v)
-            for k, v in arguments.items()
-        }
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise ValueError("invalid fine-tune parameters: " + "; ".join(error_lines(exc))) from None
-
-    def flow_arguments(self, *, json: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ``fine_tune(**...)`` (or, with ``json``, a deployment run's parameters)."""
-        return self.model_dump(mode="json" if json else "python")
 
     def budget(self) -> Budget:
         """The run's budget (both limits None: no gate)."""

@@ -12,7 +12,8 @@ from estimate.tokens import count_tokens
 from flows.backend_runtime import use_connection
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
-from flows.sweep import SweepConfig, SweepParams, sweep
+from flows.sweep import sweep
+from flows.sweep_config import SweepConfig, SweepParams
 from tasks.errors import BudgetExceeded
 from tests.jsonl_data import chat_example, write_jsonl
 from tests.pipeline.fake_api import FakeMKA1
@@ -94,7 +95,7 @@ def test_sweep_checks_the_sum_over_its_configs_before_launching_any(dataset: Pat
     )
     fake = FakeMKA1()
     with use_connection(fake.connection()):
-        state = sweep(params, return_state=True)
+        state = sweep(**params.flow_arguments(), return_state=True)
     assert state.is_failed()
     with pytest.raises(BudgetExceeded) as info:
         state.result()

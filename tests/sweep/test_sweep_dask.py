@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from backend.launcher import RunningBackend
-from flows.sweep import SweepParams, sweep
+from flows.sweep import sweep
+from flows.sweep_config import SweepParams
 from tests.sweep.conftest import base_params
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(600)]
@@ -26,10 +27,10 @@ def test_two_config_sweep_on_a_dask_local_cluster(
             "output_dir": str(tmp_path / "sweep"),
         }
     )
-    state = sweep(params, return_state=True)
+    state = sweep(**params.flow_arguments(), return_state=True)
     assert state.is_completed(), state.message
     frame = state.result().frame().set_index("name")
     assert list(frame.index) == ["d1", "d2"]
     assert (frame["status"] == "succeeded").all(), frame["error"].tolist()
     assert frame["job_id"].nunique() == 2 and frame["flow_run_id"].notna().all()
-    assert frame.loc["d2", "batch_size"] == "2"
+    assert frame.loc["d2", "batch_size"] == 2  # a number in the frame, not "2"

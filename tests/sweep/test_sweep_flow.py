@@ -12,14 +12,16 @@ from prefect.client.schemas.objects import StateType
 
 from backend.launcher import RunningBackend
 from client import ClientSettings, MKA1Client
-from flows.sweep import SweepParams, SweepResult, sweep
+from flows.sweep import sweep
+from flows.sweep_config import SweepParams
+from flows.sweep_report import SweepResult
 from tests.sweep.conftest import base_params
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(600)]
 
 
 def _run(params: SweepParams) -> tuple[SweepResult, str]:
-    state = sweep(params, return_state=True)
+    state = sweep(**params.flow_arguments(), return_state=True)
     assert state.is_completed(), state.message
     return state.result(), str(state.state_details.flow_run_id)
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.params import FineTuneParams
-from flows.sweep import SweepConfig, SweepGrid, SweepParams, child_params, load_sweep_file
+from flows.sweep_config import SweepConfig, SweepGrid, SweepParams, child_params, load_sweep_file
 from flows.sweep_report import COLUMNS, SweepRow, comparison_frame, pick_best, write_outputs
 from tests.sweep.conftest import base_params
 
@@ -98,7 +98,7 @@ def test_select_by_choices_are_the_contract_metrics() -> None:
     from typing import get_args
 
     from contract.wire import CHECKPOINT_METRICS
-    from flows.sweep import SelectMetric
+    from flows.sweep_config import SelectMetric
 
     assert get_args(SelectMetric) == CHECKPOINT_METRICS
 
@@ -123,7 +123,8 @@ def test_sweep_cli_quiet_lowers_prefect_logging_in_this_process(
 
     seen: dict[str, int] = {}
 
-    def fake_sweep(params: SweepParams, return_state: bool = False) -> _FailedState:
+    def fake_sweep(return_state: bool = False, **parameters: object) -> _FailedState:
+        assert SweepParams.from_arguments(parameters).grid is not None
         seen["level"] = logging.getLogger("prefect.flow_runs").getEffectiveLevel()
         return _FailedState()
 
@@ -143,3 +144,46 @@ def test_sweep_cli_quiet_lowers_prefect_logging_in_this_process(
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
     assert seen["level"] == logging.WARNING
+
+
+def test_hyperparameter_columns_stay_numbers(tmp_path: Path) -> None:
+    rows = [_row("a", "succeeded", 2.0), SweepRow("b", "local:micro-chat", "auto", 0.5, "auto", 7, None)]
+    frame = comparison_frame(rows)
+    assert str(frame["n_epochs"].dtype) == "Int64" and str(frame["batch_size"].dtype) == "Int64"
+    assert frame["learning_rate_multiplier"].dtype == "float64"
+    assert frame["n_epochs"].tolist()[0] == 1 and pd.isna(frame["n_epochs"].tolist()[1])
+    assert frame["learning_rate_multiplier"].tolist()[1] == 0.5 and pd.isna(
+        frame["learning_rate_multiplier"][0]
+    )
+    back = pd.read_parquet(write_outputs(frame, b"\x89PNG", tmp_path)["parquet"])
+    assert str(back["batch_size"].dtype) == "Int64" and back["batch_size"].tolist()[0] == 4
+    from flows.sweep_report import table_rows
+
+    shown = table_rows(frame)
+    assert (shown[0]["n_epochs"], shown[0]["learning_rate_multiplier"]) == (1, "auto")
+    assert (shown[1]["n_epochs"], shown[1]["batch_size"], shown[1]["learning_rate_multiplier"]) == (
+        "auto",
+        "auto",
+        0.5,
+    )
+
+
+def test_sweep_flow_parameters_are_the_model_fields_top_level() -> None:
+    import inspect
+
+    from flows.sweep import sweep
+
+    signature = inspect.signature(sweep.fn).parameters
+    assert list(signature)[0] == "base" and set(signature) == set(SweepParams.model_fields)
+    for name, field in SweepParams.model_fields.items():
+        if name != "base":
+            assert signature[name].default.default == field.get_default(call_default_factory=True), name
+
+
+def test_sweep_config_imports_no_prefect_or_pandas() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, flows.sweep_config; print([m for m in ('prefect', 'pandas') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
