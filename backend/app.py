@@ -15,6 +15,7 @@ from backend.db import Database
 from backend.errors import install_error_handlers
 from backend.faults import FaultInjectionMiddleware, config_from_settings
 from backend.generation import GenerationService
+from backend.housekeeping import remove_leftovers
 from backend.jobs import JobService
 from backend.layout import Layout
 from backend.limits import BodyLimitMiddleware
@@ -48,6 +49,7 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     layout.ensure()
     db = Database(layout.db_path)
     db.init_schema()
+    remove_leftovers(layout, db)
     apply_base_model_cache_dir(settings.base_model_cache_dir)
     state = BackendState(
         settings=settings,

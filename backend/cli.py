@@ -49,14 +49,18 @@ def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 def serve_command(args: argparse.Namespace) -> int:
     """Build settings from env + flags, print the URL and key once, and run uvicorn until stopped."""
+    import os
     import socket
 
     import uvicorn
 
     from backend.app import create_app
+    from backend.layout import PRIVATE_UMASK
     from backend.settings import BackendSettings
     from contract.wire import API_PREFIX
 
+    # Files this server and its workers create (SQLite, uploads, checkpoints, logs) stay private.
+    os.umask(PRIVATE_UMASK)
     overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host

@@ -7,6 +7,7 @@ The database runs in WAL mode so the API process and the worker processes can re
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -160,6 +161,8 @@ class Database:
     def init_schema(self) -> None:
         """Create tables if needed and switch the file to WAL mode."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal/-shm files the database's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
         # Old tables first gain their new columns, so the script's indexes on them can be created.

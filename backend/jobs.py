@@ -23,7 +23,7 @@ from backend.db import Database, new_job_id, now
 from backend.errors import BackendHTTPError, not_found
 from backend.layout import Layout
 from backend.lifecycle import add_event, check, fail, load_job, transition
-from backend.model_refs import resolve_model
+from backend.model_refs import ModelAccess, resolve_model
 from backend.pool import WorkerPool
 from backend.requests import JobCreate
 from backend.settings import BackendSettings
@@ -78,7 +78,7 @@ class JobService:
     # create / read -----------------------------------------------------------------------------
     def create(self, owner: str, req: JobCreate) -> sqlite3.Row:
         """Check the request against this owner's files and models, store the job, start validation."""
-        model = resolve_model(self.db, owner, req.model, aliases=self.settings.model_aliases)
+        model = resolve_model(self.db, owner, req.model, ModelAccess.of(self.settings))
         self._require_training_file(owner, req.training_file, "training_file")
         if req.validation_file is not None:
             self._require_training_file(owner, req.validation_file, "validation_file")

@@ -4,13 +4,17 @@ fine-tuned and checkpoint models owned by the caller."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from backend.db import Database
 from backend.errors import BackendHTTPError
+from backend.settings import BackendSettings
+
+LOCAL_PREFIX = "local:"  # the trainer's prefix for a model folder (backend.trainer.base_models)
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,57 @@ class ModelInfo:
     context_window: int | None
 
 
-def is_known_base_model(name: str) -> bool:
-    """Delegate to the trainer (imported lazily: it pulls in torch)."""
+@dataclass(frozen=True)
+class ModelAccess:
+    """Which model names a caller may use besides its own models: aliases of built-in bases, and
+    ``local:/dir`` folders only under the operator's roots and never under the backend's data dir (where
+    every tenant's fine-tuned weights live)."""
+
+    data_dir: Path
+    local_roots: tuple[Path, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: BackendSettings) -> ModelAccess:
+        return cls(
+            data_dir=settings.data_dir.expanduser(),
+            local_roots=tuple(settings.local_model_roots),
+            aliases=settings.model_aliases,
+        )
+
+    def check_local_dir(self, name: str, param: str | None) -> None:
+        """Refuse a ``local:/dir`` name outside the roots (400 naming the setting) or under the data dir
+        (404, as for any model the caller cannot see). Decided on the path alone, before the filesystem is
+        asked whether the folder is a model, so the answer reveals nothing about the host's files."""
+        raw = name[len(LOCAL_PREFIX) :]
+        if not os.path.isabs(raw):
+            raise _not_found(name, param)
+        path = Path(os.path.realpath(raw))
+        if _within(path, Path(os.path.realpath(self.data_dir))):
+            raise _not_found(name, param)
+        if not any(_within(path, Path(os.path.realpath(root))) for root in self.local_roots):
+            raise BackendHTTPError(
+                400,
+                f"Model folder '{raw}' is outside the folders this backend serves models from. An operator "
+                "allows local:/path models by listing their parent folders in FTPIPE_BACKEND_LOCAL_MODEL_ROOTS "
+                f"(separated by '{os.pathsep}'); none are allowed by default.",
+                code="model_path_not_allowed",
+                param=param,
+            )
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def is_known_base_model(name: str, access: ModelAccess, param: str | None = "model") -> bool:
+    """A built-in base, or an allowed ``local:/dir`` with a config.json (the trainer is imported lazily:
+    it pulls in torch). Raises the access errors of ``ModelAccess.check_local_dir``."""
+    from backend.trainer.base_models import BUILTIN_MODELS
     from backend.trainer.base_models import is_known_base_model as known
 
+    if name.startswith(LOCAL_PREFIX) and name not in BUILTIN_MODELS:
+        access.check_local_dir(name, param)
     return known(name)
 
 
@@ -55,7 +106,7 @@ def _not_found(name: str, param: str | None) -> BackendHTTPError:
 
 
 def resolve_model(
-    db: Database, owner: str, name: str, *, param: str = "model", aliases: Mapping[str, str] | None = None
+    db: Database, owner: str, name: str, access: ModelAccess, *, param: str = "model"
 ) -> ModelRef:
     """Resolve ``name`` for ``owner`` or raise a 404 contract error (someone else's model is unknown).
 
@@ -69,8 +120,8 @@ def resolve_model(
                 404, f"Model '{name}' no longer has weights on disk.", code="model_not_found", param=param
             )
         return ModelRef(name=name, kind=row["kind"], ref=path)
-    target = (aliases or {}).get(name, name)
-    if is_known_base_model(target):
+    target = access.aliases.get(name, name)
+    if is_known_base_model(target, access, param):
         return ModelRef(name=name, kind="base", ref=target)
     raise _not_found(name, param)
 
@@ -118,11 +169,9 @@ def list_models(db: Database, owner: str, aliases: Mapping[str, str], organizati
     return out
 
 
-def describe_model(
-    db: Database, owner: str, name: str, aliases: Mapping[str, str], organization: str
-) -> ModelInfo:
+def describe_model(db: Database, owner: str, name: str, access: ModelAccess, organization: str) -> ModelInfo:
     """One model this owner may use (also ``local:/abs/dir`` bases, which the list cannot enumerate)."""
-    ref = resolve_model(db, owner, name, param="model_id", aliases=aliases)
+    ref = resolve_model(db, owner, name, access, param="model_id")
     if isinstance(ref.ref, Path):
         row = db.one(_OWNED_SQL + " AND m.id = ?", (owner, name))
         if row is None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from backend.context import RequestContext, require_auth
-from backend.model_refs import describe_model, list_models
+from backend.model_refs import ModelAccess, describe_model, list_models
 from backend.objects import ORGANIZATION_ID, model_object
 
 router = APIRouter()
@@ -25,5 +25,5 @@ def list_all(ctx: Annotated[RequestContext, Depends(require_auth)]) -> dict[str,
 def retrieve(model_id: str, ctx: Annotated[RequestContext, Depends(require_auth)]) -> dict[str, Any]:
     """One model, or 404 when this owner cannot use it."""
     return model_object(
-        describe_model(ctx.db, ctx.owner, model_id, ctx.state.settings.model_aliases, ORGANIZATION_ID)
+        describe_model(ctx.db, ctx.owner, model_id, ModelAccess.of(ctx.state.settings), ORGANIZATION_ID)
     )

@@ -27,10 +27,10 @@ def _builtin_models() -> tuple[str, ...]:
     return tuple(BUILTIN_MODELS)
 
 
-def _is_priced(model: str) -> bool:
-    from backend.model_refs import is_known_base_model
+def _is_priced(model: str, settings: BackendSettings) -> bool:
+    from backend.model_refs import ModelAccess, is_known_base_model
 
-    return is_known_base_model(model)
+    return is_known_base_model(model, ModelAccess.of(settings))
 
 
 def _rates(settings: BackendSettings) -> dict[str, float]:
@@ -56,7 +56,9 @@ def list_prices(
     ctx: Annotated[RequestContext, Depends(require_auth)], model: str | None = None
 ) -> dict[str, Any]:
     """Current price rows; with ``model``, that model's history (one row, or none for an unknown model)."""
-    models = _builtin_models() if model is None else ((model,) if _is_priced(model) else ())
+    models = (
+        _builtin_models() if model is None else ((model,) if _is_priced(model, ctx.state.settings) else ())
+    )
     rates = _rates(ctx.state.settings)
     rows = [
         {

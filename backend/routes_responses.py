@@ -16,7 +16,7 @@ from backend.context import RequestContext, require_auth
 from backend.db import new_response_id, now
 from backend.errors import BackendHTTPError, not_found
 from backend.generation import GenerationOutput, GenerationRequest
-from backend.model_refs import resolve_model
+from backend.model_refs import ModelAccess, resolve_model
 from backend.responses import (
     ResponseCreate,
     StreamEvents,
@@ -50,7 +50,7 @@ class _Prepared:
 
 
 def _prepare(ctx: RequestContext, body: ResponseCreate) -> _Prepared:
-    model = resolve_model(ctx.db, ctx.owner, body.model, aliases=ctx.state.settings.model_aliases)
+    model = resolve_model(ctx.db, ctx.owner, body.model, ModelAccess.of(ctx.state.settings))
     messages: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         row = ctx.db.one(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 # The MKA1 guide's example base model runs unchanged against the embedded backend.
@@ -37,6 +39,9 @@ class BackendSettings(BaseSettings):
     max_request_body_bytes: int = Field(default=1 * MIB, ge=1)
     metrics_every_n_steps: int = Field(default=10, ge=1)
     # Model names the backend accepts in place of a built-in base (jobs keep the name the caller sent).
+    # Folders under which `local:/abs/dir` base models may be used (os.pathsep-separated in the env).
+    # Empty: no arbitrary paths. The data dir is always refused: it holds every tenant's weights.
+    local_model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     model_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODEL_ALIASES))
     # None: the trainer's own default cache location.
     base_model_cache_dir: Path | None = None
@@ -52,6 +57,15 @@ class BackendSettings(BaseSettings):
     fault_seed: int = 0
     fault_slow_s: float = Field(default=65.0, ge=0)  # "slow" answers after this long (> client timeout)
     fault_retry_after_s: float = Field(default=1.0, ge=0)  # Retry-After of injected 429/503
+
+    @field_validator("local_model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        # The env takes a path list ("/a:/b") or, as the launcher writes it, a JSON array.
+        if isinstance(value, str):
+            parts = json.loads(value) if value.lstrip().startswith("[") else value.split(os.pathsep)
+            return [Path(p).expanduser() for p in parts if str(p).strip()]
+        return value
 
     @field_validator("fault_rates", "fault_kinds")
     @classmethod
@@ -83,7 +97,9 @@ def apply_base_model_cache_dir(cache_dir: Path | str | None) -> None:
 
 def load_or_create_api_key(data_dir: Path) -> SecretStr:
     """Read data_dir/api_key, creating it (mode 0600, atomically) when missing."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from backend.layout import private_dir
+
+    private_dir(data_dir)
     key_path = data_dir / "api_key"
     if key_path.exists():
         return SecretStr(key_path.read_text(encoding="utf-8").strip())

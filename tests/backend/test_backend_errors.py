@@ -161,7 +161,14 @@ def test_json_body_errors(api: Api, train_file: Path) -> None:
         # The deprecated top-level form is named as such, not as the method form it was not sent in.
         assert_error(post({**ok, **beta_hp}), 400, param="hyperparameters.beta")
         assert_error(post({**ok, "model": "gpt-17"}), 404, param="model", code="model_not_found")
-        assert_error(post({**ok, "model": "local:/definitely/not/here"}), 404, param="model")
+        # No local model roots are configured on this server: every local:/path is refused, saying how.
+        err = assert_error(
+            post({**ok, "model": "local:/definitely/not/here"}),
+            400,
+            param="model",
+            code="model_path_not_allowed",
+        )
+        assert "FTPIPE_BACKEND_LOCAL_MODEL_ROOTS" in err["message"]
         assert_error(post({**ok, "training_file": "file-000"}), 404, param="training_file")
         assert_error(post({**ok, "validation_file": "file-000"}), 404, param="validation_file")
         other = c.post("/files", files={"file": ("n.txt", b"hello")}, data={"purpose": "user_data"}).json()[

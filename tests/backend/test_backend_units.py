@@ -107,6 +107,7 @@ def test_child_env_round_trips_every_setting(tmp_path: Path, monkeypatch: pytest
         "max_request_body_bytes": 5678,
         "metrics_every_n_steps": 7,
         "model_aliases": {"acme:chat-large": "local:micro-chat"},
+        "local_model_roots": [tmp_path / "models", tmp_path / "more models"],
         "base_model_cache_dir": tmp_path / "cache",
         "max_steps_per_job": 11,
         "fault_rates": "all=0.25,files.drop=0.5",
