@@ -17,7 +17,7 @@ import random
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from backend.db import Database, new_job_id, now
 from backend.errors import BackendHTTPError, not_found
@@ -28,6 +28,9 @@ from backend.pool import WorkerPool
 from backend.requests import JobCreate
 from backend.settings import BackendSettings
 from contract.wire import SEED_MAX, SEED_MIN
+
+if TYPE_CHECKING:
+    from validation.results import Issue
 
 log = logging.getLogger("backend.jobs")
 
@@ -157,7 +160,7 @@ class JobService:
             self.db.close()
 
     def _validate_inner(self, job_id: str) -> None:
-        from validation import validate_file
+        from validation.core import validate_file_with_hashes
 
         job = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if job is None or job["status"] != "validating_files":
@@ -166,6 +169,8 @@ class JobService:
         checks = [("training_file", job["training_file"], 10)]
         if job["validation_file"]:
             checks.append(("validation_file", job["validation_file"], 1))
+        warnings: list[str] = []
+        hashes = []
         for param, file_id, min_examples in checks:
             row = self.db.one("SELECT path FROM files WHERE id = ?", (file_id,))
             if row is None:
@@ -178,7 +183,10 @@ class JobService:
                     expect=("validating_files",),
                 )
                 return
-            report = validate_file(Path(row["path"]), kind=kind, min_examples=min_examples)
+            report, hash_log = validate_file_with_hashes(
+                Path(row["path"]), kind=kind, min_examples=min_examples
+            )
+            hashes.append(hash_log)
             if not report.ok:
                 shown = [
                     f"line {i.line}: {i.field}: {i.message}" if i.line else f"{i.field}: {i.message}"
@@ -193,11 +201,25 @@ class JobService:
                 )
                 if more > 0:
                     message += f"; ... and {more} more"
+                message += _method_hint(kind, report.errors)
                 fail(self.db, job_id, f"invalid_{param}", message, param, expect=("validating_files",))
                 return
+            if report.warnings:
+                warnings.append(_located(f"{_label(param)} {file_id}", "warning", report.warnings))
+        if len(hashes) == 2 and (pairs := hashes[0].overlap(hashes[1])):
+            listed = ", ".join(
+                f"training line {t} = validation line {v}" for t, v in pairs[:MAX_REPORTED_ISSUES]
+            )
+            extra = len(pairs) - MAX_REPORTED_ISSUES
+            warnings.append(
+                f"Validation file {job['validation_file']}: {len(pairs)} example(s) also appear in the "
+                f"training file: {listed}" + (f" (+{extra} more)" if extra > 0 else "")
+            )
         with self.db.tx() as conn:
             job = load_job(conn, job_id)
             if job["status"] == "validating_files":  # else cancelled while validating: leave it so
+                for warning in warnings:
+                    add_event(conn, job_id, job["owner"], warning, level="warn")
                 transition(
                     conn, job, "queued", ["Files validated, moving job to queued state", "Job enqueued"]
                 )
@@ -241,3 +263,27 @@ class JobService:
                 action="cancel",
                 changes={"control": "cancel"},
             )
+
+
+def _label(param: str) -> str:
+    return param.replace("_", " ").capitalize()
+
+
+def _located(what: str, noun: str, issues: list[Issue]) -> str:
+    """``<what> has N <noun>(s): line 3: $: duplicate of line 1; ...`` (the first few, then a count)."""
+    shown = [
+        f"line {i.line}: {i.field}: {i.message}" if i.line else f"{i.field}: {i.message}" for i in issues
+    ]
+    text = f"{what} has {len(issues)} {noun}(s): " + "; ".join(shown[:MAX_REPORTED_ISSUES])
+    if len(shown) > MAX_REPORTED_ISSUES:
+        text += f"; ... and {len(shown) - MAX_REPORTED_ISSUES} more"
+    return text
+
+
+def _method_hint(kind: str, errors: list[Issue]) -> str:
+    """Name the method that fits when the file holds the other kind of examples (chat vs preference)."""
+    other = "chat" if kind == "preference" else "preference"
+    if not any(f"is in {other} format" in i.message for i in errors):
+        return ""
+    method = "supervised" if other == "chat" else "dpo"
+    return f" (a {other} file trains with method type '{method}')"

@@ -126,6 +126,21 @@ def resolve_model(
     raise _not_found(name, param)
 
 
+def root_base_model(db: Database, owner: str, name: str) -> str:
+    """The base model ``name`` descends from: a fine-tuned or checkpoint model leads to the model its job
+    trained, back to a model that no job of this owner produced (a base or alias name)."""
+    seen = {name}
+    while (
+        row := db.one(
+            "SELECT j.model FROM models m JOIN jobs j ON j.id = m.job_id WHERE m.id = ? AND m.owner = ?",
+            (name, owner),
+        )
+    ) is not None and row["model"] not in seen:
+        name = row["model"]
+        seen.add(name)
+    return name
+
+
 def _base_context_window(name: str) -> int | None:
     from backend.trainer.base_models import BUILTIN_MODELS, HF_MAX_SEQ_LEN, LOCAL_PREFIX
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -16,6 +18,7 @@ from typing import Any
 from backend.db import Database, new_checkpoint_id, new_file_id, now
 from backend.layout import Layout
 from backend.lifecycle import add_event, fail, transition
+from backend.model_refs import root_base_model
 from backend.settings import apply_base_model_cache_dir
 from backend.trainer.spec import ControlSignal, TrainingError, TrainingOutcome, TrainingSpec
 from contract.wire import CHECKPOINT_METRICS
@@ -27,9 +30,13 @@ IDLE_POLL_S = 0.5
 METRIC_COLUMNS = ("step", *CHECKPOINT_METRICS)
 
 
-def fine_tuned_model_id(job: sqlite3.Row) -> str:
-    """``ft:<base>:<suffix or local>:<job short id>``: opaque, unique, readable."""
-    return f"ft:{job['model']}:{job['suffix'] or 'local'}:{job['id'].split('_', 1)[-1][:12]}"
+def fine_tuned_model_id(job: sqlite3.Row, base: str) -> str:
+    """``ft:<base>:<suffix or local>:<job short id>``: opaque, unique, readable.
+
+    ``base`` is the base model the job's model descends from (`root_base_model`), so fine-tuning a
+    fine-tuned model gives ``ft:<base>:...`` again, not ``ft:ft:...``.
+    """
+    return f"ft:{base}:{job['suffix'] or 'local'}:{job['id'].split('_', 1)[-1][:12]}"
 
 
 def worker_main(
@@ -87,7 +94,6 @@ class JobCallbacks:
     def __init__(self, db: Database, job: sqlite3.Row, parent_pid: int, stop: MPEvent) -> None:
         self.db = db
         self.job = job
-        self.model_id = fine_tuned_model_id(job)
         self._parent_pid = parent_pid
         self._stop = stop
         self._last_poll = 0.0
@@ -95,13 +101,22 @@ class JobCallbacks:
         self._eta_origin: tuple[float, int] | None = None
         self.shutdown_requested = False
 
+    @functools.cached_property
+    def model_id(self) -> str:
+        """The fine-tuned model id this job produces (its checkpoints' ids extend it)."""
+        return fine_tuned_model_id(self.job, root_base_model(self.db, self.job["owner"], self.job["model"]))
+
     def on_event(
         self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
     ) -> None:
-        """Forward a trainer event (metrics included) as a job event; metrics also refresh the ETA."""
-        add_event(
-            self.db.conn(), self.job["id"], self.job["owner"], message, level=level, type=type, data=data
-        )
+        """Forward a trainer event (metrics included) as a job event; metrics also refresh the ETA.
+
+        Written only while the job is still ``running``: once the API cancelled it, nothing more appears.
+        """
+        with self.db.tx() as conn:
+            if not self._running(conn):
+                return
+            add_event(conn, self.job["id"], self.job["owner"], message, level=level, type=type, data=data)
         if type == "metrics" and data:
             self._update_eta(data)
         elif message == "Training started" or message.startswith("Resumed from step"):
@@ -130,6 +145,8 @@ class JobCallbacks:
         full_metrics = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "step"}}
         job_id, owner = self.job["id"], self.job["owner"]
         with self.db.tx() as conn:
+            if not self._running(conn):  # cancelled meanwhile: no checkpoint, no usable checkpoint model
+                return
             conn.execute(
                 "INSERT INTO models (id, owner, created_at, path, kind, job_id) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET path=excluded.path",
@@ -147,6 +164,14 @@ class JobCallbacks:
                 conn.execute(
                     "UPDATE checkpoints SET metrics=? WHERE id=?", (json.dumps(full_metrics), existing["id"])
                 )
+
+    def _running(self, conn: sqlite3.Connection) -> bool:
+        """Whether the job is still ``running`` (read in the caller's write transaction, so the API's cancel
+        lands either before this write, which is then skipped, or after it); if not, training stops."""
+        if _still_running(conn, self.job["id"]) is not None:
+            return True
+        self._signal = "cancel"
+        return False
 
     def control(self) -> ControlSignal:
         """pause/cancel requested through the API (read at most every 0.2 s), or backend shutdown.
@@ -334,7 +359,8 @@ def _succeed(
             },
         )
         conn.execute(
-            "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path, sha256)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 result_id,
                 owner,
@@ -344,6 +370,7 @@ def _succeed(
                 "fine-tune-results",
                 "processed",
                 str(result_path),
+                hashlib.sha256(content).hexdigest(),
             ),
         )
         conn.execute(

@@ -337,10 +337,8 @@ class GeneralLane:
             self.kind_checked = True
             looks = detect_kind(obj) if type(obj) is dict else self.kind
             if looks != self.kind:
-                message = (
-                    f"expected {self.kind} examples, but line {lineno} is in {looks} format; "
-                    f"pass kind={looks!r} or fix the file"
-                )
+                # No remedy named here: each front end names its own (CLI flag, job method).
+                message = f"expected {self.kind} examples, but line {lineno} is in {looks} format"
                 sink.add(0, "$", message)
                 return False
         bad = self._check(obj)

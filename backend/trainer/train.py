@@ -330,7 +330,7 @@ class _Run:
         valid_loss, valid_acc = self.evaluate(self.data.valid_sample)
         full_loss, full_acc = self.evaluate(self.data.full_valid)
         metrics = {
-            "step": float(p.step),
+            "step": p.step,
             "train_loss": train_loss,
             "train_mean_token_accuracy": train_acc,
             "valid_loss": valid_loss,
@@ -348,7 +348,7 @@ class _Run:
         self.cb.on_checkpoint(p.step, metrics, ckpt_dir)
         self.cb.on_event(
             f"Checkpoint saved at step {p.step} (epoch {p.epoch}/{self.hp.n_epochs})",
-            data={**metrics, "epoch": p.epoch, "model_dir": str(ckpt_dir)},
+            data={**metrics, "epoch": p.epoch},  # no model_dir: events are read by API callers
         )
 
     def _outcome(self, status: Any, final_dir: Path | None) -> TrainingOutcome:

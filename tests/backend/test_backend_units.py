@@ -166,6 +166,7 @@ def test_launcher_log_path_is_the_layouts(tmp_path: Path) -> None:
 
 def test_estimated_finish_from_the_first_metrics_event(monkeypatch: pytest.MonkeyPatch) -> None:
     """The step rate is measured from "Training started", so the first metrics event already sets an ETA."""
+    from contextlib import nullcontext
     from multiprocessing import Event
     from types import SimpleNamespace
 
@@ -175,8 +176,9 @@ def test_estimated_finish_from_the_first_metrics_event(monkeypatch: pytest.Monke
     monkeypatch.setattr(worker, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
     monkeypatch.setattr(worker, "now", lambda: 1_000)
     monkeypatch.setattr(worker, "add_event", lambda *a, **k: None)
+    monkeypatch.setattr(worker, "_still_running", lambda conn, job_id: {"id": job_id})
     executed: list[tuple[str, tuple[object, ...]]] = []
-    db = SimpleNamespace(execute=lambda sql, params: executed.append((sql, params)), conn=lambda: None)
+    db = SimpleNamespace(execute=lambda sql, params: executed.append((sql, params)), tx=lambda: nullcontext())
     job = {"id": "ftjob_1", "owner": "o", "model": "local:micro-chat", "suffix": None}
     callbacks = worker.JobCallbacks(db, job, parent_pid=1, stop=Event())  # type: ignore[arg-type]
     callbacks.on_event("Training started", data={"total_steps": 100})
