@@ -141,6 +141,19 @@ def key_value(text: str) -> tuple[str, str]:
     return key, val
 
 
+def json_object(text: str) -> dict[str, object]:
+    """argparse ``type=`` for one JSON object (e.g. a job integration)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 # The loggers Prefect's logging.yml levels from PREFECT_LOGGING_LEVEL (the rest inherit from "prefect").
 _PREFECT_LEVELLED_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
 

@@ -16,6 +16,7 @@ from cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     contract_value,
+    json_object,
     key_value,
     model_default,
     model_help,
@@ -175,6 +176,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help=model_help(fp, "metadata", show_default=False) + "; repeat for more pairs",
     )
     job.add_argument(
+        "--integration",
+        type=json_object,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help=model_help(fp, "integrations", show_default=False) + "; repeat for more",
+    )
+    job.add_argument(
         "--fresh", action="store_true", help=model_help(fp, "fresh_job_if_failed", show_default=False)
     )
 
@@ -251,6 +260,7 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
         eval_max_output_tokens=args.eval_max_output_tokens,
         eval_concurrency=args.eval_concurrency,
         gate_min_improvement=args.gate_min_improvement,
+        integrations=list(args.integration),
         output_dir=args.output,
         state_dir=args.state_dir,
         poll_interval_s=args.poll_interval,

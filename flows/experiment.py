@@ -275,3 +275,31 @@ class ExperimentRun:
                 last = metrics_frame(self._metric_events).iloc[-1]
                 metrics = {k: float(v) for k, v in last.items() if isinstance(v, float) and v == v}
             emit_job_event(status, job_id, self.model, {"error": error, "metrics": metrics}, self.flow_run_id)
+
+
+def track_sweep(
+    name: str,
+    child_flow_run_ids: list[str],
+    *,
+    params: dict[str, str],
+    best: dict[str, float],
+    artifacts: list[Path],
+    warn: Callable[[str], None],
+) -> TrackingRef | None:
+    """A sweep's parent run: its settings, the best config's metric, the comparison files, and every
+    config's tracked run (found by its flow-run id) nested under it."""
+    target = resolve_target()
+    if target is None:
+        return None
+    tracker = Tracker(target, warn=warn)
+    tracker.start(run_name=f"sweep-{name}", tags={"sweep": name, "kind": "sweep"}, params=params)
+    tracker.log_metrics(best)
+    tracker.log_artifacts(artifacts)
+    tracker.adopt("flow_run_id", child_flow_run_ids)
+    run = tracker.finish("FINISHED", wait_s=FINISH_WAIT_S)
+    if run is None:
+        return None
+    url = _tracking_url(target, run.experiment_id, run.run_id)
+    return TrackingRef(
+        tracking_uri=run.tracking_uri, experiment_id=run.experiment_id, run_id=run.run_id, url=url
+    )

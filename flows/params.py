@@ -97,7 +97,7 @@ class FineTuneParams(Hyperparameters, FlowParameters):
     metadata: dict[str, str] = Field(default_factory=dict, description="Extra job metadata (string pairs)")
     integrations: list[dict[str, Any]] = Field(
         default_factory=list,
-        description='Passed to the job as is, e.g. [{"type": "wandb", "wandb": {"project": "support"}}]',
+        description='Job integrations passed through as is, each e.g. {"type": "wandb", "wandb": {"project": "support"}}',
     )
     poll_interval_s: float = Field(default=2.0, gt=0, description="First poll interval, seconds")
     poll_max_interval_s: float = Field(

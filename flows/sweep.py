@@ -29,6 +29,7 @@ from client import MKA1Client
 from estimate.budget import Budget
 from estimate.core import JobInputs
 from flows.backend_runtime import Connection, open_connection, use_connection
+from flows.experiment import track_sweep
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from flows.sweep_config import (
@@ -316,6 +317,15 @@ def _sweep(params: SweepParams) -> SweepResult:
         rows = [f.result() for f in futures]
 
     result = report(rows, name, params.select_by, params.select_mode, output_dir, started=started)
+    best_value = result.best.get(params.select_by) if result.best else None
+    track_sweep(
+        name,
+        [row.flow_run_id for row in rows if row.flow_run_id],
+        params={"select_by": params.select_by, "select_mode": params.select_mode, "configs": str(len(rows))},
+        best={f"best.{params.select_by}": float(best_value)} if isinstance(best_value, int | float) else {},
+        artifacts=list(result.outputs.values()),
+        warn=log.warning,
+    )
     for row in rows:
         if row.status != SUCCEEDED:
             log.warning("config %s %s: %s", row.name, row.status, row.error)

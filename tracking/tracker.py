@@ -75,8 +75,9 @@ def configure_mlflow_env(target: TrackingTarget) -> None:
 def open_client(target: TrackingTarget) -> Any:
     """An ``MlflowClient`` for the target (imports MLflow: seconds, so callers do this off the main path)."""
     configure_mlflow_env(target)
-    quiet_mlflow_logs()
     from mlflow.tracking import MlflowClient
+
+    quiet_mlflow_logs()  # after the import: MLflow sets its logger's level when it loads
 
     if target.uri.startswith("sqlite:///"):
         Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +187,19 @@ class Tracker:
         """Store ``text`` as an artifact file of the run."""
         self._submit(lambda: self._with_run(lambda c, r: c.log_text(r, text, artifact_file)))
 
+    def adopt(self, key: str, values: Iterable[str]) -> None:
+        """Make the runs of this experiment tagged ``key`` = one of ``values`` children of this run."""
+        wanted = [v for v in values if v]
+        self._submit(lambda: self._with_run(lambda c, r: self._adopt(c, r, key, wanted)))
+
+    def _adopt(self, client: Any, parent: str, key: str, values: list[str]) -> None:
+        assert self._experiment_id is not None
+        for value in values:
+            safe = value.replace("'", "")
+            for run in client.search_runs([self._experiment_id], filter_string=f"tags.{key} = '{safe}'"):
+                if run.info.run_id != parent:
+                    client.set_tag(run.info.run_id, "mlflow.parentRunId", parent)
+
     def finish(self, status: RunStatus = "FINISHED", wait_s: float = 30.0) -> TrackedRun | None:
         """End the run and wait up to ``wait_s`` for everything queued to be written."""
         self._submit(lambda: self._with_run(lambda c, r: c.set_terminated(r, status=status)))
@@ -208,12 +222,21 @@ class Tracker:
         if self._off is None:
             self._ops.put(op)
 
+    def _connect(self) -> None:
+        for attempt in (1, 2):
+            try:
+                self._client = open_client(self.target)
+                self._experiment_id = experiment_id(self._client, self.target)
+                return
+            except Exception as exc:
+                # Concurrent runs (a sweep) may race to create a fresh local store: one retry settles it.
+                if attempt == 2 or not self.target.is_local:
+                    self._turn_off(_describe(exc))
+                    return
+                time.sleep(1.0)
+
     def _work(self) -> None:
-        try:
-            self._client = open_client(self.target)
-            self._experiment_id = experiment_id(self._client, self.target)
-        except Exception as exc:
-            self._turn_off(_describe(exc))
+        self._connect()
         while True:
             try:
                 op = self._ops.get(timeout=self.target.flush_interval_s)
