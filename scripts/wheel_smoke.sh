@@ -22,7 +22,8 @@ wheel=("$work"/dist/ftpipe-*.whl)
 echo "[wheel-smoke] built $(basename "${wheel[0]}")"
 
 # Dependencies come from a wheelhouse kept between runs: offline when it already holds a solution, else pip
-# downloads what is missing into it first (pip's HTTP cache is not always usable, e.g. behind some proxies).
+# fills it first (pip's HTTP cache is not always usable, e.g. behind some proxies). `pip wheel`, not
+# `pip download`: a dependency published only as an sdist (rouge-score) is built once and kept as a wheel.
 wheelhouse="${FTPIPE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/ftpipe/wheelhouse}"
 mkdir -p "$wheelhouse"
 # A venv without its own pip: the dev venv's pip installs into it (--python), which saves bootstrapping one.
@@ -34,7 +35,10 @@ install() {
 }
 if ! install --no-index --find-links "$wheelhouse" >/dev/null 2>&1; then
   echo "[wheel-smoke] filling the wheelhouse $wheelhouse"
-  quiet "$PY" -m pip download --quiet -c constraints.txt -d "$wheelhouse" "${wheel[0]}"
+  fill() { quiet "$PY" -m pip wheel --quiet -c constraints.txt -w "$wheelhouse" "${wheel[0]}"; }
+  # One retry: an index page that fails to load reads to pip as "no versions" (seen with rouge-score).
+  fill || { echo "[wheel-smoke] retrying once"; fill; }
+  rm -f "$wheelhouse"/ftpipe-*.whl  # the project itself always comes from this run's build
   install --no-index --find-links "$wheelhouse"
 fi
 
