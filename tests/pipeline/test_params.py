@@ -109,3 +109,4 @@ def test_a_partial_override_keeps_the_deployment_defaults() -> None:
     params = FineTuneParams.from_arguments(parameters)
     assert params.dataset_dir == Path("datasets/customer-support") and params.suffix == "nightly"
     assert params.fresh_job_if_failed is True and params.metadata == {"trigger": "nightly"}
+    assert params.promote_as == "support-bot" and params.gate_min_score == 0.3
