@@ -143,10 +143,13 @@ def models_to_ask(
     champion: ChampionRecord | None,
     *,
     with_base: bool = True,
+    final_step: int | None = None,
 ) -> list[EvalModel]:
     """Base, each checkpoint (by step), the fine-tuned model, and the champion when it needs re-scoring.
 
-    Without eval prompts (``with_base`` False) only the candidates are asked: their smoke checks.
+    Without eval prompts (``with_base`` False) only the candidates are asked: their smoke checks. A checkpoint
+    taken at the job's last step (``final_step``) holds the fine-tuned model's weights, so it is asked once, as
+    the fine-tuned model.
     """
     import pandas as pd
 
@@ -157,8 +160,9 @@ def models_to_ask(
         for row in frame.to_dict("records"):
             step = None if pd.isna(row["step"]) else int(row["step"])
             loss = None if pd.isna(row["full_valid_loss"]) else float(row["full_valid_loss"])
-            models.append(EvalModel(str(row["model"]), "checkpoint", step=step, full_valid_loss=loss))
             last_step = step if step is not None else last_step
+            if final_step is None or step != final_step:
+                models.append(EvalModel(str(row["model"]), "checkpoint", step=step, full_valid_loss=loss))
     assert job.fine_tuned_model is not None
     models.append(
         EvalModel(
@@ -203,6 +207,7 @@ def judge_run(
     output_dir: Path,
     flow_run_id: str | None,
     store: VariableStore,
+    final_step: int | None = None,
 ) -> Judgement:
     """Evaluate, select, gate and (when asked and the gate passed) promote."""
     log = runtime.run_logger()
@@ -210,7 +215,13 @@ def judge_run(
     champion = current_champion(plan, store)
     rescore = champion if champion is not None and champion.eval_set_hash != fingerprint else None
     models = models_to_ask(
-        base_model, job, checkpoints_parquet, final_metrics, rescore, with_base=plan.eval_set is not None
+        base_model,
+        job,
+        checkpoints_parquet,
+        final_metrics,
+        rescore,
+        with_base=plan.eval_set is not None,
+        final_step=final_step,
     )
     outcome = evaluate_task(
         settings,

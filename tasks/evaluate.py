@@ -157,11 +157,19 @@ async def ask_models(
     total = len(models) * sum(len(s.cases) for s in sets)
     asker = _Asker(client, options, total)
     rows: list[dict[str, Any]] = []
+    # Similar prompt lengths go out together, so a server that batches them pads less; rows keep set order.
+    order = sorted(
+        ((s.kind, i, case) for s in sets for i, case in enumerate(s.cases)),
+        key=lambda item: sum(len(m.content) for m in item[2].input_messages()),
+    )
+    position = {
+        (kind, i): n
+        for n, (kind, i, _) in enumerate((s.kind, i, c) for s in sets for i, c in enumerate(s.cases))
+    }
     for m in models:
         failed: list[str] = []
-        rows += await asyncio.gather(
-            *(asker.ask(m, s.kind, i, case, failed) for s in sets for i, case in enumerate(s.cases))
-        )
+        answered = await asyncio.gather(*(asker.ask(m, kind, i, case, failed) for kind, i, case in order))
+        rows += sorted(answered, key=lambda row: position[(row["set"], row["case"])])
     return rows, asker.calls
 
 

@@ -116,7 +116,10 @@ def test_scores_every_model_and_selects_the_best(tmp_path: Path) -> None:
     assert all(
         c["store"] is False and c["temperature"] == 0 and c["max_output_tokens"] == 96 for c in fake.calls
     )
-    assert [m["role"] for m in fake.calls[2]["input"]] == ["system", "user"]
+    assert any([m["role"] for m in c["input"]] == ["system", "user"] for c in fake.calls)
+    # Asked shortest prompt first (less padding for a batching server); rows stay in set and case order.
+    assert [c["input"][-1]["content"] for c in fake.calls[:2]] == ["Hello?", "Reset password?"]
+    assert list(out.frame["case"][:4]) == [0, 1, 2, 0] and list(out.frame["set"][:4]) == ["eval"] * 3 + ["smoke"]
     saved = pd.read_parquet(out.files["eval_parquet"])
     assert list(saved["model"].unique()) == [m.model for m in MODELS]
     assert saved["latency_s"].gt(0).all()
@@ -156,5 +159,5 @@ def test_judge_grades_each_answer(tmp_path: Path) -> None:
     out = _run(fake, tmp_path, judge_model="judge-1")
     judged = [c for c in fake.calls if c["model"] == "judge-1"]
     assert len(judged) == 12
-    assert "REFERENCE:\nHi there! Order A-1 shipped with UPS." in judged[0]["input"]
+    assert any("REFERENCE:\nHi there! Order A-1 shipped with UPS." in c["input"] for c in judged)
     assert all(s.judge_grade == 4.0 for s in out.summaries)
