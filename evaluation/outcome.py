@@ -50,7 +50,7 @@ class EvaluationReport(BaseModel):
                 out[f"eval.{label}.latency_mean_s"] = m.latency_mean_s
         selected = next((m for m in self.models if self.selected and m.model == self.selected.model), None)
         if selected is not None and selected.score is not None:
-            out["eval.selected.score"] = selected.score
+            out["eval.score"] = selected.score  # the headline `ftpipe runs list` shows
         if self.gate_passed is not None:
             out["eval.gate_passed"] = float(self.gate_passed)
         out["eval.duration_s"] = self.duration_s
