@@ -119,7 +119,9 @@ def test_scores_every_model_and_selects_the_best(tmp_path: Path) -> None:
     assert any([m["role"] for m in c["input"]] == ["system", "user"] for c in fake.calls)
     # Asked shortest prompt first (less padding for a batching server); rows stay in set and case order.
     assert [c["input"][-1]["content"] for c in fake.calls[:2]] == ["Hello?", "Reset password?"]
-    assert list(out.frame["case"][:4]) == [0, 1, 2, 0] and list(out.frame["set"][:4]) == ["eval"] * 3 + ["smoke"]
+    assert list(out.frame["case"][:4]) == [0, 1, 2, 0] and list(out.frame["set"][:4]) == ["eval"] * 3 + [
+        "smoke"
+    ]
     saved = pd.read_parquet(out.files["eval_parquet"])
     assert list(saved["model"].unique()) == [m.model for m in MODELS]
     assert saved["latency_s"].gt(0).all()
