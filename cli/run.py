@@ -330,7 +330,9 @@ def run_command(args: argparse.Namespace) -> int:
         except GateFailed as exc:
             if isinstance(exc.record, RunRecord):
                 console.print(run_summary_text(exc.record), markup=False, highlight=False, soft_wrap=True)
-            console.print(f"[red]{escape(str(exc))}; nothing was promoted[/red]", highlight=False)
+            console.print(
+                f"[red]{escape(str(exc))}; nothing was promoted[/red]", highlight=False, soft_wrap=True
+            )
             return EXIT_FAILED
         except PipelineError as exc:
             console.print(f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}", highlight=False)

@@ -154,3 +154,16 @@ def test_promotion_without_an_eval_set_is_refused_up_front(fake: FakeMKA1, tmp_p
     ):
         fine_tune(**_params(tmp_path / "only", tmp_path, promote_as="x").flow_arguments())
     assert fake.count("POST", "/files") == 0
+
+
+def test_no_eval_asks_only_the_candidates_their_smoke_checks(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path
+) -> None:
+    with use_connection(fake.connection()):
+        result = fine_tune(**_params(dataset_dir, tmp_path, seed=8, evaluate=False).flow_arguments())
+    ev = result.evaluation
+    assert ev is not None and ev.eval_set is None and ev.smoke_set is not None
+    assert [m.role for m in ev.models] == ["checkpoint", "checkpoint", "fine-tuned"]
+    assert ev.selected is not None and ev.selected.criterion == "full_valid_loss"
+    assert ev.gate.min_improvement is None and ev.gate_passed is True  # the smoke checks were the gate
+    assert fake.count("POST", "/responses") == 3  # one smoke prompt x three candidates
