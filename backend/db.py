@@ -110,6 +110,16 @@ CREATE TABLE IF NOT EXISTS responses (
     input_items TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS responses_owner ON responses(owner, seq);
+
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    object_id TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, key, route)
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). A data_dir written by an

@@ -15,7 +15,8 @@ from fastapi.responses import FileResponse
 from backend.context import RequestContext, require_auth
 from backend.db import new_file_id, now
 from backend.errors import BackendHTTPError, not_found
-from backend.multipart_upload import parse_upload
+from backend.idempotency import create_once
+from backend.multipart_upload import ParsedUpload, parse_upload
 from backend.objects import file_object, paginate
 
 router = APIRouter()
@@ -95,32 +96,49 @@ async def upload_file(
             )
         if purpose == "fine-tune":
             await asyncio.to_thread(check_jsonl, parsed.tmp_path)
-        file_id = new_file_id()
-        final = layout.files / file_id
-        os.replace(parsed.tmp_path, final)
-        parsed.tmp_path = None
-        try:
-            ctx.db.execute(
-                "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path, sha256)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    file_id,
-                    ctx.owner,
-                    now(),
-                    parsed.size,
-                    parsed.filename or "upload",
-                    purpose,
-                    "processed",
-                    str(final),
-                    parsed.sha256,
-                ),
-            )
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
+        return await create_once(
+            ctx.db,
+            ctx.owner,
+            request,
+            "files",
+            {"purpose": purpose, "filename": parsed.filename, "sha256": parsed.sha256, "bytes": parsed.size},
+            create=lambda: asyncio.to_thread(_store, ctx, parsed, purpose),
+            exists=lambda file_id: (
+                ctx.db.one("SELECT 1 FROM files WHERE id = ? AND owner = ?", (file_id, ctx.owner)) is not None
+            ),
+            fetch=lambda file_id: _get(ctx, file_id),
+        )
     finally:
         if parsed.tmp_path is not None:
             parsed.tmp_path.unlink(missing_ok=True)
+
+
+def _store(ctx: RequestContext, parsed: ParsedUpload, purpose: str) -> dict[str, Any]:
+    """Move the spooled file part into files/ and record it."""
+    assert parsed.tmp_path is not None
+    file_id = new_file_id()
+    final = ctx.state.layout.files / file_id
+    os.replace(parsed.tmp_path, final)
+    parsed.tmp_path = None
+    try:
+        ctx.db.execute(
+            "INSERT INTO files (id, owner, created_at, bytes, filename, purpose, status, path, sha256)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                file_id,
+                ctx.owner,
+                now(),
+                parsed.size,
+                parsed.filename or "upload",
+                purpose,
+                "processed",
+                str(final),
+                parsed.sha256,
+            ),
+        )
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
     return _get(ctx, file_id)
 
 

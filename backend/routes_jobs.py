@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from backend.context import RequestContext, require_auth
 from backend.errors import BackendHTTPError
+from backend.idempotency import create_once
 from backend.objects import checkpoint_object, event_object, job_object, paginate
 from backend.requests import JobCreate
 
@@ -21,9 +22,28 @@ PAUSE_WAIT_S = 10.0
 
 
 @router.post("/fine_tuning/jobs")
-def create_job(body: JobCreate, ctx: Annotated[RequestContext, Depends(require_auth)]) -> dict[str, Any]:
-    """Create a job; it starts in ``validating_files`` and validation runs in the background."""
-    return job_object(ctx.state.jobs.create(ctx.owner, body))
+async def create_job(
+    body: JobCreate, request: Request, ctx: Annotated[RequestContext, Depends(require_auth)]
+) -> dict[str, Any]:
+    """Create a job; it starts in ``validating_files`` and validation runs in the background. A repeated
+    ``Idempotency-Key`` answers with the job the first request created."""
+    jobs = ctx.state.jobs
+
+    async def create() -> dict[str, Any]:
+        return job_object(await asyncio.to_thread(jobs.create, ctx.owner, body))
+
+    return await create_once(
+        ctx.db,
+        ctx.owner,
+        request,
+        "fine_tuning.jobs",
+        body.model_dump(mode="json"),
+        create=create,
+        exists=lambda job_id: (
+            ctx.db.one("SELECT 1 FROM jobs WHERE id = ? AND owner = ?", (job_id, ctx.owner)) is not None
+        ),
+        fetch=lambda job_id: job_object(jobs.get(ctx.owner, job_id)),
+    )
 
 
 @router.get("/fine_tuning/jobs")

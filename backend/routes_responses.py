@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from backend.context import RequestContext, require_auth
 from backend.db import new_response_id, now
 from backend.errors import BackendHTTPError, not_found
 from backend.generation import GenerationOutput, GenerationRequest
+from backend.idempotency import create_once
 from backend.model_refs import ModelAccess, resolve_model
 from backend.responses import (
     ResponseCreate,
@@ -118,9 +119,10 @@ def _context_error(exc: Exception) -> BackendHTTPError:
 
 @router.post("/responses", response_model=None)
 async def create_response(
-    body: ResponseCreate, ctx: Annotated[RequestContext, Depends(require_auth)]
+    body: ResponseCreate, request: Request, ctx: Annotated[RequestContext, Depends(require_auth)]
 ) -> dict[str, Any] | StreamingResponse:
-    """Generate one assistant message; ``stream: true`` sends it as Server-Sent Events while it grows."""
+    """Generate one assistant message; ``stream: true`` sends it as Server-Sent Events while it grows. A
+    stored response's ``Idempotency-Key`` answers a repeat with the first answer (streams ignore it)."""
     prep = _prepare(ctx, body)
     if body.stream:
         return StreamingResponse(
@@ -128,11 +130,29 @@ async def create_response(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    try:
-        out = await ctx.state.generation.generate(prep.request)
-    except ContextTooLong as exc:
-        raise _context_error(exc) from exc
-    return _finish(ctx, prep, out)
+
+    async def create() -> dict[str, Any]:
+        try:
+            out = await ctx.state.generation.generate(prep.request)
+        except ContextTooLong as exc:
+            raise _context_error(exc) from exc
+        return _finish(ctx, prep, out)
+
+    if body.store is False:  # nothing is kept, so there is nothing to answer a repeat with
+        return await create()
+    return await create_once(
+        ctx.db,
+        ctx.owner,
+        request,
+        "responses",
+        body.model_dump(mode="json"),
+        create=create,
+        exists=lambda response_id: (
+            ctx.db.one("SELECT 1 FROM responses WHERE id = ? AND owner = ?", (response_id, ctx.owner))
+            is not None
+        ),
+        fetch=lambda response_id: _stored(ctx, response_id, "body"),
+    )
 
 
 async def _stream(ctx: RequestContext, prep: _Prepared) -> AsyncIterator[str]:

@@ -166,14 +166,19 @@ def upload_content_type(path: Path) -> str:
 
 
 def files_upload(
-    path: str | Path, purpose: str = "fine-tune", filename: str | None = None
+    path: str | Path,
+    purpose: str = "fine-tune",
+    filename: str | None = None,
+    idempotency_key: str | None = None,
 ) -> RequestSpec[FileObject]:
-    """``POST /files`` (multipart ``file`` + ``purpose``)."""
+    """``POST /files`` (multipart ``file`` + ``purpose``); with a key, a repeat returns the first file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"upload source is not a file: {p}")
     upload = Upload(path=p, purpose=purpose, filename=filename or p.name, content_type=upload_content_type(p))
-    return RequestSpec("POST", "files", parse.model(FileObject), upload=upload)
+    return RequestSpec(
+        "POST", "files", parse.model(FileObject), upload=upload, idempotency_key=idempotency_key
+    )
 
 
 def files_list(
@@ -204,9 +209,15 @@ def files_content(file_id: str) -> RequestSpec[bytes]:
 # ------------------------------------------------------------------------------------------------- jobs
 
 
-def jobs_create(request: JobCreateRequest) -> RequestSpec[FineTuningJob]:
-    """``POST /fine_tuning/jobs``."""
-    return RequestSpec("POST", "fine_tuning/jobs", parse.model(FineTuningJob), json=request.to_body())
+def jobs_create(request: JobCreateRequest, idempotency_key: str | None = None) -> RequestSpec[FineTuningJob]:
+    """``POST /fine_tuning/jobs``; with a key, a repeat returns the first job."""
+    return RequestSpec(
+        "POST",
+        "fine_tuning/jobs",
+        parse.model(FineTuningJob),
+        json=request.to_body(),
+        idempotency_key=idempotency_key,
+    )
 
 
 def jobs_list(
@@ -258,14 +269,18 @@ def jobs_action(job_id: str, action: JobAction) -> RequestSpec[FineTuningJob]:
 # -------------------------------------------------------------------------------------------- responses
 
 
-def responses_create(request: ResponseCreateRequest) -> RequestSpec[ResponseObject]:
-    """``POST /responses``; retried in place only with ``store: false`` (a stored answer would be kept twice)."""
+def responses_create(
+    request: ResponseCreateRequest, idempotency_key: str | None = None
+) -> RequestSpec[ResponseObject]:
+    """``POST /responses``; retried in place only with ``store: false`` or an idempotency key (otherwise a
+    stored answer would be kept twice)."""
     return RequestSpec(
         "POST",
         "responses",
         parse.model(ResponseObject),
         json=request.to_body(),
         stores_nothing=request.store is False,
+        idempotency_key=idempotency_key,
     )
 
 

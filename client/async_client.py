@@ -111,10 +111,15 @@ class AsyncFiles:
         self._c = client
 
     async def upload(
-        self, path: str | Path, purpose: str = "fine-tune", filename: str | None = None
+        self,
+        path: str | Path,
+        purpose: str = "fine-tune",
+        filename: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> FileObject:
-        """Upload a file, streamed from disk."""
-        return await self._c.send(req.files_upload(path, purpose, filename))
+        """Upload a file, streamed from disk (``idempotency_key``: a repeat returns the first file)."""
+        return await self._c.send(req.files_upload(path, purpose, filename, idempotency_key))
 
     async def retrieve(self, file_id: str) -> FileObject:
         """Get one file's metadata."""
@@ -141,9 +146,9 @@ class AsyncJobs:
     def __init__(self, client: AsyncMKA1Client) -> None:
         self._c = client
 
-    async def create(self, request: JobCreateRequest) -> FineTuningJob:
-        """Create a fine-tuning job."""
-        return await self._c.send(req.jobs_create(request))
+    async def create(self, request: JobCreateRequest, *, idempotency_key: str | None = None) -> FineTuningJob:
+        """Create a fine-tuning job (``idempotency_key``: a repeat returns the first job)."""
+        return await self._c.send(req.jobs_create(request, idempotency_key))
 
     async def retrieve(self, job_id: str) -> FineTuningJob:
         """Get a job."""
@@ -195,9 +200,11 @@ class AsyncResponses:
     def __init__(self, client: AsyncMKA1Client) -> None:
         self._c = client
 
-    async def create(self, request: ResponseCreateRequest) -> ResponseObject:
-        """Generate a response (e.g. from a fine-tuned model)."""
-        return await self._c.send(req.responses_create(request))
+    async def create(
+        self, request: ResponseCreateRequest, *, idempotency_key: str | None = None
+    ) -> ResponseObject:
+        """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
+        return await self._c.send(req.responses_create(request, idempotency_key))
 
 
 __all__ = ["AsyncFiles", "AsyncJobs", "AsyncMKA1Client", "AsyncResponses"]

@@ -107,9 +107,16 @@ class Files:
     def __init__(self, client: MKA1Client) -> None:
         self._c = client
 
-    def upload(self, path: str | Path, purpose: str = "fine-tune", filename: str | None = None) -> FileObject:
-        """Upload a file, streamed from disk."""
-        return self._c.send(req.files_upload(path, purpose, filename))
+    def upload(
+        self,
+        path: str | Path,
+        purpose: str = "fine-tune",
+        filename: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> FileObject:
+        """Upload a file, streamed from disk (``idempotency_key``: a repeat returns the first file)."""
+        return self._c.send(req.files_upload(path, purpose, filename, idempotency_key))
 
     def retrieve(self, file_id: str) -> FileObject:
         """Get one file's metadata."""
@@ -136,9 +143,9 @@ class Jobs:
     def __init__(self, client: MKA1Client) -> None:
         self._c = client
 
-    def create(self, request: JobCreateRequest) -> FineTuningJob:
-        """Create a fine-tuning job."""
-        return self._c.send(req.jobs_create(request))
+    def create(self, request: JobCreateRequest, *, idempotency_key: str | None = None) -> FineTuningJob:
+        """Create a fine-tuning job (``idempotency_key``: a repeat returns the first job)."""
+        return self._c.send(req.jobs_create(request, idempotency_key))
 
     def retrieve(self, job_id: str) -> FineTuningJob:
         """Get a job."""
@@ -188,9 +195,9 @@ class Responses:
     def __init__(self, client: MKA1Client) -> None:
         self._c = client
 
-    def create(self, request: ResponseCreateRequest) -> ResponseObject:
-        """Generate a response (e.g. from a fine-tuned model)."""
-        return self._c.send(req.responses_create(request))
+    def create(self, request: ResponseCreateRequest, *, idempotency_key: str | None = None) -> ResponseObject:
+        """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
+        return self._c.send(req.responses_create(request, idempotency_key))
 
 
 __all__ = ["Files", "Jobs", "MKA1Client", "Responses"]

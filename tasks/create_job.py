@@ -18,12 +18,12 @@ from typing import Any
 from prefect import task
 
 from client import MKA1Client
-from client.errors import NotFoundError
+from client.errors import APIError, NotFoundError
 from client.models import FineTuningJob, JobCreateRequest, JobStatus, Method
 from tasks import report, runtime
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
-from tasks.state import jobs_index, scoped_key
+from tasks.state import jobs_index, key_lock, scoped_key
 
 IDEMPOTENCY_KEY = "ftpipe_idempotency_key"
 FLOW_RUN_KEY = "ftpipe_flow_run_id"
@@ -129,6 +129,36 @@ def record_job(
     )
 
 
+def _request_key(client: MKA1Client, key: str, fresh_if_dead: bool) -> str:
+    """The create call's Idempotency-Key. A fresh job after failed ones needs a new key (the server would
+    answer the old one with the failed job): it counts the dead jobs it replaces, so identical fresh
+    launches still agree on one key."""
+    if not fresh_if_dead:
+        return f"ftpipe-job-{key}"
+    dead = _matching(client.jobs.list(metadata={IDEMPOTENCY_KEY: key}), key, FILTERED_JOBS_SCAN)
+    return f"ftpipe-job-{key}-after-{len(dead)}"
+
+
+def keep_oldest(client: MKA1Client, key: str, created: FineTuningJob, log: Any) -> FineTuningJob:
+    """Against a server that ignores Idempotency-Key, identical launches on different machines can each
+    create a job: list the live jobs with this key, keep the oldest and cancel the younger ones."""
+    listed = _matching(client.jobs.list(metadata={IDEMPOTENCY_KEY: key}), key, FILTERED_JOBS_SCAN)
+    live = [j for j in listed if j.status not in _DEAD]
+    if not any(j.id == created.id for j in live):
+        live.append(created)
+    keep = min(live, key=lambda j: (j.created_at or 0, j.id))
+    for dup in live:
+        if dup.id != keep.id:
+            log.warning(
+                "cancelling duplicate job %s of %s (same inputs, created concurrently)", dup.id, keep.id
+            )
+            try:
+                client.jobs.cancel(dup.id)
+            except APIError as exc:  # it may have finished or been cancelled meanwhile
+                log.warning("could not cancel duplicate job %s: %s", dup.id, exc)
+    return keep
+
+
 @task(name="create-job", **api_task_options())
 def create_job_task(
     client: MKA1Client,
@@ -145,28 +175,33 @@ def create_job_task(
     key = spec.idempotency_key()
     obo = client.settings.on_behalf_of
     publish(ProgressUpdate("create-job", "looking for an existing job"))
-    entry = jobs_index(state_dir).get(scoped_key(server_id, obo, key))
-    index_job_id = entry.get("job_id") if isinstance(entry, dict) else None
-    job, how = find_existing_job(client, key, index_job_id=index_job_id, fresh_if_dead=fresh_if_dead)
-    attached = job is not None
-    if job is None:
-        tags: dict[str, Any] = {**metadata, IDEMPOTENCY_KEY: key}
-        if flow_run_id:
-            tags[FLOW_RUN_KEY] = flow_run_id
-        job = client.jobs.create(
-            JobCreateRequest(
-                model=spec.model,
-                training_file=spec.training_file,
-                validation_file=spec.validation_file,
-                suffix=spec.suffix,
-                seed=spec.seed,
-                method=spec.method,
-                hyperparameters=None,
-                metadata=tags,
-                integrations=spec.integrations or None,
+    # Identical runs on this machine take turns; the server-side Idempotency-Key covers the rest.
+    with key_lock(state_dir, scoped_key(server_id, obo, key)):
+        entry = jobs_index(state_dir).get(scoped_key(server_id, obo, key))
+        index_job_id = entry.get("job_id") if isinstance(entry, dict) else None
+        job, how = find_existing_job(client, key, index_job_id=index_job_id, fresh_if_dead=fresh_if_dead)
+        attached = job is not None
+        if job is None:
+            tags: dict[str, Any] = {**metadata, IDEMPOTENCY_KEY: key}
+            if flow_run_id:
+                tags[FLOW_RUN_KEY] = flow_run_id
+            created = client.jobs.create(
+                JobCreateRequest(
+                    model=spec.model,
+                    training_file=spec.training_file,
+                    validation_file=spec.validation_file,
+                    suffix=spec.suffix,
+                    seed=spec.seed,
+                    method=spec.method,
+                    hyperparameters=None,
+                    metadata=tags,
+                    integrations=spec.integrations or None,
+                ),
+                idempotency_key=_request_key(client, key, fresh_if_dead),
             )
-        )
-    record_job(state_dir, server_id, obo, key, job, flow_run_id)
+            job = keep_oldest(client, key, created, log)
+            how = "created" if job.id == created.id else "deduplicated"
+        record_job(state_dir, server_id, obo, key, job, flow_run_id)
     log.info(
         "%s job %s (%s, model %s, key %s)",
         f"attached ({how}) to" if attached else "created",

@@ -7,6 +7,7 @@ entry is verified against the server before use, so a stale or deleted file is h
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -79,6 +80,24 @@ class JsonIndex:
             # A failed write must not leave a stray temp file beside the index (the index itself is intact).
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+LOCKS_DIR = "locks"
+
+
+@contextmanager
+def key_lock(state_dir: Path, key: str) -> Iterator[None]:
+    """Hold an exclusive per-key lock on this machine: identical runs started together take turns at
+    look-up + create + record, so the second finds what the first made instead of making it again."""
+    locks = state_dir / LOCKS_DIR
+    locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
+    with open(locks / name, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def uploads_index(state_dir: Path) -> JsonIndex:

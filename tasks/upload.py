@@ -22,7 +22,7 @@ from tasks import report, runtime
 from tasks.errors import UploadIntegrityError
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
-from tasks.state import scoped_key, uploads_index
+from tasks.state import JsonIndex, key_lock, scoped_key, uploads_index
 
 _CHUNK = 1024 * 1024
 # The server's file list can be long; matching is a fallback, so bound the scan.
@@ -76,6 +76,26 @@ def _from_server_list(client: MKA1Client, name: str, size: int, sha256: str) -> 
     return next((o for o in listed if o.filename == name and o.bytes == size and _usable(o, sha256)), None)
 
 
+def _find_or_upload(
+    client: MKA1Client, path: Path, index: JsonIndex, key: str, name: str, size: int, sha: str
+) -> tuple[FileObject, str]:
+    """The identical file already on the server (from the local index, else the server's list), else a new
+    upload keyed by the content hash, so a server that honours Idempotency-Key never stores it twice."""
+    entry = index.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("file_id"), str):
+        found = _from_index(client, entry["file_id"], size, sha)
+        if found is not None:
+            return found, "index"
+        index.delete(key)
+    found = _from_server_list(client, name, size, sha)
+    if found is not None:
+        return found, "server-list"
+    uploaded = client.files.upload(
+        path, purpose="fine-tune", filename=name, idempotency_key=f"ftpipe-upload-{sha}"
+    )
+    return uploaded, "uploaded"
+
+
 @task(name="upload-file", task_run_name="upload-{role}", **api_task_options())
 def upload_file_task(
     client: MKA1Client, path: Path, *, state_dir: Path, server_id: str, role: str = "training"
@@ -90,25 +110,14 @@ def upload_file_task(
     key = scoped_key(server_id, client.settings.on_behalf_of, sha)
     publish(ProgressUpdate("upload", f"uploading {role} file {path.name}"))
 
-    found: FileObject | None = None
-    how = "uploaded"
-    entry = index.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("file_id"), str):
-        found = _from_index(client, entry["file_id"], size, sha)
-        how = "index"
-        if found is None:
-            index.delete(key)
-    if found is None:
-        found = _from_server_list(client, name, size, sha)
-        how = "server-list"
-    if found is None:
-        found = client.files.upload(path, purpose="fine-tune", filename=name)
-        how = "uploaded"
-    verified = None if found.sha256 is None else found.sha256.lower() == sha
-    if found.sha256 is not None and not verified:
-        # Only a fresh upload gets here (reuse already skipped mismatches): the server stored other bytes.
-        raise UploadIntegrityError(str(path), sha, found.sha256)
-    index.put(key, {"file_id": found.id, "filename": name, "bytes": size, "source": str(path)})
+    # Take turns with identical runs on this machine; the Idempotency-Key covers other machines.
+    with key_lock(state_dir, key):
+        found, how = _find_or_upload(client, path, index, key, name, size, sha)
+        verified = None if found.sha256 is None else found.sha256.lower() == sha
+        if found.sha256 is not None and not verified:
+            # Only a fresh upload gets here (reuse already skipped mismatches): the server stored other bytes.
+            raise UploadIntegrityError(str(path), sha, found.sha256)
+        index.put(key, {"file_id": found.id, "filename": name, "bytes": size, "source": str(path)})
 
     uploaded = UploadedFile(
         file_id=found.id,

@@ -63,6 +63,9 @@ class FakeMKA1:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     checkpoints: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    # The Idempotency-Key of every POST, in order (None: sent without one). This fake ignores the header,
+    # as a server that does not implement it would.
+    post_keys: list[tuple[str, str | None]] = field(default_factory=list)
     injected: list[Injected] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1_700_000_000))
@@ -123,6 +126,8 @@ class FakeMKA1:
         path = request.url.path.removeprefix("/api/v1/llm")
         method = request.method
         self.calls.append((method, path))
+        if method == "POST":
+            self.post_keys.append((path, request.headers.get("idempotency-key")))
         for inj in list(self.injected):
             if inj.method == method and re.fullmatch(inj.path_re, path):
                 inj.count -= 1

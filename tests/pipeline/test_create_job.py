@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from client.models import Method
@@ -76,15 +77,52 @@ def test_dead_job_attached_unless_fresh_requested(fake: FakeMKA1, tmp_path: Path
     assert _create(fake, tmp_path / "c").job.id == fresh.job.id
 
 
-def test_transient_create_error_surfaces_for_prefect_retry(fake: FakeMKA1, tmp_path: Path) -> None:
+def test_keyed_create_is_retried_in_place_with_the_same_key(fake: FakeMKA1, tmp_path: Path) -> None:
+    """The create carries an Idempotency-Key derived from the inputs, so the client may resend it after a
+    503; every attempt carries the same key (a server honouring it answers with one job)."""
     fake.inject("POST", "/fine_tuning/jobs", 503)
+    got = _create(fake, tmp_path / "s")
+    keys = [k for p, k in fake.post_keys if p == "/fine_tuning/jobs"]
+    assert len(keys) == 2 and keys[0] == keys[1] == f"ftpipe-job-{SPEC.idempotency_key()}"
+    assert not got.attached and got.how == "created" and len(fake.jobs) == 1
+
+
+def test_exhausted_create_retries_surface_for_prefect_retry(fake: FakeMKA1, tmp_path: Path) -> None:
+    fake.inject("POST", "/fine_tuning/jobs", 503, count=50)
     from client.errors import InternalServerError
     from client.retry import is_transient
 
-    try:
-        _create(fake, tmp_path / "s")
-    except InternalServerError as exc:
-        assert is_transient(exc)
-        assert fake.count("POST", "/fine_tuning/jobs") == 1  # a creating POST is never repeated in place
-    else:  # pragma: no cover - the fake must have failed the call
-        raise AssertionError("expected a 503")
+    with fake.client(max_retries=1) as c, pytest.raises(InternalServerError) as info:
+        create_job_task.fn(
+            c, SPEC, metadata={}, state_dir=tmp_path / "s", server_id=SERVER_ID, flow_run_id=None
+        )
+    assert is_transient(info.value)
+    assert fake.count("POST", "/fine_tuning/jobs") == 2  # the client's budget, then the Prefect task retry
+
+
+def test_fresh_jobs_get_a_new_key_per_failed_job_they_replace(fake: FakeMKA1, tmp_path: Path) -> None:
+    fake.add_job("failed", {IDEMPOTENCY_KEY: SPEC.idempotency_key()})
+    _create(fake, tmp_path / "a", fresh_if_dead=True)
+    assert fake.post_keys[-1][1] == f"ftpipe-job-{SPEC.idempotency_key()}-after-1"
+
+
+def test_concurrent_duplicates_on_a_server_ignoring_the_key_are_cancelled(
+    fake: FakeMKA1, tmp_path: Path
+) -> None:
+    """Another machine created the same job a moment earlier (this fake ignores Idempotency-Key): the
+    younger job is cancelled and the run follows the older one."""
+    fake.metadata_filter = "ignore"
+    real_handle = fake.handle
+    other: list[str] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        # The other launch's job lands between our look-up and our create.
+        if request.method == "POST" and request.url.path.endswith("/fine_tuning/jobs") and not other:
+            other.append(fake.add_job("queued", {IDEMPOTENCY_KEY: SPEC.idempotency_key()}))
+        return real_handle(request)
+
+    fake.handle = racing  # type: ignore[method-assign]
+    got = _create(fake, tmp_path / "s")
+    assert got.job.id == other[0] and got.how == "deduplicated"
+    younger = [j for j in fake.jobs if j != other[0]]
+    assert len(younger) == 1 and fake.jobs[younger[0]]["status"] == "cancelled"
