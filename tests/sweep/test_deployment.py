@@ -40,6 +40,9 @@ def test_served_deployment_run_completes(backend: RunningBackend, tiny_dataset: 
         run = pc.read_flow_run(scheduled.id)
     assert run.state is not None and run.state.is_completed(), run.state
     result = RunRecord.model_validate_json((tmp_path / "out" / "result.json").read_text())
+    # Named and tagged from its config, as a deployment run too (the parameters' defaults included).
+    assert run.name == result.flow_run_name == "micro-chat-s31"
+    assert {"model:local:micro-chat", "method:supervised", "deployment:served-test"} <= set(run.tags)
     assert result.status == "succeeded" and result.fine_tuned_model
     settings = ClientSettings(base_url=backend.base_url, api_key=backend.api_key)
     with MKA1Client(settings) as c:
