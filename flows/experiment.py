@@ -239,6 +239,16 @@ class ExperimentRun:
         )
         if record.trained_tokens is not None:
             tracker.log_metrics({"trained_tokens": float(record.trained_tokens)})
+        if record.estimate is not None:
+            # The pre-launch estimate beside the actuals: estimate.estimated_tokens, estimate.token_error, ...
+            numbers = record.estimate.model_dump(exclude={"n_epochs"})
+            tracker.log_metrics(
+                {
+                    f"estimate.{k}": float(v)
+                    for k, v in numbers.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
         if record.evaluation is not None:
             tracker.log_metrics(record.evaluation.metric_values())
             tracker.set_tags(record.evaluation.tags(record.promoted_as))

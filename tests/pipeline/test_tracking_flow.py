@@ -17,7 +17,7 @@ from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tests.pipeline.fake_api import FakeMKA1
 from tracking.settings import TrackingSettings, resolve_target
-from tracking.tracker import open_client
+from tracking.tracker import experiment_id, open_client
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -42,6 +42,12 @@ def _track_to(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
     monkeypatch.setenv("FTPIPE_TRACKING_ENABLED", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("FTPIPE_TRACKING_FLUSH_INTERVAL_S", "0.05")
+    if uri.startswith("sqlite:"):
+        # Create the store first: a fake job ends in a second, before a fresh store's migrations on a
+        # loaded machine (the end-of-run wait is bounded; the real sample job trains for a minute).
+        target = resolve_target(TrackingSettings())
+        assert target is not None
+        experiment_id(open_client(target), target)
 
 
 async def _flow_run(flow_run_id: Any) -> Any:
