@@ -57,6 +57,11 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_Version)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks for errors (same as FTPIPE_DEBUG=1); example: ftpipe --debug run DIR",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -65,8 +70,14 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftpipe`` console script; returns the exit code."""
+    import os
+
+    from cli.errors import DEBUG_ENV, guarded
+
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    return int(args.handler(args))
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    return guarded(f"ftpipe {args.command}", lambda: int(args.handler(args)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -286,6 +287,14 @@ def run_command(args: argparse.Namespace) -> int:
         params = params_from_args(args)
     except ValidationError as exc:
         return usage_error(PROG, "; ".join(error_lines(exc)))
+    from cli.preflight import PreflightError, preflight
+
+    try:
+        preflight(params)
+    except PreflightError as exc:
+        for line in exc.lines:
+            print(f"{PROG}: {line}" if line is exc.lines[0] else line, file=sys.stderr)
+        return exc.exit_code
     if args.quiet:
         quiet_prefect_logging()
     # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.

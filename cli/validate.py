@@ -66,18 +66,36 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def report_lines(path: Path, report: Any, max_issues: int = MAX_ISSUES_SHOWN) -> list[str]:
+    """One file's verdict, its capped errors and warnings, and its stats when valid (``ftpipe run`` too)."""
+    from tasks.validate import cap_issues, stats_dict
+
+    errors = [str(i) for i in report.errors]
+    warnings = [str(i) for i in report.warnings]
+    n_err, n_warn = report.error_count_total, report.warning_count_total
+    verdict = "ok" if report.ok else "INVALID"
+    lines = [f"{path}: {verdict} ({n_err} error(s), {n_warn} warning(s))"]
+    lines += [f"  error: {line}" for line in cap_issues(errors, max_issues, total=n_err)]
+    lines += [
+        f"  warning: {line}" for line in cap_issues(warnings, max(0, max_issues - len(errors)), total=n_warn)
+    ]
+    if report.ok:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in stats_dict(report.stats).items()))
+    return lines
+
+
 def validate_command(args: argparse.Namespace) -> int:
     """Validate each file alone; print located issues (capped) and exit non-zero if any has errors."""
     from rich.console import Console
 
-    from tasks.validate import cap_issues, stats_dict
     from validation import validate_file
 
     console = Console()
     worst = EXIT_OK
     for path in args.files:
         if not path.is_file():
-            console.print(f"{path}: no such file", markup=False)
+            why = "is a folder, not a JSONL file" if path.is_dir() else "no such file"
+            console.print(f"{path}: {why}", markup=False)
             worst = EXIT_FAILED
             continue
         report = validate_file(
@@ -87,20 +105,8 @@ def validate_command(args: argparse.Namespace) -> int:
             token_limit=args.token_limit,
             max_line_bytes=args.max_line_bytes,
         )
-        errors = [str(i) for i in report.errors]
-        warnings = [str(i) for i in report.warnings]
-        n_err, n_warn = report.error_count_total, report.warning_count_total
-        verdict = "[green]ok[/green]" if report.ok else "[red]INVALID[/red]"
-        console.print(f"{path}: {verdict} ({n_err} error(s), {n_warn} warning(s))")
-        for line in cap_issues(errors, args.max_issues, total=n_err):
-            console.print(f"  error: {line}", markup=False, highlight=False, soft_wrap=True)
-        for line in cap_issues(warnings, max(0, args.max_issues - len(errors)), total=n_warn):
-            console.print(f"  warning: {line}", markup=False, highlight=False, soft_wrap=True)
-        if report.ok:
-            stats = stats_dict(report.stats)
-            console.print(
-                "  " + ", ".join(f"{k}={v}" for k, v in stats.items()), markup=False, highlight=False
-            )
-        else:
+        for line in report_lines(path, report, args.max_issues):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if not report.ok:
             worst = EXIT_FAILED
     return worst

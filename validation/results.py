@@ -20,7 +20,14 @@ class Issue:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+        # line 0 means "the whole file" (empty, wrong format, too few examples): no line to point at.
+        if self.line > 0:
+            return f"{self.file}:{self.line}: {self.field}: {self.message}"
+        return (
+            f"{self.file}: {self.message}"
+            if self.field == "$"
+            else f"{self.file}: {self.field}: {self.message}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

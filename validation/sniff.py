@@ -10,6 +10,9 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xfd7zXZ\x00", "this looks like an xz file; upload the uncompressed JSONL"),
     (b"(\xb5/\xfd", "this looks like a zstd file; upload the uncompressed JSONL"),
     (b"PAR1", "this looks like a Parquet file; convert it to JSONL (one JSON object per line)"),
+    (b"\x7fELF", "this is a program (an ELF binary), not a dataset; give the JSONL file"),
+    (b"MZ", "this is a Windows program, not a dataset; give the JSONL file"),
+    (b"%PDF", "this looks like a PDF document; convert it to JSONL (one JSON object per line)"),
     (b"\xff\xfe", "this file is UTF-16 encoded; save it as UTF-8"),
     (b"\xfe\xff", "this file is UTF-16 encoded; save it as UTF-8"),
 )
@@ -22,6 +25,9 @@ def sniff(head: bytes) -> str | None:
     for magic, message in _MAGIC:
         if head.startswith(magic):
             return message
+    if b"\x00" in head:
+        # NUL bytes never occur in UTF-8 text: some binary format, whatever its commas suggest.
+        return "this is a binary file, not text; give the JSONL file (UTF-8, one JSON object per line)"
     text = head.removeprefix(_BOM)
     first = text.split(b"\n", 1)[0].strip()
     if not first:
