@@ -28,9 +28,13 @@ def _builtin_models() -> tuple[str, ...]:
 
 
 def _is_priced(model: str, settings: BackendSettings) -> bool:
+    from backend.errors import BackendHTTPError
     from backend.model_refs import ModelAccess, is_known_base_model
 
-    return is_known_base_model(model, ModelAccess.of(settings))
+    try:
+        return is_known_base_model(model, ModelAccess.of(settings))
+    except BackendHTTPError:  # a local:/dir outside the allowed roots: no price, as for any unknown model
+        return False
 
 
 def _rates(settings: BackendSettings) -> dict[str, float]:

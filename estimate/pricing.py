@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from client.errors import APIStatusError
+from client.errors import APIStatusError, NotFoundError
 
 if TYPE_CHECKING:
     from client import MKA1Client
@@ -69,7 +69,11 @@ def api_price(client: MKA1Client, model: str) -> PriceLookup:
                 price=Price(per_million_tokens=rate, currency=currency or "?", source=f"API {row.source}")
             )
     # Models that are not "active" (e.g. a local:/dir model of the embedded backend) are priced on request.
-    for listed in client.pricing.list(model=model).data:
+    try:
+        listed_rows = client.pricing.list(model=model).data
+    except NotFoundError:  # an API may answer 404 for a model it does not price
+        listed_rows = []
+    for listed in listed_rows:
         if listed.effective_to is None and (rate := _training_rate(listed.rates)) is not None:
             if currency is None:
                 currency = client.pricing.currency().currency
