@@ -165,3 +165,35 @@ def quiet_prefect_logging() -> None:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     for name in _PREFECT_LEVELLED_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _NoTraceback(logging.Formatter):
+    """Wraps a console formatter: the message line only, the traceback left to the Prefect run log."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The same record also reaches Prefect's API handler, so it is restored after this handler's line.
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def hide_console_tracebacks() -> None:
+    """Prefect's console handlers print one line per failure, no traceback (unless FTPIPE_DEBUG is set).
+
+    The run's own log in Prefect (API handler) keeps the full traceback; the CLI prints the one-line reason.
+    """
+    from cli.errors import debug_enabled
+
+    if debug_enabled():
+        return
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))

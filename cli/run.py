@@ -17,6 +17,7 @@ from cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     contract_value,
+    hide_console_tracebacks,
     json_object,
     key_value,
     model_default,
@@ -304,6 +305,8 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from flows.fine_tune import fine_tune
+
+    hide_console_tracebacks()
     from tasks.errors import BudgetExceeded, DatasetInvalid, GateFailed, JobFailed, PipelineError
     from tasks.progress import ProgressUpdate, subscribe
     from tasks.record import RunRecord

@@ -158,3 +158,32 @@ def test_boundary_turns_api_errors_into_hints() -> None:
     assert describe(KeyboardInterrupt())[1] == 130
     msg, code = describe(FileNotFoundError(2, "No such file or directory", "x.jsonl"))
     assert (msg, code) == ("x.jsonl: no such file or directory", 2)
+
+
+def test_console_handlers_print_no_traceback_and_keep_the_record_whole() -> None:
+    import io
+    import logging
+
+    from cli.common import hide_console_tracebacks
+
+    prefect_logger = logging.getLogger("prefect")
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    seen: list[logging.LogRecord] = []
+    logger = logging.getLogger("prefect.ftpipe-test")
+    keep = type("Keep", (logging.Handler,), {"emit": lambda self, r: seen.append(r)})()
+    logger.addHandler(keep)
+    prefect_logger.addHandler(handler)
+    propagate, prefect_logger.propagate = prefect_logger.propagate, False
+    try:
+        hide_console_tracebacks()
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("task failed")
+    finally:
+        prefect_logger.removeHandler(handler)
+        prefect_logger.propagate = propagate
+        logger.removeHandler(keep)
+    assert console.getvalue() == "task failed\n"
+    assert seen[0].exc_info is not None  # the run log's handler still gets the traceback
