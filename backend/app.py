@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from backend import routes_files, routes_jobs, routes_models, routes_pricing, routes_responses
+from backend.auth import BearerAuthMiddleware
 from backend.context import BackendState
 from backend.db import Database
 from backend.errors import install_error_handlers
@@ -87,7 +88,9 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
         settings.fault_retry_after_s,
     )
     if faults.enabled:
-        # Added last, so it wraps everything: faults hit before the body limit and every handler.
+        # Wraps the body limit and every handler: faults hit before them.
         app.add_middleware(FaultInjectionMiddleware, config=faults)
         log.warning("fault injection enabled: %s (seed %d)", settings.fault_rates, settings.fault_seed)
+    # Outermost: no body is read, no schema listed and no fault counter shown without the key.
+    app.add_middleware(BearerAuthMiddleware, api_key=state.api_key)
     return app

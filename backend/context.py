@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 from pydantic import SecretStr
 
+from backend.auth import key_problem
 from backend.db import Database
 from backend.errors import BackendHTTPError
 from backend.layout import Layout
@@ -49,15 +49,21 @@ class RequestContext:
 def require_auth(request: Request) -> RequestContext:
     """FastAPI dependency: check the bearer key and resolve the owner from X-On-Behalf-Of."""
     state: BackendState = request.app.state.backend
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # BearerAuthMiddleware already refused a wrong key before the body was read; checked here as well
+    # so that a route can never be reached without it, whatever the middleware stack.
+    problem = key_problem(request.headers.get("authorization", ""), state.api_key)
+    if problem is not None:
+        raise BackendHTTPError(401, problem[1], code=problem[0])
+    header = request.headers.get("x-on-behalf-of", "").strip()
+    if header == DEFAULT_OWNER:
+        # X-On-Behalf-Of scopes data but is no credential: no header may name the header-less tenant.
         raise BackendHTTPError(
-            401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            400,
+            f"X-On-Behalf-Of '{DEFAULT_OWNER}' is reserved for requests sent without the header.",
+            code="invalid_header",
+            param="X-On-Behalf-Of",
         )
-    if not secrets.compare_digest(token.strip().encode(), state.api_key.get_secret_value().encode()):
-        raise BackendHTTPError(401, "Incorrect API key provided.", code="invalid_api_key")
-    owner = request.headers.get("x-on-behalf-of", "").strip() or DEFAULT_OWNER
+    owner = header or DEFAULT_OWNER
     if len(owner) > MAX_OWNER_LEN:
         raise BackendHTTPError(
             400,

@@ -11,7 +11,7 @@ Kinds that fail *before* the handler runs: ``429`` (with ``Retry-After``), ``500
 (the upload is stored, the job created...): ``500_after``, ``drop_after`` and ``slow`` (the real answer is
 sent only after ``fault_slow_s`` seconds, i.e. after the client gave up). These prove idempotency.
 
-``GET <prefix>/_faults`` (no auth; only exists while faults are enabled) returns the counters;
+``GET <prefix>/_faults`` (needs the key, like every route but health; only exists while faults are enabled) returns the counters;
 ``POST <prefix>/_faults`` with ``{"enabled": false}`` pauses injection (tests read fault-free listings).
 The health route is never faulted.
 """

@@ -61,9 +61,13 @@ def client_for(rb: RunningBackend, user: str | None, timeout_s: float = 30.0) ->
     )
 
 
+def _auth(rb: RunningBackend) -> dict[str, str]:
+    return {"Authorization": f"Bearer {rb.api_key.get_secret_value()}"}
+
+
 def fault_stats(rb: RunningBackend) -> dict[str, Any]:
     """The backend's fault counters (GET /_faults; never faulted itself)."""
-    resp = httpx.get(f"{rb.base_url}/_faults", timeout=10)
+    resp = httpx.get(f"{rb.base_url}/_faults", headers=_auth(rb), timeout=10)
     resp.raise_for_status()
     data: dict[str, Any] = resp.json()
     return data
@@ -71,7 +75,9 @@ def fault_stats(rb: RunningBackend) -> dict[str, Any]:
 
 def set_faults(rb: RunningBackend, enabled: bool) -> None:
     """Pause or resume fault injection."""
-    httpx.post(f"{rb.base_url}/_faults", json={"enabled": enabled}, timeout=10).raise_for_status()
+    httpx.post(
+        f"{rb.base_url}/_faults", json={"enabled": enabled}, headers=_auth(rb), timeout=10
+    ).raise_for_status()
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,9 @@ def test_same_seed_same_draws() -> None:
 
 def test_debug_route_absent_without_faults(tmp_path: Path) -> None:
     async def probe() -> int:
-        app = create_app(BackendSettings(data_dir=tmp_path))
+        app = create_app(BackendSettings(data_dir=tmp_path, api_key="k"))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return (await c.get("/api/v1/llm/_faults")).status_code
+            return (await c.get("/api/v1/llm/_faults", headers={"Authorization": "Bearer k"})).status_code
 
     assert asyncio.run(probe()) == 404
 
