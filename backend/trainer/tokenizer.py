@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from backend.trainer.corpus import CORPUS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -24,6 +28,10 @@ CHATML_TEMPLATE = (
 
 def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on the built-in corpus; the same inputs always give the same vocab."""
+    # transformers is imported here, not at module load: resolving a model name (base_models, on every job
+    # create, Responses call and price lookup) must not pay its import (seconds on a busy 2-core machine).
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
