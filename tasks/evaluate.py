@@ -3,7 +3,8 @@
 Calls go through the Responses API with bounded concurrency, one model at a time (a server that keeps a few
 models loaded never reloads one mid-run, and one that batches requests gets full batches). Requests set
 ``store: false``, so a repeated call creates nothing and the client retries transient failures in place
-(``client.retry``).
+(``client.retry``). A prompt whose failure outlasts those retries is asked again in a later round, keeping
+every answer already received; one still failing after the last round is a row error.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from prefect import task
 
 from client import ClientSettings
+from client import retry as client_retry
 from client.async_client import AsyncMKA1Client
 from client.errors import APIError
 from client.models import InputMessage, ResponseCreateRequest
@@ -35,11 +37,14 @@ from evaluation.selection import SelectBy, Selection, select_best
 from tasks import runtime
 from tasks.errors import EvaluationFailed
 from tasks.progress import ProgressUpdate, publish
-from tasks.retry_policy import api_task_options
+from tasks.retry_policy import API_RETRIES, api_task_options
 
 T = TypeVar("T")
 
 JUDGE_MAX_OUTPUT_TOKENS = 16
+# Rounds of asking a model the prompts still unanswered after the client's in-place retries: the budget the
+# stage's task retries had, without re-asking what was already answered.
+ASK_ROUNDS = API_RETRIES + 1
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,15 @@ class _Asker:
         return parse_grade((await self.client.responses.create(request)).output_text)
 
     async def ask(
-        self, m: EvalModel, kind: str, index: int, case: EvalCase, failed: list[str]
+        self,
+        m: EvalModel,
+        kind: str,
+        index: int,
+        case: EvalCase,
+        failed: list[str],
+        unanswered: list[tuple[str, int]],
     ) -> dict[str, Any]:
+        """The row of one prompt; a transient failure (retries exhausted) also lands in ``unanswered``."""
         row: dict[str, Any] = {
             "set": kind,
             "case": index,
@@ -121,13 +133,20 @@ class _Asker:
                 )
             except APIError as exc:
                 if is_transient(exc):
-                    raise  # retries exhausted: the task's retry starts over
-                failed.append(str(exc))
+                    unanswered.append((kind, index))  # asked again next round
+                else:
+                    failed.append(str(exc))
                 return row | {"error": str(exc)}
             latency = time.perf_counter() - started
             answer = resp.output_text
             scored = score_answer(case, answer)
-            grade = await self._judge(case, answer) if self.options.judge_model else None
+            try:
+                grade = await self._judge(case, answer) if self.options.judge_model else None
+            except APIError as exc:
+                if not is_transient(exc):
+                    raise
+                unanswered.append((kind, index))
+                return row | {"error": f"judge: {exc}"}
         self.done += 1
         if self.done % 10 == 0 or self.done == self.total:
             publish(
@@ -168,8 +187,21 @@ async def ask_models(
     }
     for m in models:
         failed: list[str] = []
-        answered = await asyncio.gather(*(asker.ask(m, kind, i, case, failed) for kind, i, case in order))
-        rows += sorted(answered, key=lambda row: position[(row["set"], row["case"])])
+        answers: dict[tuple[str, int], dict[str, Any]] = {}
+        todo = order
+        for round_no in range(ASK_ROUNDS):
+            if round_no:
+                await asyncio.sleep(client_retry.backoff_delay(round_no))
+            unanswered: list[tuple[str, int]] = []
+            answered = await asyncio.gather(
+                *(asker.ask(m, kind, i, case, failed, unanswered) for kind, i, case in todo)
+            )
+            answers.update({(row["set"], row["case"]): row for row in answered})
+            retry = set(unanswered)
+            todo = [item for item in todo if (item[0], item[1]) in retry]
+            if not todo or failed:
+                break
+        rows += sorted(answers.values(), key=lambda row: position[(row["set"], row["case"])])
     return rows, asker.calls
 
 

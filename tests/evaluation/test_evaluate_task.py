@@ -90,7 +90,7 @@ def _run(fake: FakeResponses, tmp_path: Path, **kw: Any) -> evaluate.EvalOutcome
         [EvalSet("eval", "eval.jsonl", CASES), EvalSet("smoke", "smoke.jsonl", SMOKE)],
         tmp_path,
         select_by=kw.pop("select_by", "eval_score"),
-        options=EvalOptions(concurrency=2, **kw),
+        options=EvalOptions(**({"concurrency": 2} | kw)),
         transport=httpx.MockTransport(fake),
     )
 
@@ -134,6 +134,25 @@ def test_transient_errors_are_retried_in_place(tmp_path: Path) -> None:
     out = _run(fake, tmp_path)
     assert {s.model: s.errors for s in out.summaries}["ft:x"] == 0
     assert out.calls == 12 and len(fake.calls) == 14
+
+
+def test_a_failure_outlasting_the_client_retries_reasks_only_that_prompt(tmp_path: Path) -> None:
+    fake = FakeResponses()
+    fake.fail["ft:x"] = [503] * 5  # one prompt's call and the client's 4 in-place retries
+    out = _run(fake, tmp_path, concurrency=1)
+    assert {s.model: s.errors for s in out.summaries}["ft:x"] == 0
+    assert out.frame["error"].isna().all()
+    asked = [c["input"][-1]["content"] for c in fake.calls if c["model"] == "ft:x"]
+    assert len(asked) == 4 + 5 and asked.count("Hello?") == 6  # kept answers are not asked again
+    assert out.calls == 13
+
+
+def test_a_fine_tuned_model_failing_every_round_fails_the_stage(tmp_path: Path) -> None:
+    fake = FakeResponses()
+    fake.fail["ft:x"] = [503] * 1000
+    with pytest.raises(EvaluationFailed, match="ft:x could not be evaluated: .*injected 503"):
+        _run(fake, tmp_path)
+    assert len([c for c in fake.calls if c["model"] == "ft:x"]) == 4 * 5 * evaluate.ASK_ROUNDS
 
 
 def test_a_checkpoint_that_refuses_is_reported_and_not_selected(tmp_path: Path) -> None:
