@@ -7,12 +7,14 @@ prevents duplicates), half share one (one machine: the per-key lock makes the ot
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
 import pytest
 
 from backend.launcher import RunningBackend
+from client.errors import ConflictError
 from client.models import Method
 from tasks.create_job import JobHandle, JobSpec, create_job_task
 from tasks.upload import UploadedFile, upload_file_task
@@ -79,7 +81,8 @@ def test_identical_launches_make_one_file_and_one_job(
     try:
         with client_for(faulty_backend, user) as c:
             for job in view.jobs:
-                c.jobs.cancel(job.id)  # the worker is shared: free it for the next round
+                with contextlib.suppress(ConflictError):  # it may have finished already (idle machine)
+                    c.jobs.cancel(job.id)  # the worker is shared: free it for the next round
     finally:
         set_faults(faulty_backend, True)
     assert not errors, errors
