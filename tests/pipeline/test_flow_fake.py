@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.logging.handlers import APILogHandler
 
 from cli.main import main
 from client.errors import BadRequestError
@@ -97,6 +98,7 @@ def test_flow_succeeds_then_rerun_reuses_everything(
     assert fake.count("POST", "/files") == 2 and fake.count("POST", "/fine_tuning/jobs") == 1
     assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
 
+    APILogHandler().flush()  # run logs go to the API in batches: push them before reading them back
     arts, logs, run = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
     keys = {a.key for a in arts}
     assert {"dataset-validation", "upload-training", "job", "job-link", "job-progress", "checkpoints"} <= keys
