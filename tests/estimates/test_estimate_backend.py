@@ -57,12 +57,15 @@ def test_pricing_endpoints_serve_the_configured_price_in_sdk_shapes(priced: Runn
         sdk.ClusterCurrencyResponse.model_validate(raw.get("/models/pricing/currency").json())
 
 
-def _train(c: MKA1Client, path: Path, n_epochs: int) -> str:
+EPOCHS = 6
+
+
+def _train(c: MKA1Client, path: Path, n_epochs: int, batch_size: int = 4) -> str:
     file_id = c.files.upload(path).id
     method = Method(
         type="supervised",
         supervised=SupervisedMethod(
-            hyperparameters=SupervisedHyperparameters(n_epochs=n_epochs, batch_size=4)
+            hyperparameters=SupervisedHyperparameters(n_epochs=n_epochs, batch_size=batch_size)
         ),
     )
     job = c.jobs.create(JobCreateRequest(model=MODEL, training_file=file_id, method=method))
@@ -75,20 +78,22 @@ def _train(c: MKA1Client, path: Path, n_epochs: int) -> str:
 
 
 def test_estimate_matches_the_job_and_learns_its_throughput(priced: RunningBackend, tmp_path: Path) -> None:
+    # Job timestamps are whole seconds: the job must train for more than one (6 epochs x 24 steps), or
+    # an idle machine finishes within the second it started and the job has no measurable duration.
     path = write_jsonl(tmp_path / "train.jsonl", [chat_example(i) for i in range(24)])
     with _client(priced) as c:
         before = estimate_job(
-            c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable(), calibrate=False
+            c, path, model=MODEL, n_epochs=EPOCHS, embedded=True, table=PriceTable(), calibrate=False
         )
         assert before.duration.seconds is None and "no finished supervised job" in before.duration.basis
         assert before.price == Price(per_million_tokens=2.5, currency="EUR", source="API cluster_default")
         assert before.cost == pytest.approx(before.tokens.tokens * 2.5 / 1e6)
 
-        job = c.jobs.retrieve(_train(c, path, n_epochs=2))
+        job = c.jobs.retrieve(_train(c, path, n_epochs=EPOCHS, batch_size=1))
         assert job.trained_tokens == before.tokens.tokens
 
         after = estimate_job(
-            c, path, model=MODEL, n_epochs=2, embedded=True, table=PriceTable(), calibrate=False
+            c, path, model=MODEL, n_epochs=EPOCHS, embedded=True, table=PriceTable(), calibrate=False
         )
         actual = job_training_seconds(c, job)
     assert after.duration.jobs == [job.id]

@@ -114,7 +114,8 @@ def test_each_kind_as_the_client_sees_it(kinds_backend: RunningBackend) -> None:
                 ResponseCreateRequest(model="local:micro-chat", input="hi", max_output_tokens=2)
             )
     assert httpx.get(f"{rb.base_url}/health", timeout=60).status_code == 200  # never faulted
-    assert httpx.get(f"{rb.base_url}/nope", timeout=60).status_code == 502  # other routes use the "all" group
+    key = {"Authorization": f"Bearer {rb.api_key.get_secret_value()}"}  # the key is checked before faults
+    assert httpx.get(f"{rb.base_url}/nope", headers=key, timeout=60).status_code == 502  # other routes: "all"
     stats = fault_stats(rb)
     assert stats["injected"] == {
         "files": {"429": 1},
