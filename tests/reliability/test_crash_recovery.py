@@ -35,6 +35,9 @@ def test_backend_killed_mid_training_job_resumes_and_flow_finishes(tmp_path: Pat
             "PREFECT_API_URL": str(get_current_settings().api.url),
             "MKA1_API_KEY": rb.api_key.get_secret_value(),
             "MKA1_TIMEOUT_S": "10",
+            # The client would retry a short outage away by itself; without in-place retries the wait
+            # loop meets it, which is what this test watches (it must keep polling through it).
+            "MKA1_MAX_RETRIES": "0",
         }
         log_path = tmp_path / "child.log"
         with log_path.open("wb") as log:
