@@ -110,9 +110,21 @@ def test_budget_gate_on_the_embedded_backend(
     ds = tmp_path / "ds"
     write_jsonl(ds / "train.jsonl", [chat_example(i) for i in range(16)])
     write_jsonl(ds / "validation.jsonl", [chat_example(100 + i) for i in range(10)])
-    tokens = count_tokens(ds / "train.jsonl", MODEL, "supervised", 1).tokens
+    # Several seconds of training (whole-second job timestamps), so the record has a measured duration.
+    tokens = count_tokens(ds / "train.jsonl", MODEL, "supervised", EPOCHS).tokens
     cost = tokens * 2.5 / 1e6
-    argv = ["run", str(ds), "--model", MODEL, "--epochs", "1", "--batch-size", "4", "--poll-interval", "0.3"]
+    argv = [
+        "run",
+        str(ds),
+        "--model",
+        MODEL,
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "1",
+        "--poll-interval",
+        "0.3",
+    ]
     argv += ["--state-dir", str(tmp_path / "state"), "--output", str(tmp_path / "out"), "--quiet"]
     with _client(priced) as c:
         files_before = {f.id for f in c.files.list()}
