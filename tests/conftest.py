@@ -32,3 +32,18 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_log_levels_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An in-process `ftpipe ... --quiet` lowers Prefect's loggers and sets PREFECT_LOGGING_LEVEL for the
+    rest of the process (as it should for a real command); tests share one process, so undo it after each."""
+    import logging
+
+    from cli.common import _PREFECT_LEVELLED_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in _PREFECT_LEVELLED_LOGGERS}
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"))
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
