@@ -64,6 +64,17 @@ def model_help(model: type[BaseModel], name: str, *, show_default: bool = True) 
     return f"{text} (default: %(default)s)" if show_default else text
 
 
+def non_negative_float(text: str) -> float:
+    """argparse ``type=`` for amounts of money."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def _number(text: str) -> int | float:
     try:
         return int(text)

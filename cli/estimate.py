@@ -10,15 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    contract_value,
-    model_default,
-    model_help,
-    positive_int,
-    usage_error,
-)
+from cli.common import EXIT_FAILED, EXIT_OK, usage_error
+from cli.options import add_api, add_budget, add_data_files, add_job_shape
 
 PROG = "ftpipe estimate"
 EPILOG = """examples:
@@ -42,79 +35,14 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=estimate_command)
 
 
-def non_negative_float(text: str) -> float:
-    """argparse ``type=`` for amounts of money."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def add_budget_options(p: argparse.ArgumentParser) -> None:
-    """``--max-cost`` and ``--max-tokens`` (shared by run, sweep and estimate)."""
-    from estimate.budget import Budget
-
-    group = p.add_argument_group("budget")
-    group.add_argument(
-        "--max-cost",
-        type=non_negative_float,
-        metavar="AMOUNT",
-        help=model_help(Budget, "max_cost", show_default=False),
-    )
-    group.add_argument(
-        "--max-tokens",
-        type=positive_int,
-        metavar="N",
-        help=model_help(Budget, "max_tokens", show_default=False),
-    )
-
-
 def add_options(p: argparse.ArgumentParser) -> None:
     """``estimate``'s options: the run's data and job options that change the estimate, and the budget."""
-    from contract.hyperparameters import BatchSize, Hyperparameters, NEpochs
-    from flows.params import FineTuneParams
-
-    fp, hp = FineTuneParams, Hyperparameters
     p.add_argument("dataset", nargs="?", type=Path, help="dataset folder (its train.jsonl is estimated)")
-    p.add_argument(
-        "--train", type=Path, metavar="FILE", help=model_help(fp, "train_file", show_default=False)
-    )
-    p.add_argument(
-        "--validation",
-        type=Path,
-        metavar="FILE",
-        help=model_help(fp, "validation_file", show_default=False) + "; times the validation passes",
-    )
-    p.add_argument("--model", default=model_default(fp, "model"), help=model_help(fp, "model"))
-    p.add_argument(
-        "--method",
-        choices=("supervised", "dpo"),
-        default=model_default(fp, "method"),
-        help=model_help(fp, "method"),
-    )
-    p.add_argument(
-        "--epochs",
-        type=contract_value("n_epochs", NEpochs),
-        default=model_default(hp, "n_epochs"),
-        help=model_help(hp, "n_epochs"),
-    )
-    p.add_argument(
-        "--batch-size",
-        type=contract_value("batch_size", BatchSize),
-        default=model_default(hp, "batch_size"),
-        help=model_help(hp, "batch_size") + "; only the duration depends on it",
-    )
-    p.add_argument(
-        "--base-url",
-        metavar="URL",
-        help="remote API root (default: MKA1_BASE_URL, else the embedded backend)",
-    )
-    p.add_argument("--on-behalf-of", metavar="USER", help="end-user id sent as X-On-Behalf-Of")
+    add_data_files(p, validation_note="; times the validation passes")
+    add_job_shape(p, batch_size_note="; only the duration depends on it")
+    add_api(p)
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
-    add_budget_options(p)
+    add_budget(p)
 
 
 def _in_folder(folder: Path | None, names: tuple[str, ...]) -> Path | None:

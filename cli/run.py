@@ -20,8 +20,6 @@ from cli.common import (
     hide_console_tracebacks,
     json_object,
     key_value,
-    model_default,
-    model_help,
     positive_float,
     positive_int,
     quiet_prefect_logging,
@@ -29,7 +27,7 @@ from cli.common import (
     unit_float,
     usage_error,
 )
-from cli.estimate import add_budget_options
+from cli.options import add_api, add_budget, add_data_files, add_job_shape, field_option
 
 if TYPE_CHECKING:
     from flows.params import FineTuneParams
@@ -58,10 +56,9 @@ def register(sub: Any) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """``run``'s options; defaults and help come from the flow's parameter model."""
-    from contract.hyperparameters import BatchSize, Beta, LearningRateMultiplier, NEpochs, Seed
-    from flows.params import FineTuneParams
+    from contract.hyperparameters import Beta, LearningRateMultiplier, Seed
+    from flows.params import FineTuneParams as fp
 
-    fp = FineTuneParams
     p.add_argument(
         "dataset",
         nargs="?",
@@ -69,170 +66,100 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="dataset folder (train.jsonl [validation.jsonl] [eval.jsonl] [smoke.jsonl])",
     )
     data = p.add_argument_group("data")
-    data.add_argument(
-        "--train", type=Path, metavar="FILE", help=model_help(fp, "train_file", show_default=False)
-    )
-    data.add_argument(
-        "--validation", type=Path, metavar="FILE", help=model_help(fp, "validation_file", show_default=False)
-    )
-    data.add_argument(
-        "--smoke", type=Path, metavar="FILE", help=model_help(fp, "smoke_file", show_default=False)
-    )
-
-    data.add_argument(
-        "--eval", type=Path, metavar="FILE", help=model_help(fp, "eval_file", show_default=False)
-    )
+    add_data_files(data)
+    for flag, field in (("--smoke", "smoke_file"), ("--eval", "eval_file")):
+        field_option(data, flag, model=fp, field=field, show_default=False, type=Path, metavar="FILE")
 
     judge = p.add_argument_group("evaluation, gate and promotion")
     judge.add_argument(
         "--no-eval", dest="evaluate", action="store_false", help="skip the eval stage (smoke checks only)"
     )
-    judge.add_argument(
+    field_option(
+        judge,
         "--select-by",
+        model=fp,
+        field="select_by",
+        show_default=False,
         choices=("eval_score", "full_valid_loss"),
-        default=model_default(fp, "select_by"),
-        help=model_help(fp, "select_by", show_default=False),
     )
-    judge.add_argument(
-        "--gate-min-score",
-        type=unit_float,
-        default=model_default(fp, "gate_min_score"),
-        metavar="X",
-        help=model_help(fp, "gate_min_score"),
-    )
-    judge.add_argument(
+    field_option(judge, "--gate-min-score", model=fp, field="gate_min_score", type=unit_float, metavar="X")
+    field_option(
+        judge,
         "--gate-min-improvement",
+        model=fp,
+        field="gate_min_improvement",
         type=signed_unit_float,
-        default=model_default(fp, "gate_min_improvement"),
         metavar="X",
-        help=model_help(fp, "gate_min_improvement"),
     )
-    judge.add_argument(
-        "--promote-as", metavar="NAME", default=None, help=model_help(fp, "promote_as", show_default=False)
-    )
-    judge.add_argument(
-        "--judge-model", metavar="ID", default=None, help=model_help(fp, "judge_model", show_default=False)
-    )
-    judge.add_argument(
-        "--eval-max-output-tokens",
-        type=positive_int,
-        default=model_default(fp, "eval_max_output_tokens"),
-        metavar="N",
-        help=model_help(fp, "eval_max_output_tokens"),
-    )
-    judge.add_argument(
-        "--eval-concurrency",
-        type=positive_int,
-        default=model_default(fp, "eval_concurrency"),
-        metavar="N",
-        help=model_help(fp, "eval_concurrency"),
-    )
+    field_option(judge, "--promote-as", model=fp, field="promote_as", show_default=False, metavar="NAME")
+    field_option(judge, "--judge-model", model=fp, field="judge_model", show_default=False, metavar="ID")
+    for flag, field in (
+        ("--eval-max-output-tokens", "eval_max_output_tokens"),
+        ("--eval-concurrency", "eval_concurrency"),
+    ):
+        field_option(judge, flag, model=fp, field=field, type=positive_int, metavar="N")
 
     job = p.add_argument_group("job")
-    job.add_argument("--model", default=model_default(fp, "model"), help=model_help(fp, "model"))
-    job.add_argument(
-        "--method",
-        choices=("supervised", "dpo"),
-        default=model_default(fp, "method"),
-        help=model_help(fp, "method"),
-    )
-    job.add_argument(
-        "--epochs",
-        type=contract_value("n_epochs", NEpochs),
-        default=model_default(fp, "n_epochs"),
-        help=model_help(fp, "n_epochs"),
-    )
-    job.add_argument(
-        "--batch-size",
-        type=contract_value("batch_size", BatchSize),
-        default=model_default(fp, "batch_size"),
-        help=model_help(fp, "batch_size"),
-    )
-    job.add_argument(
+    add_job_shape(job)
+    field_option(
+        job,
         "--learning-rate-multiplier",
         "--lr-multiplier",
+        model=fp,
+        field="learning_rate_multiplier",
         dest="lr_multiplier",
         type=contract_value("learning_rate_multiplier", LearningRateMultiplier),
-        default=model_default(fp, "learning_rate_multiplier"),
-        help=model_help(fp, "learning_rate_multiplier"),
     )
-    job.add_argument(
-        "--beta",
-        type=contract_value("beta", Beta),
-        default=model_default(fp, "beta"),
-        help=model_help(fp, "beta"),
-    )
-    job.add_argument("--suffix", default=model_default(fp, "suffix"), help=model_help(fp, "suffix"))
-    job.add_argument(
-        "--seed",
-        type=contract_value("seed", Seed),
-        default=model_default(fp, "seed"),
-        help=model_help(fp, "seed"),
-    )
-    job.add_argument(
+    field_option(job, "--beta", model=fp, field="beta", type=contract_value("beta", Beta))
+    field_option(job, "--suffix", model=fp, field="suffix")
+    field_option(job, "--seed", model=fp, field="seed", type=contract_value("seed", Seed))
+    field_option(
+        job,
         "--metadata",
+        model=fp,
+        field="metadata",
+        show_default=False,
+        note="; repeat for more pairs",
         type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=model_help(fp, "metadata", show_default=False) + "; repeat for more pairs",
     )
-    job.add_argument(
+    field_option(
+        job,
         "--integration",
+        model=fp,
+        field="integrations",
+        show_default=False,
+        note="; repeat for more",
         type=json_object,
         action="append",
         default=[],
         metavar="JSON",
-        help=model_help(fp, "integrations", show_default=False) + "; repeat for more",
     )
-    job.add_argument(
-        "--fresh", action="store_true", help=model_help(fp, "fresh_job_if_failed", show_default=False)
+    field_option(
+        job,
+        "--fresh",
+        model=fp,
+        field="fresh_job_if_failed",
+        show_default=False,
+        action="store_true",
+        default=False,
     )
 
     out = p.add_argument_group("outputs and waiting")
-    out.add_argument(
-        "--output", type=Path, metavar="DIR", help=model_help(fp, "output_dir", show_default=False)
-    )
-    out.add_argument(
-        "--state-dir", type=Path, metavar="DIR", help=model_help(fp, "state_dir", show_default=False)
-    )
-    out.add_argument(
-        "--poll-interval",
-        type=positive_float,
-        default=model_default(fp, "poll_interval_s"),
-        metavar="SECONDS",
-        help=model_help(fp, "poll_interval_s"),
-    )
-    out.add_argument(
-        "--poll-max-interval",
-        type=positive_float,
-        default=model_default(fp, "poll_max_interval_s"),
-        metavar="SECONDS",
-        help=model_help(fp, "poll_max_interval_s"),
-    )
-    out.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=model_default(fp, "wait_timeout_s"),
-        metavar="SECONDS",
-        help=model_help(fp, "wait_timeout_s"),
-    )
+    for flag, field in (("--output", "output_dir"), ("--state-dir", "state_dir")):
+        field_option(out, flag, model=fp, field=field, show_default=False, type=Path, metavar="DIR")
+    for flag, field in (
+        ("--poll-interval", "poll_interval_s"),
+        ("--poll-max-interval", "poll_max_interval_s"),
+        ("--timeout", "wait_timeout_s"),
+    ):
+        field_option(out, flag, model=fp, field=field, type=positive_float, metavar="SECONDS")
     out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
 
-    api = p.add_argument_group("API")
-    api.add_argument(
-        "--base-url",
-        default=model_default(fp, "base_url"),
-        metavar="URL",
-        help=model_help(fp, "base_url", show_default=False) + " (default: MKA1_BASE_URL, else embedded)",
-    )
-    api.add_argument(
-        "--on-behalf-of",
-        default=model_default(fp, "on_behalf_of"),
-        metavar="USER",
-        help=model_help(fp, "on_behalf_of", show_default=False),
-    )
-    add_budget_options(p)
+    add_api(p.add_argument_group("API"))
+    add_budget(p)
 
 
 def params_from_args(args: argparse.Namespace) -> FineTuneParams:

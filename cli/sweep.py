@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import EXIT_FAILED, EXIT_OK, positive_int, quiet_prefect_logging, usage_error
-from cli.estimate import add_budget_options
+from cli.options import add_budget
 
 PROG = "ftpipe sweep"
 
@@ -56,7 +56,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="where config tasks run (default: thread)",
     )
     p.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
-    add_budget_options(p)
+    add_budget(p)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
