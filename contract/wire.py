@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 API_PREFIX: Final = "/api/v1/llm"
 # OpenAI SDK base URLs end in /v1; the embedded backend serves both prefixes.
@@ -22,14 +22,16 @@ def is_terminal(status: str) -> bool:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-CHECKPOINT_METRICS: Final = (
+# A Literal, so parameter models (a sweep's select_by) offer exactly these names as choices.
+CheckpointMetric = Literal[
     "train_loss",
     "train_mean_token_accuracy",
     "valid_loss",
     "valid_mean_token_accuracy",
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
-)
+]
+CHECKPOINT_METRICS: Final[tuple[str, ...]] = get_args(CheckpointMetric)
 
 # --- metadata -----------------------------------------------------------------------------------
 MAX_METADATA_PAIRS: Final = 16

@@ -15,20 +15,13 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.hyperparameters import BatchSize, LearningRateMultiplier, NEpochs, Seed
-from contract.wire import MAX_SUFFIX_CHARS
+from contract.wire import MAX_SUFFIX_CHARS, CheckpointMetric
 from flows.params import FineTuneParams, FlowParameters
 
 DASK_ADDRESS_ENV = "FTPIPE_DASK_ADDRESS"
 SWEEP_KEY, CONFIG_KEY = "ftpipe_sweep", "ftpipe_sweep_config"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-SelectMetric = Literal[
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-]
+SelectMetric = CheckpointMetric
 # The fine-tune parameters a config may override (also the comparison's config columns after ``name``).
 OVERRIDABLE = (
     "model",
