@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from client import MKA1Client
+    from client.settings import ClientSettings
     from flows.params import FineTuneParams
 
-# A refused or timed-out connection is tried this many times, this far apart, before it is reported: long
-# enough to ride out a server restart, short enough to answer in well under 5 s (not the client's minute).
+# An address nothing answers on is tried this many times, this far apart, before it is reported: long enough
+# to ride out a server restart, short enough to answer in well under 5 s (not the client's minute). A server
+# that answers with a transient failure is retried under the client's policy instead.
 PREFLIGHT_ATTEMPTS = 3
 PREFLIGHT_DELAY_S = 0.25
 PREFLIGHT_TIMEOUT_S = 1.5
@@ -76,52 +79,88 @@ def check_dataset(params: FineTuneParams) -> None:
         raise PreflightError(("dataset invalid; nothing was uploaded:", *lines), EXIT_FAILED)
 
 
-def check_api(base_url: str, api_key: str | None, model: str) -> None:
-    """The API answers, accepts the key and knows ``model``; a short retry budget for transient errors."""
+def check_api(settings: ClientSettings, model: str) -> None:
+    """The API answers, accepts the key and knows ``model``; raises ``PreflightError`` when it does not.
+
+    A server that answers but fails (5xx, 429, a dropped connection, an answer slower than the probe's timeout)
+    is asked again under the client's retry policy (``client/retry.py``: ``Retry-After``, backoff, jitter,
+    ``MKA1_MAX_RETRIES``). An address nothing answers on gets ``PREFLIGHT_ATTEMPTS`` quick tries, so a wrong
+    URL is reported in about a second instead of after the whole backoff.
+    """
     import httpx
 
     from cli.common import EXIT_FAILED
+    from client import MKA1Client, retry
+    from client._requests import RequestSpec
+    from client.errors import (
+        APIError,
+        APIStatusError,
+        AuthenticationError,
+        NotFoundError,
+        PermissionDeniedError,
+    )
 
-    root = base_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = f"{root}/models/{model}"
-    last: str = ""
-    for attempt in range(PREFLIGHT_ATTEMPTS):
-        if attempt:
-            time.sleep(PREFLIGHT_DELAY_S * attempt)
-        try:
-            resp = httpx.get(url, headers=headers, timeout=PREFLIGHT_TIMEOUT_S)
-        except httpx.TransportError as exc:
-            last = f"cannot reach the API at {root} ({type(exc).__name__}: {exc or 'no answer'})"
-            continue
-        if resp.status_code in (401, 403):
-            raise PreflightError(
-                (f"the API at {root} refused the key ({resp.status_code}); check MKA1_API_KEY",), EXIT_FAILED
-            )
-        if resp.status_code == 404:
-            # A server without GET /models/{id} answers 404 for every id; ask the list before blaming the model.
-            if _has_models_endpoint(root, headers):
+    root = settings.base_url
+    probe_settings = settings.model_copy(
+        update={"max_retries": 0, "timeout_s": PREFLIGHT_TIMEOUT_S, "connect_timeout_s": PREFLIGHT_TIMEOUT_S}
+    )
+    unreachable = retries = 0
+    with MKA1Client(probe_settings) as client:
+        while True:
+            try:
+                client.send(RequestSpec("GET", f"models/{model}", parse=lambda _: None))
+                return
+            except (AuthenticationError, PermissionDeniedError) as exc:
                 raise PreflightError(
-                    (
-                        f"unknown model {model!r} at {root}; list them with GET {root}/models, or pass --model",
-                    ),
+                    (f"the API at {root} refused the key ({exc.status_code}); check MKA1_API_KEY",),
                     EXIT_FAILED,
-                )
-            return
-        if resp.status_code in (408, 429) or resp.status_code >= 500:
-            last = f"the API at {root} answered {resp.status_code}"
-            continue
-        return
-    raise PreflightError((f"{last}; check MKA1_BASE_URL (or --base-url)",), EXIT_FAILED)
+                ) from None
+            except NotFoundError:
+                # A server without GET /models/{id} answers 404 for every id; ask the list before blaming the model.
+                if _has_models_endpoint(client):
+                    raise PreflightError(
+                        (
+                            f"unknown model {model!r} at {root}; list them with GET {root}/models, or pass --model",
+                        ),
+                        EXIT_FAILED,
+                    ) from None
+                return
+            except APIError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)):
+                    unreachable += 1
+                    last = f"cannot reach the API at {root} ({type(cause).__name__}: {cause or 'no answer'})"
+                    delay: float | None = (
+                        PREFLIGHT_DELAY_S * unreachable if unreachable < PREFLIGHT_ATTEMPTS else None
+                    )
+                else:
+                    if not retry.is_transient(exc):
+                        return  # some other refusal: the run's own calls will name it precisely
+                    last = (
+                        f"the API at {root} answered {exc.status_code}"
+                        if isinstance(exc, APIStatusError)
+                        else f"the API at {root} gave no answer ({type(cause).__name__ if cause else exc})"
+                    )
+                    delay = retry.delay_before_retry(
+                        exc, idempotent=True, retries_taken=retries, max_retries=settings.max_retries
+                    )
+                    retries += 1
+                if delay is None:
+                    raise PreflightError(
+                        (f"{last}; check MKA1_BASE_URL (or --base-url)",), EXIT_FAILED
+                    ) from None
+                time.sleep(delay)
 
 
-def _has_models_endpoint(root: str, headers: dict[str, str]) -> bool:
-    import httpx
+def _has_models_endpoint(client: MKA1Client) -> bool:
+    from client._requests import RequestSpec
+    from client.errors import APIError
 
     try:
-        return httpx.get(f"{root}/models", headers=headers, timeout=PREFLIGHT_TIMEOUT_S).is_success
-    except httpx.TransportError:
+        client.send(RequestSpec("GET", "models", parse=lambda _: None))
+    except APIError:
         return False
+    return True
 
 
 def preflight(params: FineTuneParams) -> None:
@@ -134,5 +173,4 @@ def preflight(params: FineTuneParams) -> None:
         from client.settings import ClientSettings
 
         settings = ClientSettings(base_url=params.base_url) if params.base_url else ClientSettings()
-        key = settings.api_key.get_secret_value() if settings.api_key else None
-        check_api(settings.base_url, key, params.model)
+        check_api(settings, params.model)
