@@ -163,6 +163,37 @@ def _has_models_endpoint(client: MKA1Client) -> bool:
     return True
 
 
+def check_embedded_model(model: str) -> None:
+    """A base-model name the embedded backend cannot train on is refused here, before anything uploads.
+
+    Built-ins, aliases and ``local:/dir`` folders are decided by the backend's own rules (read from the same
+    settings the backend gets); other names (fine-tuned models) need the backend's database and are left to
+    the job create.
+    """
+    from backend.errors import BackendHTTPError
+    from backend.model_refs import LOCAL_PREFIX, ModelAccess, is_known_base_model
+    from backend.settings import BackendSettings
+    from backend.trainer.base_models import BUILTIN_MODELS
+    from cli.common import EXIT_FAILED
+
+    access = ModelAccess.of(BackendSettings())
+    if not model.startswith(LOCAL_PREFIX) and model not in access.aliases:
+        return
+    try:
+        known = is_known_base_model(access.aliases.get(model, model), access)
+    except BackendHTTPError as exc:
+        raise PreflightError((f"--model {model}: {exc.message}",), EXIT_FAILED) from None
+    if not known:
+        names = ", ".join([*BUILTIN_MODELS, *access.aliases])
+        raise PreflightError(
+            (
+                f"--model {model}: unknown to the embedded backend; use one of {names}, "
+                "local:/abs/path/to/hf-model-dir (under FTPIPE_BACKEND_LOCAL_MODEL_ROOTS) or a fine-tuned model",
+            ),
+            EXIT_FAILED,
+        )
+
+
 def preflight(params: FineTuneParams) -> None:
     """All checks, cheapest first; raises ``PreflightError``."""
     check_paths(params)
@@ -174,3 +205,5 @@ def preflight(params: FineTuneParams) -> None:
 
         settings = ClientSettings(base_url=params.base_url) if params.base_url else ClientSettings()
         check_api(settings, params.model)
+    else:
+        check_embedded_model(params.model)

@@ -187,3 +187,20 @@ def test_console_handlers_print_no_traceback_and_keep_the_record_whole() -> None
         logger.removeHandler(keep)
     assert console.getvalue() == "task failed\n"
     assert seen[0].exc_info is not None  # the run log's handler still gets the traceback
+
+
+def test_unknown_embedded_model_is_named_before_upload(capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = _run(capsys, str(SAMPLE), "--model", "local:nano-chat")
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert "local:nano-chat" in lines[0] and "local:tiny-chat" in lines[0]
+
+
+def test_embedded_model_folder_outside_the_roots_is_refused_before_upload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FTPIPE_BACKEND_LOCAL_MODEL_ROOTS", raising=False)
+    (tmp_path / "config.json").write_text("{}")
+    code, lines = _run(capsys, str(SAMPLE), "--model", f"local:{tmp_path}")
+    assert code == 1
+    assert len(lines) == 1 and "FTPIPE_BACKEND_LOCAL_MODEL_ROOTS" in lines[0], lines
