@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel
@@ -22,6 +23,24 @@ class Selection(BaseModel):
     reason: str
 
 
+# Per criterion: the value a candidate is ranked by (None: not a candidate), +1 when higher is better, and the
+# words for the reason line.
+_CRITERIA: dict[SelectBy, tuple[Callable[[ModelSummary], float | None], float, str, str]] = {
+    "eval_score": (
+        lambda s: (s.score or 0.0) if s.complete else None,
+        1.0,
+        "highest eval score",
+        "no candidate answered every eval prompt",
+    ),
+    "full_valid_loss": (
+        lambda s: s.full_valid_loss,
+        -1.0,
+        "lowest full_valid_loss",
+        "no candidate reports full_valid_loss",
+    ),
+}
+
+
 def _tie_break(s: ModelSummary) -> tuple[int, int]:
     # Equal values: the final model first (it is what the job reports), then the later checkpoint.
     return (int(s.role == "fine-tuned"), s.step if s.step is not None else -1)
@@ -37,40 +56,23 @@ def select_best(summaries: list[ModelSummary], by: SelectBy) -> Selection:
     final = next((s for s in candidates if s.role == "fine-tuned"), None)
     if final is None:
         raise ValueError("no fine-tuned model to select from")
-    if by == "eval_score":
-        scored = [s for s in candidates if s.complete]
-        if scored:
-            best = max(scored, key=lambda s: (s.score or 0.0, *_tie_break(s)))
-            return Selection(
-                model=best.model,
-                role=best.role,
-                step=best.step,
-                criterion=by,
-                value=best.score,
-                reason=f"highest eval score of {len(scored)} candidate(s)",
-            )
-        reason = "no candidate answered every eval prompt; using the final model"
-    else:
-        with_loss = [s for s in candidates if s.full_valid_loss is not None]
-        if with_loss:
-            best = min(
-                with_loss,
-                key=lambda s: (s.full_valid_loss, -_tie_break(s)[0], -_tie_break(s)[1]),
-            )
-            return Selection(
-                model=best.model,
-                role=best.role,
-                step=best.step,
-                criterion=by,
-                value=best.full_valid_loss,
-                reason=f"lowest full_valid_loss of {len(with_loss)} candidate(s)",
-            )
-        reason = "no candidate reports full_valid_loss; using the final model"
+    value_of, sign, best_words, none_words = _CRITERIA[by]
+    ranked = [(s, v) for s in candidates if (v := value_of(s)) is not None]
+    if ranked:
+        best, value = max(ranked, key=lambda sv: (sign * sv[1], *_tie_break(sv[0])))
+        return Selection(
+            model=best.model,
+            role=best.role,
+            step=best.step,
+            criterion=by,
+            value=value,
+            reason=f"{best_words} of {len(ranked)} candidate(s)",
+        )
     return Selection(
         model=final.model,
         role=final.role,
         step=final.step,
         criterion=by,
         value=final.score if by == "eval_score" else None,
-        reason=reason,
+        reason=f"{none_words}; using the final model",
     )
