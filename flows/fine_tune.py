@@ -293,6 +293,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
                 output_dir=output_dir,
                 flow_run_id=str(flow_run_id) if flow_run_id else None,
                 store=champions,
+                state_dir=state_dir,
                 final_step=metrics.total_steps,
             )
 

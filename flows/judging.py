@@ -7,6 +7,7 @@ at once); ``judge_run`` runs after the metrics stage.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from client.models import FineTuningJob
 from evaluation.champion import (
     ChampionRecord,
     ChampionStoreError,
+    Decision,
     VariableStore,
     check_name,
     decide,
@@ -32,6 +34,10 @@ from evaluation.selection import SelectBy
 from tasks import runtime
 from tasks.errors import EvalSetInvalid
 from tasks.evaluate import EvalOptions, evaluate_task
+from tasks.state import key_lock
+
+# key_lock name of a champion's read-compare-write (one Prefect Variable pair per name).
+CHAMPION_LOCK_PREFIX = "champion|"
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,24 @@ def models_to_ask(
     return models
 
 
+def promote_if_better(
+    store: VariableStore, state_dir: Path, candidate: ChampionRecord, rescored: Mapping[str, float]
+) -> Decision:
+    """Compare ``candidate`` with the champion as it is now and promote it if it wins, under one lock.
+
+    Runs promoting the same name take turns (``key_lock``): each re-reads the champion inside the lock, so a
+    run that finished judging after another one promoted compares against that one instead of overwriting
+    it, and the record and its history are written by one run at a time. ``rescored``: this run's scores per
+    model, used when the champion was scored on another eval set.
+    """
+    with key_lock(state_dir, CHAMPION_LOCK_PREFIX + candidate.name):
+        latest = read_champion(store, candidate.name)
+        decision = decide(latest, candidate, rescored.get(latest.model_id) if latest is not None else None)
+        if decision.promote:
+            promote(store, candidate)
+    return decision
+
+
 @dataclass(frozen=True)
 class Judgement:
     """The report for result.json, the files written, and the selected model's smoke results."""
@@ -207,6 +231,7 @@ def judge_run(
     output_dir: Path,
     flow_run_id: str | None,
     store: VariableStore,
+    state_dir: Path,
     final_step: int | None = None,
 ) -> Judgement:
     """Evaluate, select, gate and (when asked and the gate passed) promote."""
@@ -275,10 +300,8 @@ def judge_run(
         promoted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         flow_run_id=flow_run_id,
     )
-    held = by_model.get(champion.model_id) if champion is not None else None
-    decision = decide(champion, candidate, held.score if held is not None and held.complete else None)
-    if decision.promote:
-        promote(store, candidate)
+    rescored = {m: s.score for m, s in by_model.items() if s.complete and s.score is not None}
+    decision = promote_if_better(store, state_dir, candidate, rescored)
     log.info("champion %s: %s", plan.promote_as, decision.message)
     report.promotion = decision.message
     report.promoted = decision.promote
