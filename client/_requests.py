@@ -27,6 +27,7 @@ from client.models import (
     ListPage,
     ResponseCreateRequest,
     ResponseObject,
+    ResponseStreamEvent,
 )
 from client.redaction import install_log_redaction, register_secret
 from client.settings import ClientSettings
@@ -281,6 +282,20 @@ def responses_create(
         json=request.to_body(),
         stores_nothing=request.store is False,
         idempotency_key=idempotency_key,
+    )
+
+
+def responses_stream(request: ResponseCreateRequest) -> RequestSpec[ResponseStreamEvent]:
+    """``POST /responses`` with ``stream: true`` (Server-Sent Events); ``parse`` reads the answer of a server
+    that answered whole instead. Only the opening is retried in place (same rule as ``responses_create``):
+    once events flow, a lost stream is an error, never a second generation."""
+    return RequestSpec(
+        "POST",
+        "responses",
+        parse.whole_answer_event,
+        json={**request.to_body(), "stream": True},
+        extra_headers={"Accept": f"{parse.SSE_MEDIA_TYPE}, application/json"},
+        stores_nothing=request.store is False,
     )
 
 

@@ -18,7 +18,7 @@ from client.errors import (
     RateLimitError,
     error_class_for_status,
 )
-from client.models import ListPage
+from client.models import ListPage, ResponseObject, ResponseStreamEvent
 from client.redaction import redact, redact_value
 from client.retry import parse_retry_after
 
@@ -157,3 +157,52 @@ def transport_error(exc: httpx.TransportError, request_desc: str) -> APIError:
     # A refused/unreachable host and a connection the server dropped mid-exchange need different fixes.
     what = "failed to connect" if isinstance(exc, httpx.ConnectError) else "lost its connection"
     return APIConnectionError(redact(f"{request_desc} {what} ({type(exc).__name__}: {detail})"))
+
+
+# ------------------------------------------------------------------------------------------- streaming
+
+SSE_MEDIA_TYPE = "text/event-stream"
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    """True when the server answered with Server-Sent Events (not every server streams when asked)."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_MEDIA_TYPE
+
+
+class SSEDecoder:
+    """Turns Server-Sent Event lines into event data, one line at a time (shared by the sync and async
+    clients). WHATWG rules: ``data:`` lines of one event are joined with newlines, a blank line ends the
+    event, ``:`` starts a comment, other fields are skipped, an event the stream ends inside is dropped."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        """The finished event's data when ``line`` ends one, else None."""
+        if not line:
+            data, self._data = self._data, []
+            return "\n".join(data) if data else None
+        field, _, value = line.partition(":")
+        if field == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+
+def whole_answer_event(response: httpx.Response) -> ResponseStreamEvent:
+    """A server that ignored ``stream: true`` answered whole (body already read): its one final event."""
+    final = _validate(response, ResponseObject)
+    status = final.status if final.status in ("failed", "incomplete") else "completed"
+    return ResponseStreamEvent(type=f"response.{status}", response=final)
+
+
+def stream_event(data: str, status_code: int) -> ResponseStreamEvent | None:
+    """One event's data as a model; None for the ``[DONE]`` terminator some gateways append."""
+    if data == "[DONE]":
+        return None
+    try:
+        return ResponseStreamEvent.model_validate_json(data)
+    except ValidationError as exc:
+        raise APIResponseValidationError(
+            redact(f"stream event is not valid ({_first_error(exc)}): {data[:_SNIPPET_CHARS]!r}"),
+            status_code=status_code,
+        ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -24,11 +25,13 @@ from client.models import (
     ListPage,
     ResponseCreateRequest,
     ResponseObject,
+    ResponseStreamEvent,
 )
 from client.pricing import AsyncPricing
 from client.settings import ClientSettings
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class AsyncMKA1Client:
@@ -66,10 +69,48 @@ class AsyncMKA1Client:
 
     async def send(self, spec: req.RequestSpec[T]) -> T:
         """Send one request, retrying it in place when ``client.retry`` allows; raise ``client.errors`` on failure."""
+        return await self._retrying(spec, self._send_once)
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, spec: req.RequestSpec[T]) -> AsyncIterator[httpx.Response]:
+        """Send ``spec`` and yield its successful response unread (closed on exit); error statuses raise.
+
+        Only the opening is retried in place (as ``send`` would retry the request); reading is the caller's.
+        """
+        response = await self._retrying(spec, self._open_once)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _open_once(self, spec: req.RequestSpec[T]) -> httpx.Response:
+        try:
+            with req.httpx_request_args(spec, self.settings) as args:
+                response = await self._http.send(self._http.build_request(**args), stream=True)
+            if response.status_code >= 400:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, f"{spec.method} {spec.path}") from exc
+        return _responses.handle(response, lambda r: r)
+
+    async def iter_lines(self, response: httpx.Response, what: str) -> AsyncIterator[str]:
+        """``response``'s text lines as they arrive; a connection lost mid-stream is ``APIConnectionError``."""
+        try:
+            async for line in response.aiter_lines():
+                yield line
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, what) from exc
+
+    async def _retrying(
+        self, spec: req.RequestSpec[T], attempt: Callable[[req.RequestSpec[T]], Awaitable[R]]
+    ) -> R:
         retries_taken = 0
         while True:
             try:
-                return await self._send_once(spec)
+                return await attempt(spec)
             except APIError as exc:
                 delay = retry.delay_before_retry(
                     exc,
@@ -205,6 +246,24 @@ class AsyncResponses:
     ) -> ResponseObject:
         """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
         return await self._c.send(req.responses_create(request, idempotency_key))
+
+    async def stream(self, request: ResponseCreateRequest) -> AsyncIterator[ResponseStreamEvent]:
+        """Generate with ``stream: true``, yielding each event as it arrives (see ``Responses.stream``)."""
+        spec = req.responses_stream(request)
+        async with self._c.open_stream(spec) as response:
+            if not _responses.is_event_stream(response):
+                await response.aread()
+                yield spec.parse(response)
+                return
+            decoder = _responses.SSEDecoder()
+            async for line in self._c.iter_lines(response, f"{spec.method} {spec.path} (stream)"):
+                data = decoder.feed(line)
+                if data is None:
+                    continue
+                event = _responses.stream_event(data, response.status_code)
+                if event is None:
+                    return
+                yield event
 
 
 __all__ = ["AsyncFiles", "AsyncJobs", "AsyncMKA1Client", "AsyncResponses"]

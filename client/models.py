@@ -357,3 +357,17 @@ def _join_output_text(output: Any) -> str:
             ):
                 parts.append(part["text"])
     return "".join(parts)
+
+
+class ResponseStreamEvent(_Model):
+    """One Server-Sent Event of a streamed ``POST /responses`` (``response.output_text.delta`` carries
+    ``delta``; ``response.completed|incomplete|failed`` carry the final ``response``; ``error`` its
+    ``code``/``message``). Fields of other event types stay in the model's extras."""
+
+    type: str
+    sequence_number: int | None = None
+    delta: str | None = None
+    text: str | None = None
+    response: ResponseObject | None = None
+    code: str | None = None
+    message: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,11 +25,13 @@ from client.models import (
     ListPage,
     ResponseCreateRequest,
     ResponseObject,
+    ResponseStreamEvent,
 )
 from client.pricing import Pricing
 from client.settings import ClientSettings
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class MKA1Client:
@@ -66,10 +69,45 @@ class MKA1Client:
 
     def send(self, spec: req.RequestSpec[T]) -> T:
         """Send one request, retrying it in place when ``client.retry`` allows; raise ``client.errors`` on failure."""
+        return self._retrying(spec, self._send_once)
+
+    @contextlib.contextmanager
+    def open_stream(self, spec: req.RequestSpec[T]) -> Iterator[httpx.Response]:
+        """Send ``spec`` and yield its successful response unread (closed on exit); error statuses raise.
+
+        Only the opening is retried in place (as ``send`` would retry the request); reading is the caller's.
+        """
+        response = self._retrying(spec, self._open_once)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _open_once(self, spec: req.RequestSpec[T]) -> httpx.Response:
+        try:
+            with req.httpx_request_args(spec, self.settings) as args:
+                response = self._http.send(self._http.build_request(**args), stream=True)
+            if response.status_code >= 400:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, f"{spec.method} {spec.path}") from exc
+        return _responses.handle(response, lambda r: r)
+
+    def iter_lines(self, response: httpx.Response, what: str) -> Iterator[str]:
+        """``response``'s text lines as they arrive; a connection lost mid-stream is ``APIConnectionError``."""
+        try:
+            yield from response.iter_lines()
+        except httpx.TransportError as exc:
+            raise _responses.transport_error(exc, what) from exc
+
+    def _retrying(self, spec: req.RequestSpec[T], attempt: Callable[[req.RequestSpec[T]], R]) -> R:
         retries_taken = 0
         while True:
             try:
-                return self._send_once(spec)
+                return attempt(spec)
             except APIError as exc:
                 delay = retry.delay_before_retry(
                     exc,
@@ -198,6 +236,26 @@ class Responses:
     def create(self, request: ResponseCreateRequest, *, idempotency_key: str | None = None) -> ResponseObject:
         """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
         return self._c.send(req.responses_create(request, idempotency_key))
+
+    def stream(self, request: ResponseCreateRequest) -> Iterator[ResponseStreamEvent]:
+        """Generate with ``stream: true``, yielding each event as it arrives (the text grows with each
+        ``response.output_text.delta``; the last event carries the final response). A server that answers
+        whole instead yields its one final event."""
+        spec = req.responses_stream(request)
+        with self._c.open_stream(spec) as response:
+            if not _responses.is_event_stream(response):
+                response.read()
+                yield spec.parse(response)
+                return
+            decoder = _responses.SSEDecoder()
+            for line in self._c.iter_lines(response, f"{spec.method} {spec.path} (stream)"):
+                data = decoder.feed(line)
+                if data is None:
+                    continue
+                event = _responses.stream_event(data, response.status_code)
+                if event is None:
+                    return
+                yield event
 
 
 __all__ = ["Files", "Jobs", "MKA1Client", "Responses"]
