@@ -20,6 +20,10 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+class CommandError(Exception):
+    """A failure the command has already put in words (e.g. "no job X at URL"): printed as is, exit 1."""
+
+
 def _api_hint(base_url: str | None) -> str:
     where = f" at {base_url}" if base_url else ""
     return f"the API{where}"
@@ -30,6 +34,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     # Imports stay inside: the boundary must not make ``ftpipe --help`` import httpx or Prefect.
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, CommandError):
+        return str(exc), EXIT_FAILED
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         path = exc.filename if exc.filename is not None else ""
         reason = exc.strerror or type(exc).__name__

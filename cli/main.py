@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "cli.sweep",
     "cli.backend",
     "cli.models",
+    "cli.jobs",
+    "cli.chat",
 )
 
 EPILOG = """examples:
@@ -30,6 +32,8 @@ EPILOG = """examples:
   ftpipe sweep sweep.yaml --max-concurrency 2
   ftpipe backend serve --port 8765
   ftpipe models champion support-bot              the model promoted with --promote-as support-bot
+  ftpipe jobs list                                 the newest fine-tuning jobs (show, events, cancel ...)
+  ftpipe chat ft:local:micro-chat:demo:... "Hi"    ask a model (one answer; no prompt: a conversation)
 """
 
 

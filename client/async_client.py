@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -247,7 +247,7 @@ class AsyncResponses:
         """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
         return await self._c.send(req.responses_create(request, idempotency_key))
 
-    async def stream(self, request: ResponseCreateRequest) -> AsyncIterator[ResponseStreamEvent]:
+    async def stream(self, request: ResponseCreateRequest) -> AsyncGenerator[ResponseStreamEvent, None]:
         """Generate with ``stream: true``, yielding each event as it arrives (see ``Responses.stream``)."""
         spec = req.responses_stream(request)
         async with self._c.open_stream(spec) as response:

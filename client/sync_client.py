@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -237,10 +237,10 @@ class Responses:
         """Generate a response (e.g. from a fine-tuned model); a keyed repeat returns the first answer."""
         return self._c.send(req.responses_create(request, idempotency_key))
 
-    def stream(self, request: ResponseCreateRequest) -> Iterator[ResponseStreamEvent]:
+    def stream(self, request: ResponseCreateRequest) -> Generator[ResponseStreamEvent, None, None]:
         """Generate with ``stream: true``, yielding each event as it arrives (the text grows with each
         ``response.output_text.delta``; the last event carries the final response). A server that answers
-        whole instead yields its one final event."""
+        whole instead yields its one final event. Closing the generator early closes the connection."""
         spec = req.responses_stream(request)
         with self._c.open_stream(spec) as response:
             if not _responses.is_event_stream(response):
