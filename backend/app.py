@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from backend.jobs import JobService
 from backend.layout import Layout
 from backend.limits import BodyLimitMiddleware
 from backend.settings import BackendSettings, apply_base_model_cache_dir
-from contract.wire import API_PREFIX, API_PREFIXES
+from contract.wire import API_PREFIX, API_PREFIXES, BACKEND_SERVICE, HEALTH_PATH
 
 log = logging.getLogger("backend")
 
@@ -30,9 +31,10 @@ def build_router() -> APIRouter:
     """All resource routes plus the unauthenticated health check."""
     router = APIRouter()
 
-    @router.get("/health", include_in_schema=False)
+    @router.get(HEALTH_PATH, include_in_schema=False)
     def health() -> dict[str, Any]:
-        return {"status": "ok"}
+        # The pid lets the launcher check it is waiting on the server it started, not one already on the port.
+        return {"status": "ok", "service": BACKEND_SERVICE, "pid": os.getpid()}
 
     router.include_router(routes_files.router)
     router.include_router(routes_jobs.router)

@@ -12,9 +12,9 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.errors import error_response
-from contract.wire import API_PREFIXES
+from contract.wire import API_PREFIXES, HEALTH_PATH
 
-OPEN_PATHS = frozenset(prefix + "/health" for prefix in API_PREFIXES)
+OPEN_PATHS = frozenset(prefix + HEALTH_PATH for prefix in API_PREFIXES)
 
 
 def key_problem(authorization: str, api_key: SecretStr) -> tuple[str, str] | None:

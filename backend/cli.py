@@ -84,10 +84,21 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    # Bound before the app is built: a taken port is one line at once, not a traceback after the start-up work.
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        print(
+            f"backend serve: cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+            "stop what uses it or choose another port: --port / FTPIPE_BACKEND_PORT",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    app = create_app(settings)
     port = sock.getsockname()[1]
     print(f"ftpipe backend listening on http://{settings.host}:{port}{API_PREFIX}", flush=True)
     if settings.api_key is None:

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from backend.layout import Layout
 from backend.settings import BackendSettings
-from contract.wire import API_PREFIX
+from contract.wire import API_PREFIX, BACKEND_SERVICE, HEALTH_PATH
 
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -28,6 +28,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def health_pid(response: httpx.Response) -> int | None:
+    """The server pid an ftpipe backend's health answer carries; None for any other answer."""
+    try:
+        body = response.json() if response.status_code == 200 else None
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("service") != BACKEND_SERVICE:
+        return None
+    pid = body.get("pid")
+    return pid if isinstance(pid, int) else None
 
 
 class RunningBackend:
@@ -81,7 +93,7 @@ class RunningBackend:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        url = f"{self.base_url}/health"
+        url = self.base_url + HEALTH_PATH
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
@@ -89,7 +101,8 @@ class RunningBackend:
                     f"backend exited with code {self._proc.returncode} during startup:\n{self.log_tail()}"
                 )
             try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
+                # Only our child's answer counts: another server already on the port would answer too.
+                if health_pid(httpx.get(url, timeout=1.0)) == self._proc.pid:
                     return
             except httpx.HTTPError:
                 pass

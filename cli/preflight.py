@@ -194,6 +194,18 @@ def check_embedded_model(model: str) -> None:
         )
 
 
+def check_local_port() -> None:
+    """The embedded backend's port is free, or held by an ftpipe backend that accepts this run's key."""
+    from backend.settings import BackendSettings
+    from cli.common import EXIT_FAILED
+    from flows.backend_runtime import LocalPortTaken, reusable_local_backend
+
+    try:
+        reusable_local_backend(BackendSettings())
+    except LocalPortTaken as exc:
+        raise PreflightError((str(exc),), EXIT_FAILED) from None
+
+
 def preflight(params: FineTuneParams) -> None:
     """All checks, cheapest first; raises ``PreflightError``."""
     check_paths(params)
@@ -207,3 +219,4 @@ def preflight(params: FineTuneParams) -> None:
         check_api(settings, params.model)
     else:
         check_embedded_model(params.model)
+        check_local_port()

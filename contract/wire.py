@@ -9,6 +9,10 @@ API_PREFIX: Final = "/api/v1/llm"
 # OpenAI SDK base URLs end in /v1; the embedded backend serves both prefixes.
 API_PREFIXES: Final = (API_PREFIX, "/v1")
 DEFAULT_BASE_URL: Final = "https://apigw.mka1.com" + API_PREFIX
+# The embedded backend's unauthenticated health route answers {"status": "ok", "service": BACKEND_SERVICE,
+# "pid": <server pid>}: a launcher can tell its own server from another one, or from another program, on a port.
+HEALTH_PATH: Final = "/health"
+BACKEND_SERVICE: Final = "ftpipe-backend"
 
 # --- job statuses -------------------------------------------------------------------------------
 # The documented enum plus `paused`, which the embedded backend reports (as OpenAI's service does).

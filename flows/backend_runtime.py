@@ -2,26 +2,41 @@
 
 Remote when the ``base_url`` parameter, ``MKA1_API_KEY`` or ``MKA1_BASE_URL`` is set. Otherwise a backend
 already listening at the configured local URL is reused (health check + a key check), or one is started
-for the duration of the run. Keys travel only inside ``ClientSettings`` (a ``SecretStr``).
+for the duration of the run; a port held by anything else stops the run with ``LocalPortTaken``. Keys travel
+only inside ``ClientSettings`` (a ``SecretStr``).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
 
 from client import ClientSettings, MKA1Client
 from client.errors import AuthenticationError, PermissionDeniedError
-from contract.wire import API_PREFIX
+from contract.wire import API_PREFIX, HEALTH_PATH
+from tasks.errors import PipelineError
 
-HEALTH_PATH = "/health"
+if TYPE_CHECKING:
+    from backend.settings import BackendSettings
+
+# /health of a busy backend may be slow on a loaded machine: a few patient tries before calling it foreign.
+HEALTH_ATTEMPTS = 3
+HEALTH_TIMEOUT_S = 5.0
+PORT_SETTING = "FTPIPE_BACKEND_PORT"
+KEY_SETTING = "FTPIPE_BACKEND_API_KEY"
+
+
+class LocalPortTaken(PipelineError):
+    """The embedded backend's port is held by something this run cannot use (nothing was started)."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +76,6 @@ def _settings(**overrides: Any) -> ClientSettings:
     return ClientSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
-    """True when ``<base_url>/health`` answers 2xx."""
-    try:
-        resp = httpx.get(base_url.rstrip("/") + HEALTH_PATH, timeout=timeout_s)
-    except httpx.HTTPError:
-        return False
-    return resp.is_success
-
-
 def _key_accepted(base_url: str, api_key: SecretStr) -> bool:
     """True when the running backend accepts ``api_key``; False on 401/403.
 
@@ -82,6 +88,62 @@ def _key_accepted(base_url: str, api_key: SecretStr) -> bool:
         except (AuthenticationError, PermissionDeniedError):
             return False
     return True
+
+
+def _health(url: str) -> httpx.Response | str:
+    """The health route's answer, or why there was none after ``HEALTH_ATTEMPTS`` patient tries."""
+    from client.retry import backoff_delay
+
+    why = ""
+    for attempt in range(1, HEALTH_ATTEMPTS + 1):
+        try:
+            return httpx.get(url, timeout=HEALTH_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if attempt < HEALTH_ATTEMPTS:
+            time.sleep(backoff_delay(attempt))
+    return why
+
+
+def reusable_local_backend(bs: BackendSettings) -> bool:
+    """True when an ftpipe backend accepting this run's key listens on the configured port; False when the
+    port is free (or 0: a free one is picked at start).
+
+    Raises ``LocalPortTaken`` when another program holds the port, or an ftpipe backend that refuses the key:
+    starting a backend there would fail to bind, and its health wait could be answered by the old server.
+    """
+    from backend.launcher import health_pid
+
+    if not bs.port:
+        return False
+    try:
+        with socket.create_connection((bs.host, bs.port), timeout=HEALTH_TIMEOUT_S):
+            pass
+    except OSError:
+        return False  # nothing listens: start one
+    local_url = f"http://{bs.host}:{bs.port}{API_PREFIX}"
+    answer = _health(local_url + HEALTH_PATH)
+    if isinstance(answer, str) or health_pid(answer) is None:
+        what = (
+            answer
+            if isinstance(answer, str)
+            else f"HTTP {answer.status_code}, not an ftpipe backend's answer"
+        )
+        raise LocalPortTaken(
+            f"port {bs.port} on {bs.host} is used by a program that is not an ftpipe backend "
+            f"(GET {local_url}{HEALTH_PATH}: {what}); stop it or use another port: {PORT_SETTING}"
+        )
+    if _key_accepted(local_url, bs.resolved_api_key()):
+        return True
+    whose = (
+        KEY_SETTING
+        if bs.api_key is not None
+        else f"this run's key ({bs.data_dir.expanduser() / 'api_key'}; {KEY_SETTING} is unset)"
+    )
+    raise LocalPortTaken(
+        f"port {bs.port} is used by an ftpipe backend that refuses {whose}; "
+        f"set the same key as that backend ({KEY_SETTING}) or another port: {PORT_SETTING}"
+    )
 
 
 @contextmanager
@@ -101,11 +163,12 @@ def open_connection(base_url: str | None = None, on_behalf_of: str | None = None
 
     bs = BackendSettings()
     server_id = f"embedded:{bs.data_dir.expanduser().resolve()}"
-    local_url = f"http://{bs.host}:{bs.port}{API_PREFIX}"
-    key = bs.resolved_api_key()
-    if bs.port and is_healthy(local_url) and _key_accepted(local_url, key):
+    if reusable_local_backend(bs):
+        local_url = f"http://{bs.host}:{bs.port}{API_PREFIX}"
         yield Connection(
-            _settings(base_url=local_url, api_key=key, on_behalf_of=on_behalf_of), server_id, True
+            _settings(base_url=local_url, api_key=bs.resolved_api_key(), on_behalf_of=on_behalf_of),
+            server_id,
+            True,
         )
         return
     with start_backend(bs) as rb:
