@@ -8,6 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+SERVE_EPILOG = """examples:
+  ftpipe backend serve                        127.0.0.1:8765, data in the user data dir (key printed once)
+  ftpipe backend serve --host 0.0.0.0 --port 9000 --data-dir /srv/ftpipe --workers 2 --log-level warning
+  ftpipe backend serve --port 0 --max-steps-per-job 50                       a free port; benchmarks
+  ftpipe backend serve --fault-rates all=0.2 --fault-kinds 503,drop --fault-seed 1 --fault-slow-s 5 --fault-retry-after-s 1
+"""
+
 
 def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``serve`` on a parent CLI's subparsers (``ftpipe backend serve ...``)."""
@@ -15,6 +22,8 @@ def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         "serve",
         help="run the embedded MKA1-compatible backend",
         description="Serve the MKA1-compatible API; settings come from FTPIPE_BACKEND_* and these flags.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks a free one)")

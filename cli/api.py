@@ -15,22 +15,17 @@ if TYPE_CHECKING:
     from client import MKA1Client
 
 
+# Shown in the examples of every command that takes the API options, so each option has an example.
+API_EXAMPLE = (
+    "--base-url https://apigw.mka1.com/api/v1/llm --on-behalf-of user-42   (a remote API, for one end user)"
+)
+
+
 def add_api_options(p: argparse.ArgumentParser) -> None:
-    """``--base-url`` and ``--on-behalf-of``, as ``ftpipe run`` has them."""
-    api = p.add_argument_group("API")
-    api.add_argument(
-        "--base-url",
-        metavar="URL",
-        default=None,
-        help="API root (default: MKA1_BASE_URL, else the embedded backend); "
-        "example: --base-url https://apigw.mka1.com/api/v1/llm",
-    )
-    api.add_argument(
-        "--on-behalf-of",
-        metavar="USER",
-        default=None,
-        help="end-user id sent as X-On-Behalf-Of (default: MKA1_ON_BEHALF_OF); example: --on-behalf-of user-42",
-    )
+    """``--base-url`` and ``--on-behalf-of`` in an "API" group, declared once in ``cli.options``."""
+    from cli.options import add_api
+
+    add_api(p.add_argument_group("API"))
 
 
 @contextmanager

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EPILOG = """examples:
+  ftpipe backend serve --port 8765              the backend as a long-lived server (see 'ftpipe backend serve -h')
+"""
+
 
 def register(sub: Any) -> None:
     """Add ``backend`` to the command tree; its subcommands come from backend.cli on first use."""
@@ -12,6 +16,8 @@ def register(sub: Any) -> None:
         "backend",
         help="the embedded MKA1-compatible backend",
         description="The embedded MKA1-compatible backend that really trains (also: python -m backend).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         configure=add_commands,
     )
 

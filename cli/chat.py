@@ -15,7 +15,7 @@ from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cli.api import add_api_options, connect
+from cli.api import API_EXAMPLE, add_api_options, connect
 from cli.common import EXIT_OK, positive_int, usage_error
 
 if TYPE_CHECKING:
@@ -27,13 +27,15 @@ EXIT_WORDS = ("/exit", "/quit")
 RESET_WORD = "/reset"
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   ftpipe chat ft:local:tiny-chat:support:1a2b3c "Where is my order A-12345?"
   ftpipe chat local:tiny-chat                       a conversation (/reset clears it, /exit or Ctrl-D ends it)
   ftpipe chat --champion support-bot "Hi"           the model promoted with --promote-as support-bot
   echo "Say hi" | ftpipe chat local:micro-chat      the prompt from stdin
   ftpipe chat MODEL "Hi" --instructions "Answer in French." --max-output-tokens 64 --temperature 0.7
   ftpipe chat MODEL "Hi" --json | jq -r .output_text
+  ftpipe chat MODEL "Hi" --no-stream               the whole answer at once
+  ftpipe chat MODEL --top-p 0.9 {API_EXAMPLE}
 Model ids: the fine-tuned model printed by 'ftpipe run' (or 'ftpipe jobs show JOB_ID'), a checkpoint's model,
 or a base model (local:tiny-chat on the embedded backend).
 """
@@ -117,12 +119,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "--no-stream",
         dest="stream",
         action="store_false",
-        help="ask for the whole answer at once instead of streaming it; example: --no-stream",
+        help="ask for the whole answer at once instead of streaming it",
     )
     out.add_argument(
         "--json",
         action="store_true",
-        help="print the final Response object as JSON instead of its text (needs PROMPT); example: --json",
+        help="print the final Response object as JSON instead of its text (needs PROMPT)",
     )
     add_api_options(p)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from cli.api import add_api_options, connect
+from cli.api import API_EXAMPLE, add_api_options, connect
 from cli.common import EXIT_FAILED, EXIT_OK, key_value, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -25,13 +25,14 @@ ACTION_NEEDS: dict[str, str] = {
 }
 LIST_PAGE_MAX = 100
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   ftpipe jobs list                                 the 20 newest jobs
   ftpipe jobs list --status running --status queued --limit 5
   ftpipe jobs show ftjob_0123...                   one job, its checkpoints and what to do next
   ftpipe jobs events ftjob_0123... --follow        print events until the job finishes
   ftpipe jobs cancel ftjob_0123...
   ftpipe jobs list --json | jq -r '.[].id'         JSON for scripts
+  ftpipe jobs list {API_EXAMPLE}
 """
 EXAMPLES = {
     "list": """examples:
@@ -47,18 +48,24 @@ EXAMPLES = {
   ftpipe jobs events ftjob_0123...                 the newest 50 events, oldest first
   ftpipe jobs events ftjob_0123... --all
   ftpipe jobs events ftjob_0123... --follow        until the job finishes (exit 0 only if it succeeded)
-  ftpipe jobs events ftjob_0123... --follow --json | jq .message
+  ftpipe jobs events ftjob_0123... --follow --interval 5 --json | jq .message
 """,
     "cancel": """examples:
   ftpipe jobs cancel ftjob_0123...
+  ftpipe jobs cancel ftjob_0123... --json
 """,
     "pause": """examples:
   ftpipe jobs pause ftjob_0123...                  saves a checkpoint; 'ftpipe jobs resume' continues from it
+  ftpipe jobs pause ftjob_0123... --json
 """,
     "resume": """examples:
   ftpipe jobs resume ftjob_0123...
+  ftpipe jobs resume ftjob_0123... --json
 """,
 }
+for _name in EXAMPLES:
+    _args = "" if _name == "list" else " ftjob_0123..."
+    EXAMPLES[_name] += f"  ftpipe jobs {_name}{_args} {API_EXAMPLE}\n"
 
 
 def register(sub: Any) -> None:
@@ -92,7 +99,7 @@ def _job_id(p: argparse.ArgumentParser) -> None:
 
 
 def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--json", action="store_true", help=f"print {what} as JSON (for scripts); example: --json")
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON (for scripts)")
 
 
 def add_commands(p: argparse.ArgumentParser) -> None:
@@ -144,12 +151,12 @@ def add_commands(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="show the newest N events (default: %(default)s); example: --limit 200",
     )
-    shown.add_argument("--all", action="store_true", help="show every event; example: --all")
+    shown.add_argument("--all", action="store_true", help="show every event")
     events.add_argument(
         "--follow",
         "-f",
         action="store_true",
-        help="keep printing new events until the job finishes; exit 0 only if it succeeded; example: --follow",
+        help="keep printing new events until the job finishes; exit 0 only if it succeeded",
     )
     events.add_argument(
         "--interval",

@@ -32,6 +32,7 @@ EPILOG = """examples:
   ftpipe sweep sweep.yaml --max-concurrency 2
   ftpipe backend serve --port 8765
   ftpipe models champion support-bot              the model promoted with --promote-as support-bot
+  ftpipe --version
   ftpipe jobs list                                 the newest fine-tuning jobs (show, events, cancel ...)
   ftpipe chat ft:local:micro-chat:demo:... "Hi"    ask a model (one answer; no prompt: a conversation)
 """

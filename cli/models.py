@@ -32,7 +32,13 @@ def register(sub: Any) -> None:
 def add_options(p: argparse.ArgumentParser) -> None:
     """``models``' subcommands."""
     sub = p.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
-    champ = sub.add_parser("champion", help="print the current champion of NAME and its record")
+    champ = sub.add_parser(
+        "champion",
+        help="print the current champion of NAME and its record",
+        description="Print the model that serves as champion NAME and its record (score, eval set, job, time).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     champ.add_argument("name", metavar="NAME", help="the name given to --promote-as")
     shown = champ.add_mutually_exclusive_group()
     shown.add_argument("--history", action="store_true", help="list every recorded champion, oldest first")

@@ -19,6 +19,15 @@ EPILOG = """examples:
   ftpipe runs compare RUN_A RUN_B --metric valid_loss --output compare.png
   MLFLOW_TRACKING_URI=sqlite:///path/mlflow.db ftpipe runs list
 """
+LIST_EPILOG = """examples:
+  ftpipe runs list
+  ftpipe runs list --limit 50
+  MLFLOW_TRACKING_URI=sqlite:///path/mlflow.db ftpipe runs list
+"""
+COMPARE_EPILOG = """examples:
+  ftpipe runs compare ftjob_1a2b... ftjob_3c4d...          (job ids or MLflow run ids)
+  ftpipe runs compare RUN_A RUN_B --metric valid_loss --output compare.png
+"""
 
 
 def register(sub: Any) -> None:
@@ -37,11 +46,21 @@ def register(sub: Any) -> None:
 def add_commands(p: argparse.ArgumentParser) -> None:
     """``runs list`` and ``runs compare``."""
     sub = p.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
-    listing = sub.add_parser("list", help="the newest tracked runs")
+    listing = sub.add_parser(
+        "list",
+        help="the newest tracked runs",
+        description="The newest tracked runs: config, final metrics and eval score.",
+        epilog=LIST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     listing.add_argument("--limit", type=positive_int, default=20, help="show N runs (default: %(default)s)")
     listing.set_defaults(handler=list_command)
     compare = sub.add_parser(
-        "compare", help="config and final metrics side by side, plus overlaid curves (PNG)"
+        "compare",
+        help="config and final metrics side by side, plus overlaid curves (PNG)",
+        description="Config and final metrics of the runs side by side, and one metric's curves overlaid in a PNG.",
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("runs", nargs="+", metavar="RUN_ID", help="MLflow run ids or fine-tuning job ids")
     compare.add_argument("--metric", default="train_loss", help="curve to overlay (default: %(default)s)")

@@ -14,6 +14,7 @@ PROG = "ftpipe sweep"
 EPILOG = """examples:
   ftpipe sweep sweep.yaml
   ftpipe sweep sweep.yaml --max-concurrency 4 --task-runner dask --output runs/lr-sweep
+  ftpipe sweep sweep.yaml --max-cost 20 --max-tokens 2000000 --quiet    (budget over all configs)
 
 A sweep file holds `base` (fine-tune parameters), `configs` and/or `grid`; see deployments/README.md.
 """

@@ -13,6 +13,7 @@ MAX_ISSUES_SHOWN = 20
 EPILOG = """examples:
   ftpipe validate datasets/customer-support/train.jsonl datasets/customer-support/validation.jsonl
   ftpipe validate prefs.jsonl --kind preference --max-issues 50
+  ftpipe validate big.jsonl --min-examples 50 --token-limit 4096 --max-line-bytes 2000000
 """
 
 
