@@ -196,4 +196,11 @@ def run_summary_text(record: RunRecord) -> str:
     rows = run_summary_rows(record)
     width = max(len(k) for k, _ in rows)
     scores = score_table_text(record.evaluation) + "\n\n" if record.evaluation else ""
-    return scores + "fine-tune result\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    text = scores + "fine-tune result\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    return text + "".join(f"\n{line}" for line in next_commands(record))
+
+
+def next_commands(record: RunRecord) -> list[str]:
+    """What to run after the summary: try the model, look at the job."""
+    lines = [f"try it:   ftpipe chat {record.fine_tuned_model}"] if record.fine_tuned_model else []
+    return [*lines, f"the job:  ftpipe jobs show {record.job_id}"]

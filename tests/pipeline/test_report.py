@@ -83,8 +83,12 @@ def test_terminal_and_artifact_show_the_same_rows() -> None:
     record = _record(smoke_answers=[{"prompt": "p", "output": "x | y"}])
     rows = report.run_summary_rows(record)
     text = report.run_summary_text(record).splitlines()
-    assert text[0] == "fine-tune result" and len(text) == 1 + len(rows)
-    value_column = {line.index(v) for line, (_, v) in zip(text[1:], rows, strict=True)}
+    assert text[0] == "fine-tune result" and len(text) == 1 + len(rows) + 2
+    value_column = {line.index(v) for line, (_, v) in zip(text[1:-2], rows, strict=True)}
+    assert text[-2:] == [
+        f"try it:   ftpipe chat {record.fine_tuned_model}",
+        "the job:  ftpipe jobs show ftjob-1",
+    ]
     assert len(value_column) == 1  # values aligned in one column
     md = report.run_summary_markdown(record).splitlines()
     assert md[0] == "### Fine-tune result" and md[2:4] == ["| | |", "|---|---|"]
