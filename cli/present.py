@@ -161,7 +161,8 @@ def plain_columns(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[
 
 @dataclass
 class Screen:
-    """Prints to ``stream`` (stdout): rich on a terminal, plain text otherwise."""
+    """Prints to ``stream`` (stdout): rich on a terminal, plain text otherwise (and for tables too wide for
+    the terminal)."""
 
     stream: TextIO | None = None
 
@@ -176,23 +177,34 @@ class Screen:
         self.console.print(text, markup=False, soft_wrap=True)
 
     def table(self, header: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:
-        """A table: rich on a terminal, plain columns in a pipe (whole ids, one row per line)."""
+        """A rich table on a terminal wide enough for whole ids, else plain columns (one row per line)."""
         rows = list(rows)
-        if not self.rich:
+        table = self._rich_table(header, rows, title) if self.rich else None
+        if table is None:
             if title:
                 self.line(title)
             for text in plain_columns(header, rows):
                 self.line(text)
             return
+        self.console.print(table)
+
+    def _rich_table(self, header: Sequence[str], rows: list[Sequence[str]], title: str | None) -> Any:
+        """The rich table, or None when it would not fit the terminal unwrapped (folded ids and numbers are
+        harder to read and copy than plain columns the terminal wraps)."""
+        from rich import box
+        from rich.measure import Measurement
         from rich.table import Table
         from rich.text import Text
 
-        t = Table(title=title, title_justify="left")
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
         for name in header:
-            t.add_column(name, overflow="fold")
+            t.add_column(name, no_wrap=True)
         for row in rows:
             t.add_row(*(Text(cell) for cell in row))  # Text: a "[...]" in a value is not markup
-        self.console.print(t)
+        unbounded = self.console.options.update_width(1_000_000)
+        if Measurement.get(self.console, unbounded, t).maximum > self.console.width:
+            return None
+        return t
 
     def fields(self, pairs: Sequence[tuple[str, str]], title: str | None = None) -> None:
         """Field/value pairs, one per line."""

@@ -192,3 +192,21 @@ def test_json_of_an_action_is_the_job(api: FakeAPI, capsys: pytest.CaptureFixtur
         200, json=job(status="cancelled")
     )
     assert json.loads(run_cli(capsys, "jobs", "cancel", JOB_ID, "--json").out)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(("width", "rich"), [(200, True), (120, False)])
+def test_a_terminal_gets_a_table_only_when_it_fits_unwrapped(width: int, rich: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cli.present import JOB_COLUMNS, Screen, job_row
+    from client.models import FineTuningJob
+
+    buf = io.StringIO()
+    screen = Screen(buf)
+    screen.console, screen.rich = Console(file=buf, width=width, force_terminal=True, color_system=None), True
+    screen.table(JOB_COLUMNS, [job_row(FineTuningJob.model_validate(job()))])
+    lines = buf.getvalue().splitlines()
+    assert any(JOB_ID in line and FT_MODEL in line for line in lines)  # ids whole, on one line
+    assert any("─" in line for line in lines) is rich  # the rich table's rule, or plain columns
