@@ -165,12 +165,33 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 @dataclass
 class Batch:
-    """Right-padded tensors for a list of sequences; labels are IGNORE where no loss applies."""
+    """A batch of sequences as tensors; labels are IGNORE where no loss applies.
+
+    Padded (`collate`): one right-padded row per sequence, `attention_mask` marks the real tokens. Packed
+    (`pack`): one row holding every sequence back to back, `position_ids` restarting at 0 for each and
+    `bounds` (0, end_1, ..., end_n) saying where each ends; no padding and no mask.
+    """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     labels: torch.Tensor
     n_tokens: int  # real (non-padding) tokens
+    position_ids: torch.Tensor | None = None
+    bounds: tuple[int, ...] | None = None
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.bounds) - 1 if self.bounds is not None else int(self.labels.shape[0])
+
+    def sequence_index(self) -> torch.Tensor:
+        """For each position of `labels`, the index of the sequence it belongs to (same shape)."""
+        import torch
+
+        if self.bounds is None:
+            rows = torch.arange(self.labels.shape[0]).unsqueeze(1)
+            return rows.expand_as(self.labels)
+        lengths = torch.tensor([e - s for s, e in zip(self.bounds[:-1], self.bounds[1:], strict=True)])
+        return torch.repeat_interleave(torch.arange(len(lengths)), lengths).unsqueeze(0)
 
 
 def collate(seqs: list[SFTExample], pad_id: int) -> Batch:
@@ -188,3 +209,33 @@ def collate(seqs: list[SFTExample], pad_id: int) -> Batch:
         attn[row, :n] = 1
         labels[row, :n] = torch.where(torch.tensor(s.loss_mask, dtype=torch.bool), t, IGNORE)
     return Batch(ids, attn, labels, int(attn.sum()))
+
+
+def pack(seqs: list[SFTExample], pad_id: int) -> Batch:
+    """Put the sequences back to back in one row (no padding); positions restart for each sequence.
+
+    A sequence's first token is never a target (in a padded row nothing precedes it), so its label is
+    IGNORE: the previous sequence's last position predicts nothing across the boundary.
+    """
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    bounds = [0]
+    for s in seqs:
+        ids += s.input_ids
+        labels += [IGNORE] + [
+            t if m else IGNORE for t, m in zip(s.input_ids[1:], s.loss_mask[1:], strict=True)
+        ]
+        positions += range(s.length)
+        bounds.append(len(ids))
+    del pad_id  # nothing to pad; kept so that pack and collate are interchangeable
+    return Batch(
+        torch.tensor([ids], dtype=torch.long),
+        None,
+        torch.tensor([labels], dtype=torch.long),
+        len(ids),
+        torch.tensor([positions], dtype=torch.long),
+        tuple(bounds),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from backend.trainer.data import IGNORE, Batch
 from backend.trainer.device import autocast, to_device
+from backend.trainer.packing import Segments, packed_attention
 
 
 @dataclass
@@ -34,10 +36,37 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return backbone, head
 
 
+def _inputs(batch: Batch, device: torch.device | None) -> dict[str, torch.Tensor]:
+    """The model's keyword inputs for `batch` on `device`: a padding mask, or packed positions."""
+    dev = device or torch.device("cpu")
+    out = {"input_ids": to_device(batch.input_ids, dev)}
+    if batch.bounds is None:
+        assert batch.attention_mask is not None
+        out["attention_mask"] = to_device(batch.attention_mask, dev)
+    else:
+        assert batch.position_ids is not None
+        out["position_ids"] = to_device(batch.position_ids, dev)
+    return out
+
+
+def _attention_scope(
+    model: torch.nn.Module, batch: Batch, device: torch.device | None
+) -> contextlib.AbstractContextManager[Any]:
+    """Packed batches: attention inside each sequence; padded ones need nothing (the mask does it)."""
+    b = batch.bounds
+    if b is None:
+        return contextlib.nullcontext()
+    cu = None
+    if device is not None and device.type == "cuda":
+        cu = to_device(torch.tensor(b, dtype=torch.int32), device)
+    max_len = max(end - start for start, end in zip(b[:-1], b[1:], strict=True))
+    return packed_attention(model, Segments(b, cu, max_len))
+
+
 def selected_logits(
     model: torch.nn.Module, batch: Batch, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at positions whose next token carries loss, their targets, and each one's row index.
+    """Logits at positions whose next token carries loss, their targets, and each one's sequence index.
 
     `batch` is on the CPU; with a CUDA `device` the selection is computed there first and only index
     tensors travel, so the step never waits on the GPU (a boolean mask on the GPU would sync).
@@ -46,38 +75,43 @@ def selected_logits(
         return _selected_logits_cuda(model, batch, device)
     targets_all = batch.labels[:, 1:]
     select = targets_all != IGNORE
-    rows = torch.arange(batch.labels.shape[0]).unsqueeze(1).expand_as(select)[select]
+    rows = batch.sequence_index()[:, 1:][select]
     parts = _backbone_and_head(model)
-    if parts is None:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return logits[:, :-1][select], targets_all[select], rows
-    backbone, head = parts
-    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    with _attention_scope(model, batch, device):
+        if parts is None:
+            logits = model(**_inputs(batch, device)).logits
+            return logits[:, :-1][select], targets_all[select], rows
+        backbone, head = parts
+        hidden = backbone(**_inputs(batch, device)).last_hidden_state
     return head(hidden[:, :-1][select]), targets_all[select], rows
 
 
-def selection_indices(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For positions whose next token carries loss: row index, flat index into the (rows * width) grid of
-    per-position outputs, and the target token; ordered as boolean-mask indexing orders them (row-major)."""
+def selection_indices(
+    labels: torch.Tensor, sequence_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For positions whose next token carries loss: sequence index (the row, unless `sequence_index` maps
+    positions to sequences), flat index into the (rows * width) grid of per-position outputs, and the target
+    token; ordered as boolean-mask indexing orders them (row-major)."""
     targets_all = labels[:, 1:]
     where = (targets_all != IGNORE).nonzero()
     rows, cols = where[:, 0].contiguous(), where[:, 1].contiguous()
-    return rows, rows * labels.shape[1] + cols, targets_all[rows, cols]
+    seq = rows if sequence_index is None else sequence_index[:, 1:][rows, cols].contiguous()
+    return seq, rows * labels.shape[1] + cols, targets_all[rows, cols]
 
 
 def _selected_logits_cuda(
     model: torch.nn.Module, batch: Batch, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, flat, targets = (to_device(t, device) for t in selection_indices(batch.labels))
-    input_ids = to_device(batch.input_ids, device)
-    attention_mask = to_device(batch.attention_mask, device)
+    index = batch.sequence_index() if batch.bounds is not None else None
+    rows, flat, targets = (to_device(t, device) for t in selection_indices(batch.labels, index))
+    inputs = _inputs(batch, device)
     parts = _backbone_and_head(model)
-    with autocast(device):
+    with autocast(device), _attention_scope(model, batch, device):
         if parts is None:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = model(**inputs).logits
             return logits.reshape(-1, logits.shape[-1]).index_select(0, flat), targets, rows
         backbone, head = parts
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = backbone(**inputs).last_hidden_state
         return head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)), targets, rows
 
 
@@ -97,7 +131,7 @@ def sequence_logps(model: torch.nn.Module, batch: Batch, device: torch.device | 
     """Sum of log-probabilities of the trained tokens of each row (fp32, on the model's device)."""
     logits, targets, rows = selected_logits(model, batch, device)
     token_logp = -F.cross_entropy(logits.float(), targets, reduction="none")
-    out = torch.zeros(batch.labels.shape[0], dtype=token_logp.dtype, device=token_logp.device)
+    out = torch.zeros(batch.n_sequences, dtype=token_logp.dtype, device=token_logp.device)
     return out.index_add(0, rows, token_logp)
 
 

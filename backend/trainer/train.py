@@ -17,7 +17,15 @@ import torch
 
 from backend.trainer.base_models import resolve_base_model
 from backend.trainer.chat import ChatFormat
-from backend.trainer.data import Example, PreferenceExample, SFTExample, collate, epoch_batches, load_examples
+from backend.trainer.data import (
+    Example,
+    PreferenceExample,
+    SFTExample,
+    collate,
+    epoch_batches,
+    load_examples,
+    pack,
+)
 from backend.trainer.device import (
     describe,
     prepare_device,
@@ -29,6 +37,7 @@ from backend.trainer.device import (
 from backend.trainer.hyperparams import Hyperparameters, resolve
 from backend.trainer.losses import TokenStats, dpo_loss, sequence_logps, sft_loss
 from backend.trainer.modeling import LoadedModel, load_for_training, load_trainable_state, save_model_dir
+from backend.trainer.packing import packing_enabled, supports_packing
 from backend.trainer.spec import TrainingCallbacks, TrainingError, TrainingOutcome, TrainingSpec
 from backend.trainer.state import Progress, load_latest_state, save_state
 
@@ -94,6 +103,8 @@ class _Run:
         base = resolve_base_model(spec.base_model)
         self.loaded: LoadedModel = load_for_training(base)
         self.model = self.loaded.model.to(self.device)
+        # Packed rows (no padding) where the model's attention can be kept inside each example, else padded.
+        self.collate = pack if packing_enabled() and supports_packing(self.model) else collate
         tok = self.loaded.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
         fmt = ChatFormat(tok, base.max_seq_len)
@@ -151,7 +162,7 @@ class _Run:
         assert all(isinstance(p, PreferenceExample) for p in pairs)
         seqs = [p.chosen for p in pairs if isinstance(p, PreferenceExample)]
         seqs += [p.rejected for p in pairs if isinstance(p, PreferenceExample)]
-        return sequence_logps(self.model, collate(seqs, self.pad_id), self.device)
+        return sequence_logps(self.model, self.collate(seqs, self.pad_id), self.device)
 
     def _loss(self, examples: list[Example], idx: list[int]) -> tuple[torch.Tensor, TokenStats, int]:
         """Loss, metric stats and real-token count for a batch of example indices."""
@@ -165,7 +176,7 @@ class _Run:
             tokens = sum(examples[i].trained_tokens for i in idx)
             return loss, stats, tokens
         seqs = [examples[i] for i in idx]
-        batch = collate([s for s in seqs if isinstance(s, SFTExample)], self.pad_id)
+        batch = self.collate([s for s in seqs if isinstance(s, SFTExample)], self.pad_id)
         loss, stats = sft_loss(self.model, batch, self.device)
         return loss, stats, batch.n_tokens
 

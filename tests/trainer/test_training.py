@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend.trainer.device import describe, resolve_device
+from backend.trainer.packing import PACKING_ENV
 from backend.trainer.spec import TrainingError, TrainingSpec
 from backend.trainer.train import train
 from tests.trainer.helpers import Recorder, chat_rows, loss_tolerance, write_jsonl
@@ -111,10 +112,12 @@ def test_same_seed_same_losses_other_seed_differs(chat_file: Path, tmp_path: Pat
     assert runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("pause_after_steps", [3, 5, 7])
+@pytest.mark.parametrize(("pause_after_steps", "packing"), [(3, "on"), (5, "on"), (7, "on"), (5, "off")])
 def test_pause_then_resume_matches_uninterrupted(
-    chat_file: Path, tmp_path: Path, pause_after_steps: int
+    chat_file: Path, tmp_path: Path, pause_after_steps: int, packing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Packed (the default) and padded batches both resume exactly where they paused."""
+    monkeypatch.setenv(PACKING_ENV, packing)
     full = Recorder()
     train(_spec(chat_file, tmp_path / "full"), full)
 

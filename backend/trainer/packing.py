@@ -1,0 +1,158 @@
+"""Packed batches: a step's examples side by side in one row, attention kept inside each example.
+
+Each example keeps its own positions (0..len-1) and attends only to its own earlier tokens, so a packed step
+computes what the padded step computes, minus the padding and the padding mask. Attention runs per example:
+`torch.nn.attention.varlen.varlen_attn` (flash, one kernel) on CUDA where it works, else one causal SDPA call
+per example (on the CPU that is cheaper than one block-diagonal mask over the whole row: measured in
+docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PACKING_ENV = "FTPIPE_TRAINER_PACKING"
+ATTN_NAME = "ftpipe_packed"
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where each example sits in a packed row: bounds (0, end_1, ..., end_n) as Python ints (read without
+    touching the device) and, for the CUDA kernel, the same as an int32 device tensor."""
+
+    bounds: tuple[int, ...]
+    cu_seqlens: torch.Tensor | None = None
+    max_len: int = 0
+
+
+_current: contextvars.ContextVar[Segments | None] = contextvars.ContextVar("ftpipe_segments", default=None)
+_varlen_ok: dict[str, bool] = {}
+
+
+def packing_enabled() -> bool:
+    """$FTPIPE_TRAINER_PACKING: on (default) or off (padded batches, the pre-packing layout)."""
+    value = os.environ.get(PACKING_ENV, "").strip().lower()
+    return value not in ("0", "off", "false", "no")
+
+
+def supports_packing(model: torch.nn.Module) -> bool:
+    """True for models whose attention goes through transformers' attention interface, with full causal
+    attention in every layer (a sliding window or custom attention code would not see the segments)."""
+    wrapped: Any = model
+    inner: Any = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped
+    config = getattr(inner, "config", None)
+    if config is None or not getattr(inner, "_supports_attention_backend", False):
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        return False
+    return not (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def packed_attention(model: torch.nn.Module, segments: Segments) -> Iterator[None]:
+    """Within the block, `model`'s attention layers attend inside `segments` only (forward pass only: the
+    backward pass replays the recorded kernels and needs no switch)."""
+    _register()
+    configs = _configs(model)
+    before = [c._attn_implementation for c in configs]
+    token = _current.set(segments)
+    try:
+        for c in configs:
+            c._attn_implementation = ATTN_NAME
+        yield
+    finally:
+        for c, name in zip(configs, before, strict=True):
+            c._attn_implementation = name
+        _current.reset(token)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    if ATTN_NAME not in AttentionInterface._global_mapping:
+        # No mask function is registered under this name, so transformers builds no mask for it.
+        AttentionInterface.register(ATTN_NAME, _attention)
+
+
+def _attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: query (1, heads, T, dim), key/value (1, kv_heads, T, dim) -> output
+    (1, T, heads, dim), causal inside each segment."""
+    seg = _current.get()
+    if seg is None:
+        raise RuntimeError("packed attention called outside packed_attention()")
+    gqa = key.shape[1] != query.shape[1]
+    if query.is_cuda and seg.cu_seqlens is not None and _varlen_works(query):
+        from torch.nn.attention.varlen import varlen_attn
+
+        out = varlen_attn(
+            query[0].transpose(0, 1),
+            key[0].transpose(0, 1),
+            value[0].transpose(0, 1),
+            seg.cu_seqlens,
+            seg.cu_seqlens,
+            seg.max_len,
+            seg.max_len,
+            scale=scaling,
+            window_size=(-1, 0),
+            enable_gqa=gqa,
+        )
+        assert isinstance(out, torch.Tensor)
+        return out.unsqueeze(0), None
+    # split, not slicing: the backward of a split is one concatenation, that of n slices n zero-filled
+    # full-size gradients added up.
+    lengths = [end - start for start, end in zip(seg.bounds[:-1], seg.bounds[1:], strict=True)]
+    parts = [
+        F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+        )
+        for q, k, v in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), strict=True
+        )
+    ]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _varlen_works(query: torch.Tensor) -> bool:
+    """Whether the flash varlen kernel runs here (it needs a recent GPU and half precision), tried once."""
+    key = f"{query.device}:{query.dtype}:{query.shape[-1]}"
+    if key not in _varlen_ok:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+
+            q = torch.zeros(4, 1, query.shape[-1], device=query.device, dtype=query.dtype)
+            cu = torch.tensor([0, 4], device=query.device, dtype=torch.int32)
+            varlen_attn(q, q, q, cu, cu, 4, 4, window_size=(-1, 0))
+            _varlen_ok[key] = True
+        except Exception:  # noqa: BLE001 - any failure means: use the per-example SDPA path
+            _varlen_ok[key] = False
+    return _varlen_ok[key]
