@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cli.api import API_EXAMPLE, add_api_options, connect
-from cli.common import EXIT_OK, positive_int, usage_error
+from cli.common import EXIT_OK, EXIT_USAGE, positive_int, usage_error
 
 if TYPE_CHECKING:
     from client import MKA1Client
-    from client.models import InputMessage, ResponseObject
+    from client.models import InputMessage, ResponseCreateRequest, ResponseObject
 
 PROG = "ftpipe chat"
 EXIT_WORDS = ("/exit", "/quit")
@@ -140,7 +140,7 @@ class Conversation:
     top_p: float | None = None
     history: list[InputMessage] = field(default_factory=list)
 
-    def request(self, prompt: str) -> Any:
+    def request(self, prompt: str) -> ResponseCreateRequest:
         """The ``POST /responses`` body for the next turn (history + ``prompt``; nothing stored)."""
         from client.models import InputMessage, ResponseCreateRequest
 
@@ -172,7 +172,7 @@ class Asker:
     stream: bool
     write: Callable[[str], None]
 
-    def ask(self, request: Any) -> ResponseObject:
+    def ask(self, request: ResponseCreateRequest) -> ResponseObject:
         """The final response; its text has gone to ``write`` (piece by piece when streamed)."""
         from client.errors import BadRequestError
 
@@ -188,7 +188,7 @@ class Asker:
         self.write(final.output_text)
         return final
 
-    def _streamed(self, request: Any) -> ResponseObject:
+    def _streamed(self, request: ResponseCreateRequest) -> ResponseObject:
         from cli.errors import CommandError
 
         shown = False
@@ -255,7 +255,7 @@ def chat_command(args: argparse.Namespace) -> int:
     """One answer when a prompt is given or piped, else a conversation on the terminal."""
     model, prompt = _resolve_model(args)
     if model is None:
-        return 2
+        return EXIT_USAGE
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         prompt = sys.stdin.read().strip()
         if not prompt:
