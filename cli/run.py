@@ -37,6 +37,7 @@ EPILOG = """examples:
   ftpipe run datasets/customer-support
   ftpipe run datasets/customer-support --model local:micro-chat --epochs 2 --suffix demo
   ftpipe run --train prefs.jsonl --method dpo --beta 0.1
+  ftpipe run datasets/customer-support --progress plain > run.log   (one line per event, no colours)
   MKA1_BASE_URL=https://... MKA1_API_KEY=... ftpipe run datasets/customer-support   (remote API)
 """
 
@@ -56,6 +57,7 @@ def register(sub: Any) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """``run``'s options; defaults and help come from the flow's parameter model."""
+    from cli.progress_display import add_progress_option
     from contract.hyperparameters import Beta, LearningRateMultiplier, Seed
     from flows.params import FineTuneParams as fp
 
@@ -157,6 +159,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     ):
         field_option(out, flag, model=fp, field=field, type=positive_float, metavar="SECONDS")
     out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
+    add_progress_option(out)
 
     add_api(p.add_argument_group("API"))
     add_budget(p)
@@ -204,7 +207,7 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the fine-tune flow with a live status line; 0 only when it succeeded."""
+    """Run the fine-tune flow showing its progress (``--progress``); 0 only when it succeeded."""
     from pydantic import ValidationError
 
     from flows.params import error_lines
@@ -228,54 +231,45 @@ def run_command(args: argparse.Namespace) -> int:
     # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect is imported here, after the logging env is set, and only for the commands that need it.
-    from rich.console import Console
     from rich.markup import escape
 
+    from cli.progress_display import make_console, show_progress
     from flows.fine_tune import fine_tune
 
     hide_console_tracebacks()
     from tasks.errors import BudgetExceeded, DatasetInvalid, GateFailed, JobFailed, PipelineError
-    from tasks.progress import ProgressUpdate, subscribe
     from tasks.record import RunRecord
     from tasks.report import run_summary_text
 
-    console = Console()
-    with console.status("starting fine-tune flow...") as status:
-
-        def show(update: ProgressUpdate) -> None:
-            state = f" [{update.job_status}]" if update.job_status else ""
-            status.update(f"{update.stage}{state}: {update.message}")
-
-        try:
-            with subscribe(show):
-                result = fine_tune(**params.flow_arguments())
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")
-            return EXIT_INTERRUPTED
-        except DatasetInvalid as exc:
-            console.print("[red]dataset invalid; nothing was uploaded:[/red]")
-            for line in exc.issues:
-                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-            return EXIT_FAILED
-        except BudgetExceeded as exc:
-            console.print(
-                f"[red]stopped before upload:[/red] {escape(exc.line)}", highlight=False, soft_wrap=True
-            )
-            return EXIT_FAILED
-        except JobFailed as exc:
-            detail = escape(f"[{exc.code}] {exc.message}")
-            console.print(f"[red]job {exc.job_id} {exc.status}:[/red] {detail}", highlight=False)
-            return EXIT_FAILED
-        except GateFailed as exc:
-            if isinstance(exc.record, RunRecord):
-                console.print(run_summary_text(exc.record), markup=False, highlight=False, soft_wrap=True)
-            console.print(
-                f"[red]{escape(str(exc))}; nothing was promoted[/red]", highlight=False, soft_wrap=True
-            )
-            return EXIT_FAILED
-        except PipelineError as exc:
-            console.print(f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}", highlight=False)
-            return EXIT_FAILED
+    console = make_console(args.progress)
+    try:
+        with show_progress(args.progress, console):
+            result = fine_tune(**params.flow_arguments())
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")
+        return EXIT_INTERRUPTED
+    except DatasetInvalid as exc:
+        console.print("[red]dataset invalid; nothing was uploaded:[/red]")
+        for line in exc.issues:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    except BudgetExceeded as exc:
+        console.print(
+            f"[red]stopped before upload:[/red] {escape(exc.line)}", highlight=False, soft_wrap=True
+        )
+        return EXIT_FAILED
+    except JobFailed as exc:
+        detail = escape(f"[{exc.code}] {exc.message}")
+        console.print(f"[red]job {exc.job_id} {exc.status}:[/red] {detail}", highlight=False)
+        return EXIT_FAILED
+    except GateFailed as exc:
+        if isinstance(exc.record, RunRecord):
+            console.print(run_summary_text(exc.record), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"[red]{escape(str(exc))}; nothing was promoted[/red]", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    except PipelineError as exc:
+        console.print(f"[red]{type(exc).__name__}:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_FAILED
     console.print(run_summary_text(result), markup=False, highlight=False, soft_wrap=True)
     ok = result.status == "succeeded" and result.smoke_passed is not False
     return EXIT_OK if ok else EXIT_FAILED

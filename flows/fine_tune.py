@@ -35,6 +35,7 @@ from tasks.errors import GateFailed, JobFailed
 from tasks.estimate import estimate_task
 from tasks.evaluate import EvalOptions
 from tasks.metrics import collect_metrics_task
+from tasks.progress import ProgressUpdate, publish
 from tasks.record import DatasetFile, RunRecord
 from tasks.state import default_state_dir
 from tasks.upload import UploadedFile, upload_file_task
@@ -187,6 +188,8 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
     current_champion(judge_plan, champions)  # so does an unreadable champion record
     state_dir = params.state_dir or default_state_dir()
     flow_run_id = current_flow_run.get_id()
+    run_url = runtime.prefect_ui_url(flow_run_id)
+    publish(ProgressUpdate("run", "flow run started", flow_run_id=flow_run_id, ui_url=run_url))
 
     validation = validate_dataset_task(train_path, validation_path, n_epochs=params.n_epochs)
     experiment.begin(
@@ -249,7 +252,9 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
-            finished = wait_for_job_task(client, job_id, params.poll_policy(), on_events=experiment.observe)
+            finished = wait_for_job_task(
+                client, job_id, params.poll_policy(), on_events=experiment.observe, attached=handle.attached
+            )
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)
             status = cancel_job(client, job_id, log)
@@ -322,7 +327,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         ),
         flow_run_id=flow_run_id,
         flow_run_name=current_flow_run.get_name(),
-        flow_run_url=current_flow_run.get_flow_run_ui_url(),
+        flow_run_url=run_url,
         started_at=started_at,
         finished_at=datetime.now(UTC),
         duration_s=time.monotonic() - started,

@@ -1,4 +1,4 @@
-"""In-process progress bus: stages publish, front ends (the CLI's rich status) subscribe.
+"""In-process progress bus: stages publish typed updates, front ends (``cli/progress_display.py``) subscribe.
 
 Prefect runs sync tasks in the caller's process, so a plain listener list is enough and keeps the
 tasks free of any UI dependency.
@@ -17,13 +17,29 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProgressUpdate:
-    """One observation: which stage, a short human message, and the job's state when known."""
+    """One observation: which stage, a short human message, and what is known of the job at that moment.
+
+    ``stage`` is the pipeline stage that published it (``run``, ``validate``, ``estimate``, ``upload``,
+    ``create-job``, ``wait``, ``metrics``, ``evaluate``, ``smoke``); the job's status tells a waiting job's
+    phase (queued, running, paused, ...). ``fraction`` is the stage's completion in 0..1 when known.
+    """
 
     stage: str
     message: str
     job_id: str | None = None
     job_status: str | None = None
     fraction: float | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    # The server's own finish estimate (Unix seconds), used until the display has measured a step rate.
+    estimated_finish: float | None = None
+    # True on the one update that summarises the past events of a job this run re-attached to.
+    reattached: bool = False
+    # Set on the ``run`` update a flow publishes when it starts: its id and, when a UI is reachable, its page.
+    flow_run_id: str | None = None
+    ui_url: str | None = None
 
 
 Listener = Callable[[ProgressUpdate], None]

@@ -125,6 +125,32 @@ def progress_description(job_id: str, status: object, step: int | None, total: i
     return f"job {job_id}: {status}{where}"
 
 
+def reattach_summary(
+    job_id: str,
+    status: object,
+    step: int | None,
+    total: int | None,
+    train_loss: float | None,
+    valid_loss: float | None,
+    terminal: bool,
+) -> str:
+    """The one line that stands for a re-attached job's past events.
+
+    E.g. ``re-attached to ftjob-1 (succeeded, 120 steps, final train loss 1.2300, valid 1.3100)``.
+    """
+    parts = [str(status)]
+    if step is not None:
+        parts.append(f"{step} steps" if terminal or not total else f"step {step}/{total}")
+    final = "final " if terminal else ""
+    if train_loss is not None:
+        parts.append(f"{final}train loss {train_loss:.4f}")
+    if valid_loss is not None:
+        parts.append(
+            f"valid {valid_loss:.4f}" if train_loss is not None else f"{final}valid loss {valid_loss:.4f}"
+        )
+    return f"re-attached to {job_id} ({', '.join(parts)})"
+
+
 # --------------------------------------------------------------------------------------------- metrics
 
 

@@ -36,6 +36,17 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     return _FALLBACK
 
 
+def prefect_ui_url(flow_run_id: UUID | str | None) -> str | None:
+    """The flow run's page in the Prefect UI, or None when no UI is configured (the temporary server has none).
+
+    ``PREFECT_UI_URL`` is derived from ``PREFECT_API_URL`` unless set, so this works with any long-lived server
+    the CLI points Prefect at.
+    """
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=str(flow_run_id)) if flow_run_id else None
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow only lowercase letters, digits and dashes."""
     key = "-".join(_KEY_BAD.sub("-", p.lower()).strip("-") for p in parts if p)

@@ -1,5 +1,8 @@
 """Stage 4: follow a job to a terminal status, echoing its events and keeping a progress artifact.
 
+The events of a job this run re-attached to are summarised in one line (status, steps, latest losses) instead
+of being replayed; every poll with news publishes a typed ``ProgressUpdate`` (step, total, losses) for the CLI.
+
 Each poll is retried in place by the client; failures that outlast those retries (429 with ``Retry-After``,
 5xx, timeouts, resets) are absorbed by the loop, up to a bounded number in a row and with the same backoff
 (``client.retry.backoff_delay``), so a flaky minute never fails a long training run. The poll interval
@@ -42,21 +45,47 @@ class PollPolicy:
     progress_every_s: float = 5.0
 
 
+def _number(value: object) -> float | None:
+    # bool is an int subclass; a flag is never a step or a loss.
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass
 class _Progress:
     step: int | None = None
     total: int | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
 
     def absorb(self, event: FineTuningJobEvent) -> None:
         data = event.data or {}
-        step = data.get("step")
-        if isinstance(step, int | float):
+        step = _number(data.get("step"))
+        if step is not None:
             self.step = int(step)
         for key in _TOTAL_KEYS:
-            total = data.get(key)
-            if isinstance(total, int | float) and total > 0:
+            total = _number(data.get(key))
+            if total is not None and total > 0:
                 self.total = int(total)
                 break
+        train_loss, valid_loss = _number(data.get("train_loss")), _number(data.get("valid_loss"))
+        self.train_loss = self.train_loss if train_loss is None else train_loss
+        self.valid_loss = self.valid_loss if valid_loss is None else valid_loss
+
+    def update(self, job: FineTuningJob, message: str, *, reattached: bool = False) -> ProgressUpdate:
+        """The typed update for this poll."""
+        return ProgressUpdate(
+            "wait",
+            message,
+            job_id=job.id,
+            job_status=str(job.status),
+            fraction=self.percent(job.status) / 100 if self.total else None,
+            step=self.step,
+            total_steps=self.total,
+            train_loss=self.train_loss,
+            valid_loss=self.valid_loss,
+            estimated_finish=job.estimated_finish,
+            reattached=reattached,
+        )
 
     def percent(self, status: Any) -> float:
         if status == JobStatus.SUCCEEDED:
@@ -80,10 +109,12 @@ def wait_for_job_task(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     on_events: Callable[[FineTuningJob, list[FineTuningJobEvent]], None] | None = None,
+    attached: bool = False,
 ) -> FineTuningJob:
     """Poll ``job_id`` until succeeded|failed|cancelled; raise ``JobFailed`` / ``JobTimeout`` otherwise.
 
     ``on_events`` sees each poll's new events (oldest first) as they arrive: live metrics and curves.
+    ``attached``: the job existed before this run, so its past events are summarised in one line.
     """
     policy = policy or PollPolicy()
     log = runtime.run_logger()
@@ -135,10 +166,25 @@ def wait_for_job_task(
             continue
         errors = 0
 
+        # The first poll of a job this run re-attached to returns its whole history: one line stands for it.
+        summarise = attached and last_status is None
         for event in events:
-            _echo(log, job_id, event)
+            if not summarise:
+                _echo(log, job_id, event)
             progress.absorb(event)
             since_id = event.id
+        if summarise:
+            summary = report.reattach_summary(
+                job_id,
+                job.status,
+                progress.step,
+                progress.total,
+                progress.train_loss,
+                progress.valid_loss,
+                job.is_terminal,
+            )
+            log.info("%s", summary)
+            publish(progress.update(job, summary, reattached=True))
         if events and on_events is not None:
             try:
                 on_events(job, events)
@@ -146,27 +192,20 @@ def wait_for_job_task(
                 log.debug("event observer failed", exc_info=True)  # an observer never fails the wait
         status_changed = job.status != last_status
         changed = bool(events) or status_changed
-        if status_changed:
+        if status_changed and not summarise:
             if job.status == JobStatus.PAUSED:
                 log.warning("job %s is paused; waiting for it to be resumed", job_id)
             else:
                 log.info("job %s is %s", job_id, job.status)
-            last_status = job.status
+        last_status = job.status
         if changed:
             description = report.progress_description(job_id, job.status, progress.step, progress.total)
             now = clock()
             if status_changed or job.is_terminal or now - artifact_updated >= policy.progress_every_s:
                 runtime.update_progress(artifact, progress.percent(job.status), description=description)
                 artifact_updated = now
-            publish(
-                ProgressUpdate(
-                    "wait",
-                    description,
-                    job_id=job_id,
-                    job_status=str(job.status),
-                    fraction=progress.percent(job.status) / 100 if progress.total else None,
-                )
-            )
+            if not summarise:
+                publish(progress.update(job, description))
 
         if job.is_terminal:
             break

@@ -170,3 +170,67 @@ def test_client_retries_absorb_a_blip_before_the_loop_sees_it(fake: FakeMKA1) ->
     assert job.status == "succeeded"
     assert client_sleeps[0] == 3.0 and 0.5 <= client_sleeps[1] <= 0.625  # same backoff rule as the loop
     assert t.sleeps[0] == FAST.interval_s  # the loop only slept its poll interval: it never saw an error
+
+
+def test_updates_carry_step_total_and_latest_losses(fake: FakeMKA1) -> None:
+    fake.timeline = ["queued", "running", "running", "running", "succeeded"]
+    job_id = _job(fake)
+    updates: list[ProgressUpdate] = []
+    with subscribe(updates.append):
+        _wait(fake, job_id, FakeTime())
+    running = [u for u in updates if u.job_status == "running"]
+    # The fake's step n reports train_loss 1/n and valid_loss 1/(n+2), out of 4 steps.
+    assert [(u.step, u.total_steps) for u in running] == [(1, 4), (2, 4), (3, 4)]
+    assert [u.train_loss for u in running] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert [u.valid_loss for u in running] == [pytest.approx(1 / 3), 0.25, 0.2]
+    assert [u.fraction for u in running] == [0.25, 0.5, 0.75]
+    assert updates[-1].job_status == "succeeded" and updates[-1].fraction == 1.0
+    assert not any(u.reattached for u in updates)
+
+
+def test_a_reattached_finished_job_is_one_summary_line_not_a_replay(
+    fake: FakeMKA1, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.timeline = ["queued", "running", "running", "running", "succeeded"]
+    job_id = _job(fake)
+    _wait(fake, job_id, FakeTime())
+    n_events = len(fake.events[job_id])
+    seen: list[int] = []
+    updates: list[ProgressUpdate] = []
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ftpipe.tasks"), subscribe(updates.append), fake.client() as c:
+        job = wait_for_job_task.fn(
+            c,
+            job_id,
+            FAST,
+            sleep=FakeTime().sleep,
+            on_events=lambda _job, events: seen.append(len(events)),
+            attached=True,
+        )
+    assert job.status == "succeeded"
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith(f"[{job_id}]")]  # no event replayed
+    summary = f"re-attached to {job_id} (succeeded, 3 steps, final train loss 0.3333, valid 0.2000)"
+    assert [m for m in messages if "re-attached" in m] == [summary]
+    assert not [m for m in messages if m == f"job {job_id} is succeeded"]  # the summary says it
+    (update,) = updates
+    assert update.reattached and update.message == summary and update.step == 3 and update.fraction == 1.0
+    assert seen == [n_events]  # the observers (metrics, tracking) still get every past event
+
+
+def test_a_reattached_running_job_is_summarised_then_followed(
+    fake: FakeMKA1, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.timeline = ["running", "running", "running", "succeeded"]
+    job_id = _job(fake)
+    with fake.client() as c:  # a first run saw two steps, then crashed
+        c.jobs.retrieve(job_id)
+        c.jobs.retrieve(job_id)
+    updates: list[ProgressUpdate] = []
+    with caplog.at_level(logging.INFO, logger="ftpipe.tasks"), subscribe(updates.append), fake.client() as c:
+        wait_for_job_task.fn(c, job_id, FAST, sleep=FakeTime().sleep, attached=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"re-attached to {job_id} (running, step 3/4, train loss 0.3333, valid 0.2000)" in messages
+    # Only what happened after re-attaching is echoed: the status change to succeeded.
+    assert [m for m in messages if m.startswith(f"[{job_id}]")] == [f"[{job_id}] status -> succeeded"]
+    assert [u.reattached for u in updates] == [True, False]

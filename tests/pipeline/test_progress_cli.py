@@ -1,0 +1,117 @@
+"""``ftpipe run``'s progress output end to end (fake API, real flow): plain lines off a terminal, the Prefect
+UI link, a re-run's one-line re-attach summary and the ``--progress`` modes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+from cli.main import main
+from flows.backend_runtime import use_connection
+from tasks.runtime import prefect_ui_url
+from tests.pipeline.fake_api import FakeMKA1
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # anything but "\n"
+LINE = re.compile(
+    r"\[\d+:\d\d:\d\d\] (?P<label>[a-z-]+)(?: (?P<counts>\d+/\d+))?(?: (?P<pct>\d+)%)?: (?P<rest>.*)"
+)
+
+
+def _argv(dataset_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(dataset_dir),
+        "--model",
+        "local:micro-chat",
+        "--poll-interval",
+        "0.01",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--output",
+        str(tmp_path / "out"),
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_plain_progress_off_a_terminal_then_one_line_on_re_attach(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.total_steps = 6
+    fake.timeline = ["queued", *["running"] * 6, "succeeded"]
+    argv = _argv(dataset_dir, tmp_path)
+    with use_connection(fake.connection()):
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out)  # stdout is not a terminal: no colours, no cursor moves, no spinner
+    lines = out.splitlines()
+    # The harness's server has a UI address: the run's page is the first line.
+    assert re.fullmatch(r"Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", lines[0])
+    progress = [m for m in map(LINE.fullmatch, lines) if m]
+    labels = [m["label"] for m in progress]
+    stages = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+    assert stages == [
+        "validate",
+        "estimate",
+        "upload",
+        "create",
+        "queued",
+        "training",
+        "succeeded",
+        "metrics",
+        "eval",
+    ]
+    training = [m for m in progress if m["label"] == "training"]
+    assert [m["counts"] for m in training] == [f"{n}/6" for n in range(1, 7)]  # 6 steps: each is 5% or more
+    # The fake's step n has train_loss 1/n and valid_loss 1/(n+2).
+    assert training[-1]["rest"].startswith("job ftjob-3  train loss 0.1667  valid loss 0.1250")
+    assert "fine-tune result" in out and lines.index("fine-tune result") > lines.index(training[-1].string)
+
+    with use_connection(fake.connection()):
+        assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (reattach,) = [line for line in lines if "re-attached" in line]
+    assert re.fullmatch(
+        r"\[\d+:\d\d:\d\d\] re-attached 6/6 100%: re-attached to ftjob-3"
+        r" \(succeeded, 6 steps, final train loss 0\.1667, valid 0\.1250\)",
+        reattach,
+    )
+    assert not [line for line in lines if "] training " in line or "] queued" in line]  # nothing replayed
+
+
+def test_progress_none_prints_only_the_summary(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with use_connection(fake.connection()):
+        assert main(_argv(dataset_dir, tmp_path, "--progress", "none")) == 0
+    out = capsys.readouterr().out
+    assert not LINE.search(out) and "Prefect UI" not in out
+    assert "fine-tune result" in out
+
+
+def test_rich_when_asked_even_into_a_pipe(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with use_connection(fake.connection()):
+        assert main(_argv(dataset_dir, tmp_path, "--progress", "rich")) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out and "━" in out and "✓" in out  # the live region, drawn with control codes
+    assert "fine-tune result" in out
+
+
+def test_prefect_ui_url_only_when_a_ui_is_configured() -> None:
+    run_id = "3f1c1e4e-0000-4000-8000-000000000001"
+    with temporary_settings(updates={PREFECT_UI_URL: "http://prefect.local:4200"}):
+        assert prefect_ui_url(run_id) == f"http://prefect.local:4200/runs/flow-run/{run_id}"
+    with temporary_settings(
+        updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}, set_defaults={PREFECT_UI_URL: None}
+    ):
+        assert prefect_ui_url(run_id) == f"http://127.0.0.1:4200/runs/flow-run/{run_id}"
+    # The temporary server a bare `ftpipe run` starts has no address in the settings, hence no UI link.
+    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
+        assert prefect_ui_url(run_id) is None
+    assert prefect_ui_url(None) is None
