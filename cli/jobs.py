@@ -24,6 +24,7 @@ ACTION_NEEDS: dict[str, str] = {
     "resume": "a paused job",
 }
 LIST_PAGE_MAX = 100
+METRICS_LOOKBACK = 20
 
 EPILOG = f"""examples:
   ftpipe jobs list                                 the 20 newest jobs
@@ -239,7 +240,15 @@ def list_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """Print one job, its checkpoints and what to do next."""
-    from cli.present import CHECKPOINT_COLUMNS, Screen, as_json, checkpoint_row, job_fields, next_steps
+    from cli.present import (
+        CHECKPOINT_COLUMNS,
+        Screen,
+        as_json,
+        checkpoint_row,
+        job_fields,
+        next_steps,
+        progress,
+    )
 
     with connect(args) as client, _job_errors(client, args.job_id):
         job = client.jobs.retrieve(args.job_id)
@@ -247,11 +256,20 @@ def show_command(args: argparse.Namespace) -> int:
             client.jobs.list_checkpoints(args.job_id),
             key=lambda c: c.step_number if c.step_number is not None else -1,
         )
+        latest = None
+        if not job.is_terminal and not args.json:
+            # The newest metrics event says how far a live job is (one page: metrics come every few steps).
+            page = client.jobs.list_events(args.job_id, limit=METRICS_LOOKBACK)
+            latest = next((e for e in page.data if e.type == "metrics" and e.data), None)
     screen = Screen()
     if args.json:
         screen.line(as_json({**job.model_dump(mode="json"), "checkpoints": checkpoints}))
         return EXIT_OK
-    screen.fields(job_fields(job))
+    fields = job_fields(job)
+    where = progress(latest)
+    if where is not None:
+        fields.insert(2, ("progress", where))
+    screen.fields(fields)
     if checkpoints:
         screen.line()
         screen.table(CHECKPOINT_COLUMNS, [checkpoint_row(c) for c in checkpoints], title="checkpoints")

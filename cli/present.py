@@ -101,6 +101,23 @@ def job_fields(job: FineTuningJob) -> list[tuple[str, str]]:
     return [(name, _text(value)) for name, value in fields]
 
 
+def progress(metrics: FineTuningJobEvent | None) -> str | None:
+    """``step 120/800 (15%), train_loss 1.2345, valid_loss 1.5000`` from a job's newest metrics event."""
+    data = metrics.data if metrics is not None else None
+    if not data or not isinstance(data.get("step"), int):
+        return None
+    step, total = data["step"], data.get("total_steps")
+    text = (
+        f"step {step}/{total} ({100 * step // total}%)"
+        if isinstance(total, int) and total > 0
+        else f"step {step}"
+    )
+    losses = [
+        f"{k} {v:.4f}" for k in ("train_loss", "valid_loss") if isinstance(v := data.get(k), int | float)
+    ]
+    return ", ".join([text, *losses])
+
+
 def checkpoint_row(ckpt: FineTuningJobCheckpoint) -> tuple[str, ...]:
     """One checkpoint of ``jobs show``: its step, the model id to chat with, its losses."""
     m = ckpt.metrics

@@ -109,6 +109,10 @@ def test_pause_resume_cancel_and_follow_a_running_job(
     out = capsys.readouterr().out
     assert out.startswith(f"job {job_id}: ")  # paused, or running while the worker saved its checkpoint
 
+    code, out, _ = ftpipe(capsys, "jobs", "show", job_id)
+    assert code == 0 and "status            paused" in out
+    assert out.rstrip().endswith(f"resume:  ftpipe jobs resume {job_id}")
+
     code, out, _ = ftpipe(capsys, "jobs", "resume", job_id)
     assert code == 0 and out in (f"job {job_id}: queued\n", f"job {job_id}: running\n")
     code, out, _ = ftpipe(capsys, "jobs", "list", "--status", "queued", "--status", "running", "--json")

@@ -210,3 +210,19 @@ def test_a_terminal_gets_a_table_only_when_it_fits_unwrapped(width: int, rich: b
     lines = buf.getvalue().splitlines()
     assert any(JOB_ID in line and FT_MODEL in line for line in lines)  # ids whole, on one line
     assert any("─" in line for line in lines) is rich  # the rich table's rule, or plain columns
+
+
+def test_show_of_a_running_job_says_how_far_it_is(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = {
+        **event(9, "Step 120/800: training loss=1.2346"),
+        "type": "metrics",
+        "data": {"step": 120, "total_steps": 800, "train_loss": 1.23456, "learning_rate": 1e-4},
+    }
+    api.routes[("GET", f"fine_tuning/jobs/{JOB_ID}")] = job(status="running", estimated_finish=1_700_000_900)
+    api.routes[("GET", f"fine_tuning/jobs/{JOB_ID}/checkpoints")] = page([])
+    api.routes[("GET", f"fine_tuning/jobs/{JOB_ID}/events")] = page([event(10, "Saving"), metrics, event(8)])
+    ran = run_cli(capsys, "jobs", "show", JOB_ID)
+    fields = dict(line.split(None, 1) for line in ran.lines[:-1])
+    assert fields["progress"] == "step 120/800 (15%), train_loss 1.2346"
+    assert fields["estimated_finish"] == when(1_700_000_900)
+    assert ran.lines[-1] == f"follow:  ftpipe jobs events {JOB_ID} --follow"
