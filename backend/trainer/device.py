@@ -1,15 +1,18 @@
 """Which device the trainer runs on ($FTPIPE_TRAINER_DEVICE), and the few device-specific helpers it needs.
 
-On CUDA the forward pass runs under bf16 autocast over fp32 master weights; losses and metrics are fp32.
+On CUDA the forward pass runs under bf16 autocast over fp32 master weights; losses and metrics are fp32. On a CPU
+with bf16 matrix units (AMX) LoRA training does the same ($FTPIPE_TRAINER_PRECISION); elsewhere the CPU stays fp32.
 Everything that reaches disk is moved to the CPU first, so states and checkpoints load anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ import torch
 from backend.trainer.spec import TrainingError
 
 DEVICE_ENV = "FTPIPE_TRAINER_DEVICE"
+PRECISION_ENV = "FTPIPE_TRAINER_PRECISION"
 _CUDA_RE = re.compile(r"^cuda(?::(\d+))?$")
 
 
@@ -80,6 +84,36 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def cpu_has_bf16_units() -> bool:
+    """True where the CPU multiplies bf16 matrices in hardware (AMX): there bf16 matmuls run about twice as
+    fast as fp32 ones (measured on a 0.5B LoRA step); without it bf16 is emulated and no faster."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def cpu_bf16(device: torch.device, use_lora: bool) -> bool:
+    """Whether CPU training runs under bf16 autocast: $FTPIPE_TRAINER_PRECISION auto (default: LoRA on a CPU
+    with bf16 units; full fine-tunes of the small built-ins gain nothing and stay exact fp32), bf16 or fp32."""
+    if device.type != "cpu":
+        return False
+    value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if value not in ("auto", "bf16", "fp32"):
+        raise TrainingError(
+            "invalid_device", f"{PRECISION_ENV}={value!r} is not one of auto, bf16, fp32", None
+        )
+    if value == "auto":
+        return use_lora and cpu_has_bf16_units()
+    return value == "bf16"
+
+
+def cpu_autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on the CPU when `enabled`, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

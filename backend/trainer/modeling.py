@@ -33,9 +33,11 @@ class LoadedModel:
     use_lora: bool
 
 
-def _load_hf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hf(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise TrainingError("model_not_available", f"Cannot load model from {path}: {exc}", "model") from exc
@@ -44,9 +46,13 @@ def _load_hf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def load_for_training(base: ResolvedBaseModel) -> LoadedModel:
-    """Load a base model; built-ins are fully fine-tuned, foreign HF models get a LoRA adapter."""
-    model, tokenizer = _load_hf(base.path)
+def load_for_training(base: ResolvedBaseModel, frozen_dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a base model; built-ins are fully fine-tuned, foreign HF models get a LoRA adapter.
+
+    `frozen_dtype` is the dtype of a LoRA model's frozen base weights (bf16 when training runs under bf16
+    autocast: half the memory, no per-step cast); the adapter's trainable weights are always fp32.
+    """
+    model, tokenizer = _load_hf(base.path, frozen_dtype if base.use_lora else torch.float32)
     if base.use_lora:
         config = LoraConfig(
             r=LORA_R,

@@ -1,7 +1,7 @@
 """The training loop (CPU or CUDA): supervised (assistant-token cross-entropy) or DPO, with pause/resume/cancel.
 
 Determinism: on CPU a paused-then-resumed run reproduces the uninterrupted one exactly (same seed, same
-batches, same RNG, same fp32 arithmetic). On CUDA the same holds only within a tolerance (bf16 autocast and
+batches, same RNG, same arithmetic: fp32, or bf16 autocast for LoRA on CPUs with bf16 units, see device.py). On CUDA the same holds only within a tolerance (bf16 autocast and
 non-deterministic GPU kernels such as index_add/atomics): losses agree to roughly 1e-2, not bit for bit.
 """
 
@@ -27,6 +27,8 @@ from backend.trainer.data import (
     pack,
 )
 from backend.trainer.device import (
+    cpu_autocast,
+    cpu_bf16,
     describe,
     prepare_device,
     resolve_device,
@@ -110,7 +112,10 @@ class _Run:
         prepare_device(self.device)
         torch.manual_seed(spec.seed)
         base = resolve_base_model(spec.base_model)
-        self.loaded: LoadedModel = load_for_training(base)
+        self.cpu_bf16 = cpu_bf16(self.device, base.use_lora)
+        # bf16 compute (CUDA, or LoRA on a CPU with bf16 units): a LoRA model's frozen base is stored in bf16.
+        bf16 = self.cpu_bf16 or self.device.type == "cuda"
+        self.loaded: LoadedModel = load_for_training(base, torch.bfloat16 if bf16 else torch.float32)
         self.model = self.loaded.model.to(self.device)
         # Packed rows (no padding) where the model's attention can be kept inside each example, else padded.
         self.collate = pack if packing_enabled() and supports_packing(self.model) else collate
@@ -167,7 +172,8 @@ class _Run:
         assert all(isinstance(p, PreferenceExample) for p in pairs)
         seqs = [p.chosen for p in pairs if isinstance(p, PreferenceExample)]
         seqs += [p.rejected for p in pairs if isinstance(p, PreferenceExample)]
-        return sequence_logps(self.model, self.collate(seqs, self.pad_id), self.device)
+        with cpu_autocast(self.cpu_bf16):
+            return sequence_logps(self.model, self.collate(seqs, self.pad_id), self.device)
 
     def _loss(self, examples: list[Example], idx: list[int]) -> tuple[torch.Tensor, TokenStats, int]:
         """Loss, metric stats and real-token count for a batch of example indices."""
@@ -182,7 +188,8 @@ class _Run:
             return loss, stats, tokens
         seqs = [examples[i] for i in idx]
         batch = self.collate([s for s in seqs if isinstance(s, SFTExample)], self.pad_id)
-        loss, stats = sft_loss(self.model, batch, self.device)
+        with cpu_autocast(self.cpu_bf16):
+            loss, stats = sft_loss(self.model, batch, self.device)
         return loss, stats, batch.n_tokens
 
     def evaluate(self, examples: list[Example]) -> tuple[float, float]:

@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 import torch
 
+from backend.trainer import device as device_mod
 from backend.trainer.data import IGNORE, SFTExample, collate
 from backend.trainer.device import (
     DEVICE_ENV,
+    PRECISION_ENV,
     autocast,
+    cpu_bf16,
     resolve_device,
     restore_rng_state,
     rng_state,
@@ -91,6 +94,28 @@ def test_explicit_cuda_without_cuda_is_a_training_error(
     with pytest.raises(TrainingError) as gen_err:
         Generator()
     assert gen_err.value.code == "device_not_available"
+
+
+@pytest.mark.parametrize(
+    ("env", "units", "lora", "expected"),
+    [
+        ("", True, True, True),  # auto: LoRA on a CPU with bf16 units
+        ("auto", False, True, False),  # no units: bf16 would be emulated, no faster
+        ("", True, False, False),  # built-ins stay exact fp32
+        ("fp32", True, True, False),
+        ("bf16", False, False, True),
+    ],
+)
+def test_cpu_precision_rule(
+    monkeypatch: pytest.MonkeyPatch, env: str, units: bool, lora: bool, expected: bool
+) -> None:
+    monkeypatch.setenv(PRECISION_ENV, env)
+    monkeypatch.setattr(device_mod, "cpu_has_bf16_units", lambda: units)
+    assert cpu_bf16(torch.device("cpu"), lora) is expected
+    assert cpu_bf16(torch.device("cuda", 0), lora) is False  # CUDA always autocasts, see autocast()
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(TrainingError, match=PRECISION_ENV):
+        cpu_bf16(torch.device("cpu"), lora)
 
 
 def test_cpu_helpers_leave_tensors_alone() -> None:
