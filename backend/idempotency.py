@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 
@@ -27,6 +27,8 @@ MAX_KEY_CHARS = 255
 # How long a repeat waits for the first request with its key before answering 409.
 WAIT_FOR_FIRST_S = 60.0
 _POLL_S = 0.05
+# The tables of the objects a key can point at (an id column and an owner column each).
+ObjectTable = Literal["files", "jobs", "responses"]
 
 
 def fingerprint(payload: Any) -> str:
@@ -68,9 +70,9 @@ class IdempotencyKeys:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def claim(self, owner: str, key: str, route: str, body: str, exists: Callable[[str], bool]) -> Claim:
+    def claim(self, owner: str, key: str, route: str, body: str, table: ObjectTable) -> Claim:
         """Reserve ``key`` for this request, or return the object the first request made (blocks while
-        that request is still working). A recorded object that no longer exists frees the key."""
+        that request is still working). A recorded object no longer in ``table`` frees the key."""
         deadline = time.monotonic() + WAIT_FOR_FIRST_S
         while True:
             with self.db.tx() as conn:
@@ -95,7 +97,13 @@ class IdempotencyKeys:
                         param=HEADER,
                     )
                 object_id = row["object_id"]
-                if object_id is not None and exists(object_id):
+                # ``table`` is one of ObjectTable's names, never request input.
+                if (
+                    object_id is not None
+                    and conn.execute(
+                        f"SELECT 1 FROM {table} WHERE id = ? AND owner = ?", (object_id, owner)
+                    ).fetchone()
+                ):
                     return Claim(owner, key, route, object_id)
                 if object_id is not None:  # the object was deleted since: this request makes a new one
                     conn.execute(
@@ -135,17 +143,18 @@ async def create_once(
     route: str,
     body: Any,
     *,
+    table: ObjectTable,
     create: Callable[[], Awaitable[dict[str, Any]]],
-    exists: Callable[[str], bool],
     fetch: Callable[[str], dict[str, Any]],
 ) -> dict[str, Any]:
     """Run ``create`` once per ``Idempotency-Key`` (plainly when the request has none); a repeat gets
-    ``fetch`` of the object the first one made. ``body`` is what defines the request (fingerprinted)."""
+    ``fetch`` of the object the first one made (kept in ``table``). ``body`` is what defines the request
+    (fingerprinted)."""
     key = request_key(request)
     if key is None:
         return await create()
     keys = IdempotencyKeys(db)
-    claim = await asyncio.to_thread(keys.claim, owner, key, route, fingerprint(body), exists)
+    claim = await asyncio.to_thread(keys.claim, owner, key, route, fingerprint(body), table)
     if claim.replay_id is not None:
         return await asyncio.to_thread(fetch, claim.replay_id)
     try:

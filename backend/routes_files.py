@@ -102,10 +102,8 @@ async def upload_file(
             request,
             "files",
             {"purpose": purpose, "filename": parsed.filename, "sha256": parsed.sha256, "bytes": parsed.size},
+            table="files",
             create=lambda: asyncio.to_thread(_store, ctx, parsed, purpose),
-            exists=lambda file_id: (
-                ctx.db.one("SELECT 1 FROM files WHERE id = ? AND owner = ?", (file_id, ctx.owner)) is not None
-            ),
             fetch=lambda file_id: _get(ctx, file_id),
         )
     finally:

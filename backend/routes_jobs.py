@@ -38,10 +38,8 @@ async def create_job(
         request,
         "fine_tuning.jobs",
         body.model_dump(mode="json"),
+        table="jobs",
         create=create,
-        exists=lambda job_id: (
-            ctx.db.one("SELECT 1 FROM jobs WHERE id = ? AND owner = ?", (job_id, ctx.owner)) is not None
-        ),
         fetch=lambda job_id: job_object(jobs.get(ctx.owner, job_id)),
     )
 

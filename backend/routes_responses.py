@@ -146,11 +146,8 @@ async def create_response(
         request,
         "responses",
         body.model_dump(mode="json"),
+        table="responses",
         create=create,
-        exists=lambda response_id: (
-            ctx.db.one("SELECT 1 FROM responses WHERE id = ? AND owner = ?", (response_id, ctx.owner))
-            is not None
-        ),
         fetch=lambda response_id: _stored(ctx, response_id, "body"),
     )
 
