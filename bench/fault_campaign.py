@@ -253,7 +253,7 @@ def main() -> int:
     console = Console()
     modes: list[Mode] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=60):
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
         root = Path(tmp)
         data = small_dataset(root / "ds")
         settings = BackendSettings(
