@@ -82,11 +82,12 @@ def _request(model: str, case: EvalCase, max_output_tokens: int) -> ResponseCrea
 class _Asker:
     """Asks one eval set's prompts of the models and turns each answer into a frame row."""
 
-    def __init__(self, client: AsyncMKA1Client, options: EvalOptions, total: int) -> None:
+    def __init__(self, client: AsyncMKA1Client, options: EvalOptions, total: int, stage: str) -> None:
         self.client = client
         self.options = options
         self.sem = asyncio.Semaphore(max(1, options.concurrency))
         self.total = total
+        self.stage = stage
         self.done = 0
         self.calls = 0
 
@@ -151,7 +152,7 @@ class _Asker:
         if self.done % 10 == 0 or self.done == self.total:
             publish(
                 ProgressUpdate(
-                    "evaluate", f"{self.done}/{self.total} answers", fraction=self.done / self.total
+                    self.stage, f"{self.done}/{self.total} answers", fraction=self.done / self.total
                 )
             )
         return row | {
@@ -169,12 +170,17 @@ class _Asker:
         }
 
 
+def progress_stage(sets: list[EvalSet]) -> str:
+    """``smoke`` when only smoke checks are asked (no eval set), else ``evaluate``."""
+    return "smoke" if sets and all(s.kind == "smoke" for s in sets) else "evaluate"
+
+
 async def ask_models(
     client: AsyncMKA1Client, models: list[EvalModel], sets: list[EvalSet], options: EvalOptions
 ) -> tuple[list[dict[str, Any]], int]:
     """Rows for every (model, set, case), one model at a time; returns the rows and the calls made."""
     total = len(models) * sum(len(s.cases) for s in sets)
-    asker = _Asker(client, options, total)
+    asker = _Asker(client, options, total, progress_stage(sets))
     rows: list[dict[str, Any]] = []
     # Similar prompt lengths go out together, so a server that batches them pads less; rows keep set order.
     order = sorted(
@@ -264,7 +270,7 @@ def evaluate_task(
         ", ".join(f"{s.kind}: {s.source}" for s in sets),
         opts.concurrency,
     )
-    publish(ProgressUpdate("evaluate", f"evaluating {len(models)} model(s) on {n_cases} prompt(s)"))
+    publish(ProgressUpdate(progress_stage(sets), f"evaluating {len(models)} model(s) on {n_cases} prompt(s)"))
     started = time.monotonic()
     rows, calls = _run(_ask_with_client(settings, transport, models, sets, opts))
     duration = time.monotonic() - started

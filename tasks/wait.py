@@ -67,6 +67,8 @@ class _Progress:
             if total is not None and total > 0:
                 self.total = int(total)
                 break
+        if event.type != "metrics":
+            return  # a checkpoint's losses are epoch means: the metrics stage's "final" is the last step's
         train_loss, valid_loss = _number(data.get("train_loss")), _number(data.get("valid_loss"))
         self.train_loss = self.train_loss if train_loss is None else train_loss
         self.valid_loss = self.valid_loss if valid_loss is None else valid_loss

@@ -194,6 +194,8 @@ def test_a_reattached_finished_job_is_one_summary_line_not_a_replay(
     fake.timeline = ["queued", "running", "running", "running", "succeeded"]
     job_id = _job(fake)
     _wait(fake, job_id, FakeTime())
+    # A checkpoint event's losses are epoch means: the summary's "final" losses are the last metrics point's.
+    fake._event(job_id, "Checkpoint saved at step 3", data={"step": 3, "train_loss": 9.0, "valid_loss": 9.5})
     n_events = len(fake.events[job_id])
     seen: list[int] = []
     updates: list[ProgressUpdate] = []
