@@ -198,8 +198,10 @@ def check_local_port() -> None:
     """The embedded backend's port is free, or held by an ftpipe backend that accepts this run's key."""
     from backend.settings import BackendSettings
     from cli.common import EXIT_FAILED
-    from flows.backend_runtime import LocalPortTaken, reusable_local_backend
+    from flows.backend_runtime import LocalPortTaken, connection_overridden, reusable_local_backend
 
+    if connection_overridden():
+        return  # the run will not use a local backend
     try:
         reusable_local_backend(BackendSettings())
     except LocalPortTaken as exc:

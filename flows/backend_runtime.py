@@ -66,6 +66,11 @@ def use_connection(connection: Connection) -> Iterator[None]:
             _override = previous
 
 
+def connection_overridden() -> bool:
+    """True inside ``use_connection``: runs go to that connection, not to a local backend or remote API."""
+    return _override is not None
+
+
 def wants_remote(base_url: str | None) -> bool:
     """True when the caller configured a remote API (explicit URL or MKA1_* env)."""
     return bool(base_url or os.environ.get("MKA1_API_KEY") or os.environ.get("MKA1_BASE_URL"))

@@ -20,7 +20,9 @@ from pydantic import SecretStr
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
 from cli.main import main
-from flows.backend_runtime import LocalPortTaken, open_connection
+from cli.preflight import PreflightError, check_local_port
+from client import ClientSettings
+from flows.backend_runtime import Connection, LocalPortTaken, open_connection, use_connection
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -134,6 +136,23 @@ def test_another_program_on_the_port_is_named(
     )
     assert lines[0].endswith("stop it or use another port: FTPIPE_BACKEND_PORT")
     assert not (run_b_env / "logs").exists()
+
+
+def test_a_run_on_an_overridden_connection_does_not_check_the_local_port(
+    run_b_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotABackend)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("FTPIPE_BACKEND_PORT", str(httpd.server_address[1]))
+        with pytest.raises(PreflightError):
+            check_local_port()
+        fake = Connection(ClientSettings(base_url="http://fake.invalid/v1"), "fake", embedded=False)
+        with use_connection(fake):
+            check_local_port()  # the run goes to ``fake``: whatever holds the local port is not its business
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_the_launchers_health_wait_is_not_answered_by_another_server(
