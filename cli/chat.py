@@ -237,9 +237,10 @@ def _resolve_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
     except ValueError as exc:
         usage_error(PROG, str(exc))
         return None, None
-    import os
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from cli.common import prefect_env_defaults
+
+    prefect_env_defaults()
     from cli.errors import CommandError
     from evaluation.champion import PrefectVariables, read_champion, variable_name
 

@@ -165,6 +165,21 @@ def json_object(text: str) -> dict[str, object]:
     return value
 
 
+# Set before Prefect is imported, unless the user set them. The ephemeral server's telemetry heartbeat races
+# a run for its SQLite lock; and its start (imports + database migrations on a new PREFECT_HOME) takes over
+# Prefect's default 20 s on a loaded 2-core machine, which failed whole runs before they began.
+PREFECT_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prefect_env_defaults() -> None:
+    """Apply ``PREFECT_ENV_DEFAULTS`` for a command that is about to import Prefect."""
+    for name, value in PREFECT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 # The loggers Prefect's logging.yml levels from PREFECT_LOGGING_LEVEL (the rest inherit from "prefect").
 _PREFECT_LEVELLED_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
 

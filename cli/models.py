@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from cli.common import EXIT_FAILED, EXIT_OK, usage_error
+from cli.common import EXIT_FAILED, EXIT_OK, prefect_env_defaults, usage_error
 
 PROG = "ftpipe models"
 EPILOG = """examples:
@@ -53,7 +52,7 @@ def models_command(args: argparse.Namespace) -> int:
         check_name(args.name)
     except ValueError as exc:
         return usage_error(f"{PROG} champion", str(exc))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefect_env_defaults()
     from rich.console import Console
     from rich.table import Table
 

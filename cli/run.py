@@ -7,7 +7,6 @@ argument parsing, so a bad option never reaches validation or upload.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from cli.common import (
     key_value,
     positive_float,
     positive_int,
+    prefect_env_defaults,
     quiet_prefect_logging,
     signed_unit_float,
     unit_float,
@@ -228,8 +228,7 @@ def run_command(args: argparse.Namespace) -> int:
         return exc.exit_code
     if args.quiet:
         quiet_prefect_logging()
-    # The ephemeral server's telemetry heartbeat races the run for its SQLite lock; off unless asked for.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefect_env_defaults()
     # Prefect is imported here, after the logging env is set, and only for the commands that need it.
     from rich.markup import escape
 

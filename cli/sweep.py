@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import EXIT_FAILED, EXIT_OK, positive_int, quiet_prefect_logging, usage_error
+from cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    positive_int,
+    prefect_env_defaults,
+    quiet_prefect_logging,
+    usage_error,
+)
 from cli.options import add_budget
 
 PROG = "ftpipe sweep"
@@ -95,6 +102,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         return usage_error(PROG, f"bad sweep file: {exc}")
     if args.quiet:
         quiet_prefect_logging()
+    prefect_env_defaults()
     # Prefect is imported only now: a bad sweep file is reported without starting it.
     from flows import sweep as sweep_flow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -176,3 +177,18 @@ def test_python_m_backend_serve_keeps_its_own_parser() -> None:
         [sys.executable, "-m", "backend", "serve", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 0 and "usage: python -m backend serve" in proc.stdout
+
+
+def test_prefect_env_defaults_keep_what_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.common import PREFECT_ENV_DEFAULTS, prefect_env_defaults
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    prefect_env_defaults()
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"
+    assert (
+        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"]
+        == PREFECT_ENV_DEFAULTS["PREFECT_SERVER_ANALYTICS_ENABLED"]
+    )
+    # Long enough for a first start (migrations) on a loaded 2-core machine; Prefect's own default is 20.
+    assert int(PREFECT_ENV_DEFAULTS["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 60
