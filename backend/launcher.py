@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import TracebackType
 
 import httpx
@@ -40,6 +41,27 @@ def health_pid(response: httpx.Response) -> int | None:
         return None
     pid = body.get("pid")
     return pid if isinstance(pid, int) else None
+
+
+def backend_env(
+    settings: BackendSettings, *, data_dir: Path, port: int, api_key: SecretStr
+) -> dict[str, str]:
+    """This environment without its own backend settings, plus every field of `settings` as an env var.
+
+    Built from the model's fields, so a newly added setting reaches the server too. The API key travels
+    only here (never argv, never printed): the server then treats it as configured and does not echo it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    values = settings.model_dump(mode="json")  # secrets come out masked; the key is set below
+    values.update(data_dir=str(data_dir), port=port)
+    for name in BackendSettings.model_fields:
+        value = values[name]
+        if value is None:
+            continue  # unset optional setting: the server applies the same default
+        env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env[f"{ENV_PREFIX}API_KEY"] = api_key.get_secret_value()
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class RunningBackend:
@@ -74,22 +96,7 @@ class RunningBackend:
         return self
 
     def _child_env(self) -> dict[str, str]:
-        """This environment without its own backend settings, plus every field of `settings` as an env var.
-
-        Built from the model's fields, so a newly added setting reaches the server too. The API key travels
-        only here (never argv, never printed): the server then treats it as configured and does not echo it.
-        """
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        values = self.settings.model_dump(mode="json")  # secrets come out masked; the key is set below
-        values.update(data_dir=str(self.data_dir), port=self.port)
-        for name in BackendSettings.model_fields:
-            value = values[name]
-            if value is None:
-                continue  # unset optional setting: the server applies the same default
-            env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-        env[f"{ENV_PREFIX}API_KEY"] = self.api_key.get_secret_value()
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return backend_env(self.settings, data_dir=self.data_dir, port=self.port, api_key=self.api_key)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -57,6 +57,9 @@ def describe(exc: BaseException) -> tuple[str, int]:
             return f"{_api_hint(url)} answered {exc.status_code}: {exc}", EXIT_FAILED
         if isinstance(exc, client_errors.APIError):
             return f"{_api_hint(url)}: {exc}", EXIT_FAILED
+    service_registry = sys.modules.get("services.registry")
+    if service_registry is not None and isinstance(exc, service_registry.ServiceError):
+        return str(exc), EXIT_FAILED
     task_errors = sys.modules.get("tasks.errors")
     if task_errors is not None and isinstance(exc, task_errors.PipelineError):
         return f"{type(exc).__name__}: {exc}", EXIT_FAILED

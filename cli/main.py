@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "cli.models",
     "cli.jobs",
     "cli.chat",
+    "cli.services",
 )
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ EPILOG = """examples:
   ftpipe --version
   ftpipe jobs list                                 the newest fine-tuning jobs (show, events, cancel ...)
   ftpipe chat ft:local:micro-chat:demo:... "Hi"    ask a model (one answer; no prompt: a conversation)
+  ftpipe services status                          the local Prefect server and backend ftpipe keeps running
 """
 
 

@@ -236,13 +236,14 @@ def run_command(args: argparse.Namespace) -> int:
     from flows.fine_tune import fine_tune
 
     hide_console_tracebacks()
+    from cli.services import prefect_for_command
     from tasks.errors import BudgetExceeded, DatasetInvalid, GateFailed, JobFailed, PipelineError
     from tasks.record import RunRecord
     from tasks.report import run_summary_text
 
     console = make_console(args.progress)
     try:
-        with show_progress(args.progress, console):
+        with prefect_for_command(PROG, console), show_progress(args.progress, console):
             result = fine_tune(**params.flow_arguments())
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")

@@ -104,9 +104,11 @@ def sweep_command(args: argparse.Namespace) -> int:
         quiet_prefect_logging()
     prefect_env_defaults()
     # Prefect is imported only now: a bad sweep file is reported without starting it.
+    from cli.services import prefect_for_command
     from flows import sweep as sweep_flow
 
-    state = sweep_flow.sweep(**params.flow_arguments(), return_state=True)
+    with prefect_for_command(PROG, console):
+        state = sweep_flow.sweep(**params.flow_arguments(), return_state=True)
     if not state.is_completed():
         console.print(f"[red]sweep failed:[/red] {sweep_flow.error_text(state)}")
         return EXIT_FAILED

@@ -1,9 +1,10 @@
 """Pick the API a run talks to: a remote MKA1 API when configured, else the embedded local backend.
 
-Remote when the ``base_url`` parameter, ``MKA1_API_KEY`` or ``MKA1_BASE_URL`` is set. Otherwise a backend
-already listening at the configured local URL is reused (health check + a key check), or one is started
-for the duration of the run; a port held by anything else stops the run with ``LocalPortTaken``. Keys travel
-only inside ``ClientSettings`` (a ``SecretStr``).
+Remote when the ``base_url`` parameter, ``MKA1_API_KEY`` or ``MKA1_BASE_URL`` is set. Otherwise the
+embedded backend: one ftpipe started earlier for the same data dir is leased (``services.embedded``: it is
+shared by concurrent runs and stops when unused), else one someone serves at the configured local URL is
+reused (health check + a key check), else one is started as a shared service; a port held by anything else
+stops the run with ``LocalPortTaken``. Keys travel only inside ``ClientSettings`` (a ``SecretStr``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,11 @@ def reusable_local_backend(bs: BackendSettings) -> bool:
 
 @contextmanager
 def open_connection(base_url: str | None = None, on_behalf_of: str | None = None) -> Iterator[Connection]:
-    """Yield the connection for one run; an embedded backend started here stops when the block exits."""
+    """Yield the connection for one run (the single way in: runs, estimates, ``ftpipe jobs``/``chat``).
+
+    The embedded backend is leased for the block; it stops when no client has used it for the services'
+    idle timeout (at once with ``FTPIPE_SERVICES_KEEP=false``), never while another run uses it.
+    """
     if _override is not None:
         yield _override
         return
@@ -163,12 +168,15 @@ def open_connection(base_url: str | None = None, on_behalf_of: str | None = None
         return
 
     # Imported lazily: a remote run never needs the backend's heavier dependencies.
-    from backend.launcher import start_backend
     from backend.settings import BackendSettings
+    from services.embedded import managed_backend, shared_backend
 
     bs = BackendSettings()
     server_id = f"embedded:{bs.data_dir.expanduser().resolve()}"
-    if reusable_local_backend(bs):
+    key = bs.resolved_api_key()
+    # One ftpipe keeps for this data dir is leased; one someone serves by hand (`ftpipe backend serve`) is
+    # used as it is.
+    if managed_backend(bs) is None and reusable_local_backend(bs):
         local_url = f"http://{bs.host}:{bs.port}{API_PREFIX}"
         yield Connection(
             _settings(base_url=local_url, api_key=bs.resolved_api_key(), on_behalf_of=on_behalf_of),
@@ -176,6 +184,13 @@ def open_connection(base_url: str | None = None, on_behalf_of: str | None = None
             True,
         )
         return
-    with start_backend(bs) as rb:
-        settings = _settings(base_url=rb.base_url, api_key=rb.api_key, on_behalf_of=on_behalf_of)
+    with shared_backend(bs) as record:
+        if not _key_accepted(record.url, key):
+            from services.registry import ServiceError
+
+            raise ServiceError(
+                f"the embedded backend ftpipe started at {record.url} (pid {record.pid}) refuses the current "
+                "FTPIPE_BACKEND_API_KEY; stop it with 'ftpipe services stop backend' and retry"
+            )
+        settings = _settings(base_url=record.url, api_key=key, on_behalf_of=on_behalf_of)
         yield Connection(settings, server_id, True)

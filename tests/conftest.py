@@ -23,6 +23,22 @@ os.environ.pop("MKA1_BASE_URL", None)
 os.environ["FTPIPE_TRACKING_ENABLED"] = "false"
 for _name in ("FTPIPE_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"):
     os.environ.pop(_name, None)
+# Local services (Prefect server, embedded backend) live only while a run uses them, as before services were
+# kept, and their state stays in a temp dir; tests/services turns keeping on where it tests it.
+_SERVICES_DIR = tempfile.mkdtemp(prefix="ftpipe-services-")
+os.environ["FTPIPE_SERVICES_DIR"] = _SERVICES_DIR
+os.environ["FTPIPE_SERVICES_KEEP"] = "false"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_services_left_behind() -> Iterator[None]:
+    """Whatever a test started as a local service is stopped when the session ends."""
+    yield
+    from pathlib import Path
+
+    from services.manager import stop_services
+
+    stop_services(Path(_SERVICES_DIR), {"prefect", "backend"}, timeout_s=30)
 
 
 @pytest.fixture(scope="session")
