@@ -59,6 +59,7 @@ def shared_backend(bs: BackendSettings, command: str | None = None) -> Iterator[
             idle_timeout_s=settings.lifetime_s(),
             data_dir=str(data_dir),
             config_hash=digest,
+            health_names_pid=True,
         )
 
     with manager.leased(

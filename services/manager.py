@@ -55,6 +55,9 @@ class Spec:
     ui_url: str | None = None
     data_dir: str | None = None
     config_hash: str = ""
+    # The health answer names the server pid (the embedded backend's does): only our child's answer counts,
+    # never another server's that already held the port.
+    health_names_pid: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,21 @@ class Acquired:
     started: bool
 
 
-def is_healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
-    """True when ``url`` answers 2xx."""
+def is_healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S, pid: int | None = None) -> bool:
+    """True when ``url`` answers 2xx (and, given ``pid``, its JSON names that server pid)."""
     try:
-        return httpx.get(url, timeout=timeout_s).is_success
+        response = httpx.get(url, timeout=timeout_s)
     except httpx.HTTPError:
         return False
+    if not response.is_success:
+        return False
+    if pid is None:
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("pid") == pid
 
 
 def _answers(record: ServiceRecord, health_url: str) -> bool:
@@ -149,7 +161,8 @@ def _start(sd: ServiceDir, spec: Spec, command: str, timeout_s: float) -> Servic
             close_fds=True,
         )
     deadline = time.monotonic() + timeout_s
-    while not is_healthy(spec.health_url, timeout_s=1.0):
+    own_pid = proc.pid if spec.health_names_pid else None
+    while not is_healthy(spec.health_url, timeout_s=1.0, pid=own_pid):
         if proc.poll() is not None:
             raise ServiceError(
                 f"the {spec.kind} service exited with code {proc.returncode} while starting "
