@@ -49,6 +49,7 @@ BENCHMARKS = (
     Benchmark("concurrency", "concurrent_launches.py", ("--jobs", "100"), ("--quick",), 2400),
     Benchmark("upload", "upload_memory.py", ("--size-mb", "1024"), ("--quick",), 900),
     Benchmark("trainer", "trainer_throughput.py", (), ("--quick",), 1800),
+    Benchmark("fast_start", "fast_start.py", (), ("--quick",), 2400),
 )
 
 

@@ -110,7 +110,8 @@ def acquire(
     A running service started with other settings (``config_hash``) is restarted when no client uses it,
     and shared as it is otherwise (its clients' runs are never cut short).
     """
-    with sd.locked(LOCK_WAIT_S, "started"):
+    # Another client may be starting it right now: wait for that start (or a stop) to finish.
+    with sd.locked(start_timeout_s + LOCK_WAIT_S, "started"):
         record = sd.live_record()
         if record is not None and record.config_hash != config_hash and not sd.leases():
             stop_locked(sd)

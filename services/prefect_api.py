@@ -84,8 +84,18 @@ def _server_env(keep: bool) -> dict[str, str]:
 
 def _config_hash(keep: bool) -> str:
     # Only what changes the server's shape: a temporary server (no UI) is not reused as the long-lived one.
+    # (and a server of another Prefect install or version is not reused either).
+    import prefect
+
     names = ("PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
-    return config_digest({"keep": str(keep), **{n: os.environ.get(n, "") for n in names}})
+    return config_digest(
+        {
+            "keep": str(keep),
+            "python": sys.executable,
+            "prefect": str(prefect.__version__),
+            **{n: os.environ.get(n, "") for n in names},
+        }
+    )
 
 
 def _flush_prefect_workers(timeout_s: float = 5.0) -> None:
