@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from services import manager
 from services.registry import PREFECT_SERVICE, ServiceDir, ServiceRecord, client_label, config_digest
@@ -119,7 +120,7 @@ def prefect_api_for_run(command: str | None = None) -> Iterator[PrefectApi]:
     to the chosen API.
     """
     global _current
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     configured = get_current_settings().api.url
     if configured:
@@ -163,8 +164,12 @@ def prefect_api_for_run(command: str | None = None) -> Iterator[PrefectApi]:
         record: ServiceRecord = acquired.record
         api = PrefectApi(record.url, record.ui_url, True, acquired.started, record.idle_timeout_s)
         os.environ[API_ENV] = record.url  # child processes (Dask workers, flow subprocesses) follow
+        updates: dict[Any, Any] = {PREFECT_API_URL: record.url}
+        if record.ui_url is None:
+            # A per-run server serves no UI: no "View at ..." link, no UI URL for the progress display.
+            updates[PREFECT_UI_URL] = ""
         try:
-            with temporary_settings(updates={PREFECT_API_URL: record.url}):
+            with temporary_settings(updates=updates):
                 _current = api
                 yield api
         finally:
