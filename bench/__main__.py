@@ -43,6 +43,7 @@ class Benchmark:
     timeout_s: float
 
 
+_LORA = ("--model", "random:qwen2-0.5b", "--batch-size", "4", "--skip", "1", "--skip-full-job")
 BENCHMARKS = (
     Benchmark("validation", "validation_speed.py", ("--big",), ("--quick",), 900),
     Benchmark("orchestration", "orchestration_overhead.py", ("--repeats", "4"), ("--quick",), 1200),
@@ -50,6 +51,14 @@ BENCHMARKS = (
     Benchmark("upload", "upload_memory.py", ("--size-mb", "1024"), ("--quick",), 900),
     Benchmark("trainer", "trainer_throughput.py", (), ("--quick",), 1800),
     Benchmark("fast_start", "fast_start.py", (), ("--quick",), 2400),
+    # ~0.5B Qwen2-shaped model with random weights + LoRA: a few steps each (a CPU step takes seconds).
+    Benchmark(
+        "trainer_lora",
+        "trainer_throughput.py",
+        _LORA + ("--steps", "5", "--repeats", "2"),
+        _LORA + ("--steps", "3", "--repeats", "1"),
+        1800,
+    ),
 )
 
 
