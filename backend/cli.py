@@ -15,6 +15,8 @@ SERVE_EPILOG = """examples:
   ftpipe backend serve --fault-rates all=0.2 --fault-kinds 503,drop --fault-seed 1 --fault-slow-s 5 --fault-retry-after-s 1
 """
 
+INTERRUPTED = 130  # exit code after Ctrl-C (SIGINT), as the ftpipe CLI
+
 
 def add_backend_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``serve`` on a parent CLI's subparsers (``ftpipe backend serve ...``)."""
@@ -117,7 +119,15 @@ def serve_command(args: argparse.Namespace) -> int:
         # A configured key is already known to whoever set it; never copy it into (captured) stdout.
         print("API key: from FTPIPE_BACKEND_API_KEY (not shown)", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has already shut down as on SIGTERM (workers checkpointed, jobs re-queued) and
+        # re-raised the signal; that is the expected way out, so no traceback.
+        print(
+            "ftpipe backend stopped (interrupted): running jobs were checkpointed and re-queued", flush=True
+        )
+        return INTERRUPTED
     return 0
 
 

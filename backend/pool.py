@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from multiprocessing.context import SpawnProcess
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from backend.layout import Layout
-from backend.lifecycle import fail
+from backend.lifecycle import fail, transition
 from backend.settings import BackendSettings
 
 if TYPE_CHECKING:
@@ -23,10 +24,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("backend.pool")
 
 STOP_GRACE_S = 15.0
+# A job whose worker dies (the OOM killer, a kill -9) is re-queued this many times, resuming from its latest
+# checkpoint, before the next death fails it. Each death is one event starting with WORKER_DIED.
+AUTO_RESUMES_AFTER_WORKER_DEATH = 1
+WORKER_DIED = "The training worker exited unexpectedly"
 
 
 class WorkerPool:
-    """Starts, watches and stops the worker processes; a crashed worker fails its job and is replaced."""
+    """Starts, watches and stops the worker processes; a dead worker is replaced and its job resumed once."""
 
     def __init__(self, settings: BackendSettings, layout: Layout) -> None:
         self.settings = settings
@@ -74,13 +79,7 @@ class WorkerPool:
                     "worker %s (pid %s) exited with code %s; replacing it", proc.name, proc.pid, proc.exitcode
                 )
                 for row in db.all("SELECT id FROM jobs WHERE status='running' AND worker_pid=?", (proc.pid,)):
-                    fail(
-                        db,
-                        row["id"],
-                        "worker_crashed",
-                        f"The training worker exited unexpectedly (exit code {proc.exitcode}).",
-                        expect=("running",),
-                    )
+                    after_worker_death(db, row["id"], proc.exitcode)
                 self._procs[i] = self._spawn(i)
         db.close()
 
@@ -127,3 +126,52 @@ class WorkerPool:
             log.warning("killing orphaned worker pid %s", p.pid)
             p.kill()
         psutil.wait_procs(alive, timeout=2.0)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
+        hint = ", e.g. by the out-of-memory killer" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+def after_worker_death(db: Database, job_id: str, exitcode: int | None) -> None:
+    """The job of a worker that died: re-queued to resume from its latest checkpoint the first time(s), failed
+    (``worker_crashed``, naming the cause) once it has used up ``AUTO_RESUMES_AFTER_WORKER_DEATH``."""
+    reason = _exit_reason(exitcode)
+    with db.tx() as conn:
+        job = conn.execute("SELECT * FROM jobs WHERE id=? AND status='running'", (job_id,)).fetchone()
+        if job is None:
+            return
+        if job["control"] == "pause":  # it was pausing: the latest resumable state is where a resume starts
+            transition(conn, job, "paused", f"Fine-tuning job paused ({WORKER_DIED.lower()}: {reason})")
+            return
+        deaths = conn.execute(
+            "SELECT COUNT(*) FROM events WHERE job_id=? AND instr(message, ?) = 1", (job_id, WORKER_DIED)
+        ).fetchone()[0]
+        if deaths < AUTO_RESUMES_AFTER_WORKER_DEATH:
+            step = conn.execute(
+                "SELECT MAX(step_number) FROM checkpoints WHERE job_id=?", (job_id,)
+            ).fetchone()[0]
+            start = (
+                f"its last checkpoint (step {step})" if step is not None else "the start (no checkpoint yet)"
+            )
+            transition(
+                conn,
+                job,
+                "queued",
+                f"{WORKER_DIED} ({reason}); resuming automatically from {start}",
+                changes={"resume": 1, "control": "continue"},
+                level="warn",
+            )
+            log.warning("job %s: worker %s; re-queued to resume", job_id, reason)
+            return
+    fail(
+        db,
+        job_id,
+        "worker_crashed",
+        f"{WORKER_DIED} again ({reason}) after {deaths} automatic resume(s) from a checkpoint;"
+        " not resuming again (if the machine is short of memory, try a smaller batch_size)",
+        expect=("running",),
+    )

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sqlite3
 import time
 from multiprocessing.synchronize import Event as MPEvent
@@ -48,6 +49,9 @@ def worker_main(
     max_steps: int | None = None,
 ) -> None:
     """Process entry point: loop claiming jobs until asked to stop or the API process disappears."""
+    # A terminal's Ctrl-C reaches the whole foreground process group, workers included: the server alone
+    # decides, and stops them through `stop` (checkpoint, re-queue) rather than a KeyboardInterrupt mid-step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s"
     )

@@ -13,27 +13,43 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import psutil
 import pytest
 
-from backend.launcher import RunningBackend
 from backend.layout import Layout
 
 T = TypeVar("T")
 SLICE_S = 0.05
 
 
-def training_workers(rb: RunningBackend) -> list[psutil.Process]:
+class Server(Protocol):
+    """A running backend server process: a `RunningBackend`, or a test's own ``ftpipe backend serve``."""
+
+    data_dir: Path
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+def training_workers(rb: Server) -> list[psutil.Process]:
     """The backend's training worker processes (its spawned children; the resource tracker is not one)."""
     assert rb.pid is not None, "the backend is not running"
-    return [p for p in psutil.Process(rb.pid).children() if any("spawn_main" in a for a in p.cmdline())]
+    workers = []
+    for proc in psutil.Process(rb.pid).children():
+        try:
+            if any("spawn_main" in a for a in proc.cmdline()):
+                workers.append(proc)
+        except psutil.NoSuchProcess:  # a worker that just died (a zombie until the pool reaps it)
+            continue
+    return workers
 
 
 @contextlib.contextmanager
 def frozen_when(
-    rb: RunningBackend,
+    rb: Server,
     condition: Callable[[], T | None],
     timeout: float = 240.0,
     explain: Callable[[], str] = lambda: "",
@@ -66,7 +82,7 @@ def frozen_when(
                 proc.resume()
 
 
-def _write_lock_free(rb: RunningBackend) -> bool:
+def _write_lock_free(rb: Server) -> bool:
     """True when no process holds the backend database's write lock right now."""
     conn = sqlite3.connect(Layout(rb.data_dir).db_path, timeout=0, isolation_level=None)
     try:
