@@ -18,6 +18,8 @@ EPILOG = """examples:
   ftpipe estimate datasets/customer-support
   ftpipe estimate --train prefs.jsonl --method dpo --epochs 2
   ftpipe estimate datasets/customer-support --max-tokens 100000     (exit 1 when over)
+  ftpipe estimate --train my/train.jsonl --validation my/valid.jsonl --batch-size 8 --json
+  ftpipe estimate DIR --max-cost 5 --base-url https://apigw.mka1.com/api/v1/llm --on-behalf-of user-42
   FTPIPE_TRAINING_PRICES='{"meetkai:functionary-medium": 8}' ftpipe estimate data --model meetkai:functionary-medium
 """
 

@@ -36,9 +36,18 @@ PROG = "ftpipe run"
 EPILOG = """examples:
   ftpipe run datasets/customer-support
   ftpipe run datasets/customer-support --model local:micro-chat --epochs 2 --suffix demo
+  ftpipe run DIR --batch-size 8 --lr-multiplier 0.5 --seed 7 --metadata team=support --metadata owner=ana
   ftpipe run --train prefs.jsonl --method dpo --beta 0.1
+  ftpipe run --train my/train.jsonl --validation my/valid.jsonl --smoke my/smoke.jsonl --eval my/eval.jsonl
+  ftpipe run DIR --promote-as support-bot --select-by eval_score --gate-min-score 0.5 --gate-min-improvement 0.02
+  ftpipe run DIR --judge-model local:tiny-chat --eval-max-output-tokens 64 --eval-concurrency 4
+  ftpipe run DIR --no-eval --fresh --integration '{"type": "wandb", "wandb": {"project": "support"}}'
+  ftpipe run DIR --output out/support --state-dir /tmp/ftpipe-state --quiet
+  ftpipe run DIR --poll-interval 2 --poll-max-interval 30 --timeout 3600
+  ftpipe run DIR --max-cost 5 --max-tokens 200000        (stop before upload when the estimate is over)
   ftpipe run datasets/customer-support --progress plain > run.log   (one line per event, no colours)
-  MKA1_BASE_URL=https://... MKA1_API_KEY=... ftpipe run datasets/customer-support   (remote API)
+  MKA1_API_KEY=... ftpipe run DIR --base-url https://apigw.mka1.com/api/v1/llm --on-behalf-of user-42   (remote API)
+(DIR: a dataset folder holding train.jsonl [validation.jsonl] [eval.jsonl] [smoke.jsonl])
 """
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.common import Parser
 from cli.main import build_parser, main
 from cli.run import params_from_args
 from flows.params import FineTuneParams
@@ -119,34 +117,6 @@ def test_run_options_reach_the_parameters() -> None:
         "beta": 0.5,
     }
     assert params.metadata == {"team": "x"} and params.wait_timeout_s == 9.0
-
-
-def _walk(parser: Parser, path: str = "ftpipe") -> list[tuple[str, argparse.Action]]:
-    found = []
-    for action in parser.ensure_options()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: choice.help for choice in action._choices_actions}
-            for name, child in action.choices.items():
-                assert helps.get(name), f"{path} {name}: subcommand without help"
-                found += _walk(child, f"{path} {name}")
-        else:
-            found.append((path, action))
-    return found
-
-
-def test_every_option_and_subcommand_has_help() -> None:
-    actions = _walk(build_parser())
-    missing = [f"{path} {a.option_strings or a.dest}" for path, a in actions if not a.help]
-    assert not missing, missing
-    commands = {path for path, _ in actions}
-    assert {"ftpipe run", "ftpipe validate", "ftpipe sweep", "ftpipe backend serve"} <= commands
-
-
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--version"])
-    assert exc.value.code == 0
-    assert capsys.readouterr().out.startswith("ftpipe ")
 
 
 def test_building_the_tree_imports_no_command_dependencies() -> None:
