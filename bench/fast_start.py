@@ -81,7 +81,7 @@ def _timed(argv: list[str], env: dict[str, str], console: Console) -> tuple[floa
 
 
 def _training_s(output_dir: Path) -> float:
-    (result,) = output_dir.glob("*/result.json")
+    result = output_dir / "result.json"
     data = json.loads(result.read_text())
     actual = (data.get("estimate") or {}).get("actual_duration_s")
     if not actual:
