@@ -306,7 +306,9 @@ def client_label() -> str:
     """How this process names itself in a lease: ``ftpipe run``, ``pytest``, ``python -m bench``."""
     import sys
 
-    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:2]]
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = program.parent.name if program.name == "__main__.py" else program.name  # python -m PKG
+    argv = ["ftpipe" if name == "cli" else name, *sys.argv[1:2]]
     return " ".join(a for a in argv if a and not a.startswith("-"))[:80] or "python"
 
 
