@@ -14,6 +14,15 @@ from backend.settings import BackendSettings
 from flows.backend_runtime import _key_accepted, reusable_local_backend
 
 
+def _answer(handler: BaseHTTPRequestHandler, status: int, body: dict[str, object]) -> None:
+    raw = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)
+
+
 class _Handler(BaseHTTPRequestHandler):
     # Statuses to answer GET /files with, in order; the last one repeats.
     script: list[int] = [200]
@@ -27,12 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
             if status == 200
             else {"error": {"message": "nope", "type": "x", "param": None, "code": None}}
         )
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        _answer(self, status, body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -76,12 +80,7 @@ class _FlakyHealth(BaseHTTPRequestHandler):
             body: dict[str, object] = {"status": "ok", "service": "ftpipe-backend", "pid": 4242}
         else:
             body = {"object": "list", "data": [], "has_more": False}
-        raw = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        _answer(self, 200, body)
 
     def log_message(self, *args: object) -> None:
         pass
