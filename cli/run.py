@@ -241,6 +241,7 @@ def run_command(args: argparse.Namespace) -> int:
     # Prefect is imported here, after the logging env is set, and only for the commands that need it.
     from rich.markup import escape
 
+    from cli.interrupt import RunInterrupted, quiet_interrupt
     from cli.progress_display import make_console, show_progress
     from flows.fine_tune import fine_tune
 
@@ -252,10 +253,14 @@ def run_command(args: argparse.Namespace) -> int:
 
     console = make_console(args.progress)
     try:
-        with prefect_for_command(PROG, console), show_progress(args.progress, console):
+        with prefect_for_command(PROG, console), show_progress(args.progress, console), quiet_interrupt():
             result = fine_tune(**params.flow_arguments())
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: the remote job was asked to cancel[/yellow]")
+    except RunInterrupted as exc:  # Ctrl-C: the flow cancelled its job and ended Cancelled
+        line = f"[yellow]{escape(str(exc))} (Prefect run marked Cancelled)[/yellow]"
+        console.print(line, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the flow
+        console.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
     except DatasetInvalid as exc:
         console.print("[red]dataset invalid; nothing was uploaded:[/red]")

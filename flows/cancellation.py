@@ -3,6 +3,8 @@
 Two paths reach here: the flow's own ``except`` around the wait (Ctrl-C, asyncio cancellation, Prefect's
 TerminationSignal) and Prefect's ``on_cancellation`` hook (cancel from the UI/CLI via a runner). Both find
 the job through ``jobs.json`` in the state dir, so the hook works even though it only sees the flow run.
+After Ctrl-C the flow ends in Prefect's Cancelled state (not Crashed) with `interrupted_message` as its
+message; calling the flow then raises Prefect's ``CancelledRun`` with that message.
 """
 
 from __future__ import annotations
@@ -19,6 +21,34 @@ from flows.params import FineTuneParams
 from tasks.state import default_state_dir, jobs_index
 
 _log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a job ran: the flow asked the server to cancel it; ``status`` is what it answered (None:
+    not cancelled, e.g. it had already finished or the request failed)."""
+
+    def __init__(self, job_id: str, status: str | None) -> None:
+        super().__init__(job_id, status)
+        self.job_id = job_id
+        self.status = status
+
+
+def interrupted_message(exc: KeyboardInterrupt, job_id: str | None) -> str:
+    """The one line an interrupted run ends with (its Cancelled state's message, which the CLI prints).
+
+    ``job_id``: the run's job, if it got one; only an interrupt during the wait finds it still running.
+    """
+    if isinstance(exc, Interrupted):
+        if exc.status == "cancelled":
+            return f"interrupted: cancelled job {exc.job_id}"
+        if exc.status is not None:
+            return f"interrupted: asked job {exc.job_id} to cancel (now {exc.status})"
+        return (
+            f"interrupted: job {exc.job_id} was not cancelled (it had finished, or the server did not answer)"
+        )
+    if job_id is None:
+        return "interrupted before a fine-tuning job was created"
+    return f"interrupted after job {job_id} had finished"
 
 
 def cancel_job(client: MKA1Client, job_id: str, log: Any = _log) -> str | None:

@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Cancelled
 
 from client import MKA1Client
 from client.models import FineTuningJob
@@ -25,7 +26,7 @@ from evaluation.evalset import EvalCase
 from evaluation.gate import DEFAULT_MIN_IMPROVEMENT
 from evaluation.selection import SelectBy
 from flows.backend_runtime import open_connection
-from flows.cancellation import cancel_job, on_cancellation_hook
+from flows.cancellation import Interrupted, cancel_job, interrupted_message, on_cancellation_hook
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
@@ -170,7 +171,12 @@ def fine_tune(
     except JobFailed as exc:
         experiment.ended_without_success(exc.job_id, exc.status, str(exc))
         raise
-    except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: the job was cancelled below (if one ran). Returning a Cancelled state is Prefect's way to end
+        # the run Cancelled rather than Crashed; the caller gets CancelledRun carrying the message.
+        experiment.ended_without_success(experiment.job_id, "cancelled", "the flow run was interrupted")
+        return Cancelled(message=interrupted_message(exc, experiment.job_id))  # type: ignore[return-value]
+    except (asyncio.CancelledError, TerminationSignal):
         experiment.ended_without_success(experiment.job_id, "cancelled", "the flow run was interrupted")
         raise
     except BaseException as exc:
@@ -255,7 +261,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             finished = wait_for_job_task(
                 client, job_id, params.poll_policy(), on_events=experiment.observe, attached=handle.attached
             )
-        except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
+        except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal) as exc:
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)
             status = cancel_job(client, job_id, log)
             if status is not None:
@@ -267,6 +273,8 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
                     handle.job.model_copy(update={"status": status}),
                     flow_run_id,
                 )
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(job_id, status) from exc
             raise
         finally:
             # Keep jobs.json's status current so the cancellation hook skips finished jobs; a wait that

@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.exceptions import CancelledRun
 from prefect.logging.handlers import APILogHandler
 
 from cli.main import main
@@ -127,13 +128,27 @@ def test_bad_dataset_fails_before_upload(fake: FakeMKA1, tmp_path: Path) -> None
 def test_keyboard_interrupt_cancels_remote_job(fake: FakeMKA1, dataset_dir: Path, tmp_path: Path) -> None:
     fake.timeline = ["running"] * 50
     fake.inject("GET", r"/fine_tuning/jobs/ftjob-[^/]+", exc=KeyboardInterrupt(), status=0)
-    with use_connection(fake.connection()), pytest.raises(KeyboardInterrupt):
-        fine_tune(**_params(dataset_dir, tmp_path).flow_arguments())
+    with use_connection(fake.connection()):
+        state = fine_tune(**_params(dataset_dir, tmp_path).flow_arguments(), return_state=True)
     (job,) = fake.jobs.values()
     assert job["status"] == "cancelled"
+    # Prefect records the interrupted run as Cancelled (not Crashed), naming the job it cancelled.
+    assert state.is_cancelled() and state.message == f"interrupted: cancelled job {job['id']}"
+    with pytest.raises(CancelledRun, match=f"^interrupted: cancelled job {job['id']}$"):
+        state.result()
     assert fake.count("POST", f"/fine_tuning/jobs/{job['id']}/cancel") == 1
     recorded = json.loads((tmp_path / "state" / JOBS_FILE).read_text())
     assert [e["status"] for e in recorded.values()] == ["cancelled"]
+
+
+def test_keyboard_interrupt_before_the_job_ends_cancelled(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path
+) -> None:
+    fake.inject("POST", "/files", exc=KeyboardInterrupt(), status=0)
+    with use_connection(fake.connection()):
+        state = fine_tune(**_params(dataset_dir, tmp_path).flow_arguments(), return_state=True)
+    assert state.is_cancelled() and state.message == "interrupted before a fine-tuning job was created"
+    assert fake.jobs == {}
 
 
 def test_on_cancellation_hook_cancels_jobs_of_that_flow_run(
