@@ -69,6 +69,7 @@ class ProgressState:
     """What the display shows, folded from the updates; every time is passed in (monotonic and wall)."""
 
     started: float
+    stage: str = "run"
     label: str = "starting"
     message: str = "starting the fine-tune flow"
     job_id: str | None = None
@@ -90,7 +91,7 @@ class ProgressState:
             return False
         label = stage_label(update)
         changed = label != self.label
-        self.label, self.message = label, update.message
+        self.stage, self.label, self.message = update.stage, label, update.message
         if update.stage == "wait" and not update.reattached and update.job_id:
             self.message = f"job {update.job_id}"  # status and step are the label and the counts already
         if changed:
@@ -129,7 +130,7 @@ class ProgressState:
 
     def counts_text(self) -> str:
         """``60/120`` for training steps, else nothing."""
-        if self.step is None or self.label not in ("training", "paused", "succeeded", "re-attached"):
+        if self.step is None or self.stage != "wait":
             return ""
         return f"{self.step}/{self.total_steps}" if self.total_steps else f"step {self.step}"
 
@@ -265,25 +266,26 @@ class RichPresenter:
         )
         fraction = s.fraction
         running = self.outcome == "running"
-        bar = ProgressBar(
-            total=100.0, completed=100.0 * (fraction or 0.0), width=32, pulse=fraction is None and running
-        )
         eta = s.eta(now, self.wall())
-        top = Table.grid(padding=(0, 1))
-        for _ in range(7):
-            top.add_column(no_wrap=True)
-        top.add_row(
-            mark,
-            Text(s.label, style="bold"),
-            bar,
-            Text(s.counts_text()),
-            Text("" if fraction is None else f"{100 * fraction:3.0f}%"),
-            Text(f"elapsed {clock_text(s.elapsed(now))}", style="dim"),
-            Text(
-                "" if eta is None or fraction is None or fraction >= 1 else f"eta {clock_text(eta)}",
-                style="dim",
-            ),
+        fields = [s.counts_text(), "" if fraction is None else f"{100 * fraction:3.0f}%"]
+        elapsed = clock_text(s.elapsed(now))
+        left = "" if eta is None or fraction is None or fraction >= 1 else clock_text(eta)
+        # The bar takes what the text leaves of the line (10 to 40 cells); a narrow terminal drops the words.
+        for words in (("elapsed ", "eta "), ("", "eta ")):
+            right = " ".join(f for f in [*fields, words[0] + elapsed, words[1] + left if left else ""] if f)
+            bar_width = self.console.width - len(s.label) - len(right) - 5  # mark and three separators
+            if bar_width >= 16:
+                break
+        bar = ProgressBar(
+            total=100.0,
+            completed=100.0 * (fraction or 0.0),
+            width=max(10, min(40, bar_width)),
+            pulse=fraction is None and running,
         )
+        top = Table.grid(padding=(0, 1))
+        for _ in range(4):
+            top.add_column(no_wrap=True)
+        top.add_row(mark, Text(s.label, style="bold"), bar, Text(right, style="dim"))
         bottom = Text("  ", no_wrap=True, overflow="ellipsis")
         if s.losses_text():
             bottom.append(s.losses_text(), style="bold")
@@ -358,7 +360,9 @@ class _ConsoleLines(io.TextIOBase):
 def _is_terminal_stream(stream: object, console: Console) -> bool:
     if stream is None:
         return False
-    if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, console.file):
+    # While a live region is up, sys.stdout/sys.stderr are rich's proxies of the streams handlers hold.
+    std = [getattr(f, "rich_proxied_file", f) for f in (sys.stdout, sys.stderr)]
+    if stream in (*std, sys.__stdout__, sys.__stderr__, console.file):
         return True
     isatty = getattr(stream, "isatty", None)
     try:

@@ -298,3 +298,18 @@ def test_routing_is_undone_and_leaves_file_handlers_alone(tmp_path: pytest.TempP
         logger.removeHandler(stream_handler)
         logger.removeHandler(file_handler)
         file_handler.close()
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_rich_region_fits_a_narrow_terminal_without_cutting_numbers(width: int) -> None:
+    clock, term = Clock(), io.StringIO()
+    console = Console(file=term, force_terminal=True, width=width)
+    show = RichPresenter(console, clock=clock, wall=clock.wall)
+    show.live.auto_refresh = False
+    with show.active():
+        show(_wait(10, total=11417, train_loss=1.2345))
+        clock.now += 3723
+        show(_wait(3000, total=11417, train_loss=1.2345))
+    bar = _screen_lines(term.getvalue())[-2]
+    assert "…" not in bar and len(bar) <= width and "━" in bar
+    assert re.search(r"3000/11417 +26% .*1:02:03 eta 2:54:40$", bar)  # 2990 steps in 3723 s, 8417 to go

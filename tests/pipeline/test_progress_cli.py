@@ -3,7 +3,11 @@ UI link, a re-run's one-line re-attach summary and the ``--progress`` modes."""
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,3 +121,47 @@ def test_prefect_ui_url_only_when_a_ui_is_configured() -> None:
     with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
         assert prefect_ui_url(run_id) is None
     assert prefect_ui_url(None) is None
+
+
+@contextmanager
+def prefect_console_on_stderr() -> Iterator[None]:
+    """Prefect's console handler writes to the current stderr, as it writes to the process's in a real run.
+
+    The handler was created once for the session, bound to whatever stream was stderr then; this is called
+    inside the test so that stderr is the test's own capture.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [(h.stream, h.console.file) for h in handlers]
+    for h in handlers:
+        h.stream = h.console.file = sys.stderr
+    try:
+        yield
+    finally:
+        for h, (stream, file) in zip(handlers, saved, strict=True):
+            h.stream, h.console.file = stream, file
+
+
+def test_a_failed_job_closes_the_region_marked_failed_with_the_reason_below_it(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyte
+
+    fake.timeline = ["running", "failed"]
+    with use_connection(fake.connection()), prefect_console_on_stderr():
+        assert main(_argv(dataset_dir, tmp_path, "--progress", "rich")) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    screen = pyte.HistoryScreen(200, 40, history=5000)
+    screen.set_mode(pyte.modes.LNM)
+    pyte.Stream(screen).feed(captured.out)
+    rows = ["".join(c.data for c in row.values()) for row in screen.history.top] + screen.display
+    lines = [row.rstrip() for row in rows if row.strip()]
+    (bar,) = [i for i, line in enumerate(lines) if "━" in line]  # one region left, in its last state
+    assert lines[bar].startswith("✗ failed") and "1/4" in lines[bar]
+    assert lines[bar + 2] == "job ftjob-3 failed: [training_error] boom"  # after the region, not inside it
+    # Prefect's one line for the failed task went through the live console: above the region, on its own.
+    errors = [i for i, line in enumerate(lines) if "| ERROR" in line]
+    assert errors and max(errors) < bar
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d+ \| ERROR +\| (Task|Flow) run", lines[i]) for i in errors)
