@@ -57,8 +57,62 @@ def resolve_epochs(n_epochs: Epochs, examples: int) -> int:
 def count_tokens(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> TokenCount:
     """Trained tokens for ``model`` on ``train_path`` (exact for embedded models, approximate otherwise)."""
     if is_embedded_model(model):
-        return count_with_trainer(train_path, model, method, n_epochs)
+        return _remembered_exact_count(train_path, model, method, n_epochs)
     return count_with_heuristic(train_path, n_epochs)
+
+
+# What an exact count depends on besides the file and the job's settings: the trainer's encoding code and the
+# epochs rule. A change to any of them (an edit, another install) changes the cache key.
+_COUNTING_CODE = (
+    "backend/trainer/chat.py",
+    "backend/trainer/data.py",
+    "backend/trainer/base_models.py",
+    "contract/wire.py",
+)
+TOKEN_COUNTS_FILE = "token-counts.json"
+
+
+def _count_key(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> str | None:
+    import hashlib
+
+    if "/" in model.removeprefix(EMBEDDED_PREFIX):
+        return None  # a model folder on disk can change under the same name: always counted afresh
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for rel in _COUNTING_CODE:
+        st = (root / rel).stat()
+        digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+    digest.update(f"{model};{method};{n_epochs};".encode())
+    with open(train_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remembered_exact_count(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> TokenCount:
+    """``count_with_trainer``, remembered in the state dir: a re-run of the same job skips loading
+    ``transformers`` and the tokenizer (seconds), and gets the same exact count."""
+    from tasks.state import JsonIndex, default_state_dir
+
+    try:
+        key = _count_key(train_path, model, method, n_epochs)
+    except OSError:
+        key = None  # unreadable file or code: counting reports the real problem
+    index = JsonIndex(default_state_dir() / TOKEN_COUNTS_FILE)
+    if key is not None:
+        cached = index.get(key)
+        if isinstance(cached, dict):
+            try:
+                return TokenCount.model_validate(cached)
+            except ValueError:
+                pass  # an entry of an older shape: count again
+    count = count_with_trainer(train_path, model, method, n_epochs)
+    if key is not None:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # a read-only state dir only costs the next run the count
+            index.put(key, count.model_dump())
+    return count
 
 
 def count_with_trainer(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> TokenCount:

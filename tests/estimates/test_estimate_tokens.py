@@ -171,3 +171,25 @@ def test_calibration_times_the_whole_job_from_a_few_steps(tmp_path: Path) -> Non
     _trainer_count(path, tmp_path, "supervised", 3)
     actual = time.monotonic() - began
     assert actual / 3 < predicted.seconds < actual * 3
+
+
+def test_an_exact_count_is_remembered_for_the_same_file_and_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run gets the same exact count without loading the tokenizer; another file or epochs is counted."""
+    import estimate.tokens as tokens_mod
+
+    monkeypatch.setenv("FTPIPE_STATE_DIR", str(tmp_path / "state"))
+    path = write_jsonl(tmp_path / "train.jsonl", _chat_rows())
+    first = count_tokens(path, "local:micro-chat", "supervised", 1)
+    calls: list[int] = []
+    real = tokens_mod.count_with_trainer
+    monkeypatch.setattr(
+        tokens_mod,
+        "count_with_trainer",
+        lambda *a: calls.append(1) or real(*a),  # type: ignore[func-returns-value]
+    )
+    assert count_tokens(path, "local:micro-chat", "supervised", 1) == first and calls == []
+    assert count_tokens(path, "local:micro-chat", "supervised", 2).tokens == 2 * first.tokens and calls == [1]
+    write_jsonl(path, _chat_rows()[:5])  # same name, other content
+    assert count_tokens(path, "local:micro-chat", "supervised", 1).tokens < first.tokens and calls == [1, 1]
