@@ -1,7 +1,9 @@
 """A terminal Ctrl-C on ``ftpipe run`` (issue 15 item 7, issue 16 item 3): SIGINT to the whole process group.
 
 The command runs in its own session, as a terminal's foreground job, against a real embedded backend and a
-Prefect API that both outlive it, so the test can read what they recorded afterwards.
+Prefect API that both outlive it, so the test reads back what they recorded. Two set-ups: both given to the
+command (a backend already serving, ``PREFECT_API_URL`` set), and the default, where ``ftpipe run`` starts them
+itself as ftpipe's local services (they must be out of the process group the Ctrl-C signals).
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.settings import get_current_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from pydantic import SecretStr
 
-from backend.launcher import RunningBackend, start_backend
+from backend.launcher import RunningBackend, free_port, start_backend
 from backend.settings import BackendSettings
 from client import ClientSettings, MKA1Client
+from contract.wire import API_PREFIX
+from services.manager import stop_services
+from services.registry import PREFECT_SERVICE, ServiceDir
 from tasks.state import JOBS_FILE
 from tests.backend_workers import frozen_when
 
@@ -30,12 +38,95 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "datasets" / "customer-support"
 USER = "ctrl-c"
 EXIT_WITHIN_S = 10.0
+START_WITHIN_S = 300.0  # generous: Prefect, validation, upload and a worker's first step on a loaded machine
+
+
+@dataclass(frozen=True)
+class Served:
+    """The backend the run uses: what `frozen_when` needs (server pid, data dir) and how to call it."""
+
+    pid: int | None
+    data_dir: Path
+    base_url: str
+    api_key: SecretStr
+
+
+@dataclass
+class Setup:
+    """How the command is run, and where (once they answer) its backend and Prefect API are."""
+
+    env: dict[str, str]
+    backend: Callable[[], Served | None]
+    prefect_url: Callable[[], str | None]
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+def given_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
     with start_backend(BackendSettings(data_dir=tmp_path_factory.mktemp("ctrl-c-data"), port=0)) as rb:
         yield rb
+
+
+def _base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MKA1_", "FTPIPE_", "PREFECT_API_URL"))}
+    env.update(
+        FTPIPE_STATE_DIR=str(tmp_path / "state"),
+        FTPIPE_TRACKING_ENABLED="false",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _given(rb: RunningBackend, tmp_path: Path) -> Setup:
+    env = _base_env(tmp_path)
+    env.update(
+        PREFECT_API_URL=str(get_current_settings().api.url),
+        FTPIPE_BACKEND_DATA_DIR=str(rb.data_dir),  # the running backend is reused (its key is in that dir)
+        FTPIPE_BACKEND_PORT=str(rb.port),
+    )
+    served = Served(rb.pid, rb.data_dir, rb.base_url, rb.api_key)
+    return Setup(env, lambda: served, lambda: env["PREFECT_API_URL"])
+
+
+def _services(tmp_path: Path) -> Setup:
+    data_dir, port, root = tmp_path / "backend-data", free_port(), tmp_path / "services"
+    env = _base_env(tmp_path)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        FTPIPE_SERVICES_DIR=str(root),
+        FTPIPE_BACKEND_DATA_DIR=str(data_dir),
+        FTPIPE_BACKEND_PORT=str(port),
+    )
+    base_url = f"http://127.0.0.1:{port}{API_PREFIX}"
+
+    def backend() -> Served | None:
+        try:
+            health = httpx.get(base_url + "/health", timeout=2)
+        except httpx.HTTPError:
+            return None
+        if health.status_code != 200:
+            return None
+        # The run created the key file before it started the backend; read, never create, it here.
+        key = SecretStr((data_dir / "api_key").read_text(encoding="utf-8").strip())
+        return Served(health.json()["pid"], data_dir, base_url, key)
+
+    def prefect_url() -> str | None:
+        record = ServiceDir(root, PREFECT_SERVICE).read_record()
+        return record.url if record is not None else None
+
+    return Setup(env, backend, prefect_url)
+
+
+@pytest.fixture(params=["given", "ftpipe-services"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    if request.param == "given":
+        yield _given(request.getfixturevalue("given_backend"), tmp_path)
+        return
+    try:
+        yield _services(tmp_path)
+    finally:
+        stop_services(tmp_path / "services", {"prefect", "backend"}, timeout_s=30)
 
 
 def _dataset(d: Path) -> Path:
@@ -46,33 +137,19 @@ def _dataset(d: Path) -> Path:
     return d
 
 
-def _env(rb: RunningBackend, tmp_path: Path) -> dict[str, str]:
-    drop = ("MKA1_", "FTPIPE_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(
-        PREFECT_API_URL=str(get_current_settings().api.url),
-        FTPIPE_BACKEND_DATA_DIR=str(rb.data_dir),  # the running backend is reused (its key is in that dir)
-        FTPIPE_BACKEND_PORT=str(rb.port),
-        FTPIPE_STATE_DIR=str(tmp_path / "state"),
-        FTPIPE_TRACKING_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+def _client(served: Served) -> MKA1Client:
+    return MKA1Client(ClientSettings(base_url=served.base_url, api_key=served.api_key, on_behalf_of=USER))
 
 
-def _running_job(rb: RunningBackend, proc: subprocess.Popen[bytes], out: Path) -> str | None:
-    settings = ClientSettings(base_url=rb.base_url, api_key=rb.api_key, on_behalf_of=USER)
-    with MKA1Client(settings) as c:
-        jobs = list(c.jobs.list())
-    if jobs and jobs[0].status == "running":
-        return str(jobs[0].id)
-    assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
-    return None
+def _wait(what: str, fn: Callable[[], object], proc: subprocess.Popen[bytes], out: Path) -> None:
+    deadline = time.monotonic() + START_WITHIN_S
+    while not fn():
+        assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"{what} not within {START_WITHIN_S}s:\n{out.read_text()[-3000:]}"
+        time.sleep(0.3)
 
 
-def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(
-    backend: RunningBackend, tmp_path: Path
-) -> None:
+def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: Setup, tmp_path: Path) -> None:
     dataset = _dataset(tmp_path / "ds")
     out = tmp_path / "terminal.txt"
     argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
@@ -81,16 +158,27 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(
         proc = subprocess.Popen(
             argv,
             cwd=tmp_path,
-            env={**_env(backend, tmp_path), "PYTHONPATH": str(REPO)},
+            env=setup.env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: the one a terminal's Ctrl-C signals
         )
     try:
-        # Generous for the start (Prefect, validation, upload on a loaded machine); the training worker is held
-        # still from then on, so the job cannot finish before the interrupt lands.
-        with frozen_when(backend, lambda: _running_job(backend, proc, out), timeout=300) as job_id:
+        _wait("the backend", setup.backend, proc, out)
+        served = setup.backend()
+        assert served is not None
+
+        def running_job() -> str | None:
+            with _client(served) as c:
+                jobs = list(c.jobs.list())
+            if jobs and jobs[0].status == "running":
+                return str(jobs[0].id)
+            assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+            return None
+
+        # The training worker is held still from its first step on, so the job cannot finish first.
+        with frozen_when(served, running_job, timeout=START_WITHIN_S) as job_id:
             shown = len(out.read_text(errors="replace").splitlines())
             started = time.monotonic()
             os.killpg(proc.pid, signal.SIGINT)
@@ -111,14 +199,15 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(
     assert "Traceback" not in text, text[-3000:]
     assert after == [f"interrupted: cancelled job {job_id} (Prefect run marked Cancelled)"], after
 
-    settings = ClientSettings(base_url=backend.base_url, api_key=backend.api_key, on_behalf_of=USER)
-    with MKA1Client(settings) as c:
+    # The backend and the Prefect API outlived the Ctrl-C and say what happened.
+    with _client(served) as c:
         assert c.jobs.retrieve(job_id).status == "cancelled"
         assert [j.id for j in c.jobs.list()] == [job_id]
-
     (entry,) = json.loads((tmp_path / "state" / JOBS_FILE).read_text()).values()
     assert entry["job_id"] == job_id and entry["status"] == "cancelled"
-    with get_client(sync_client=True) as prefect:
+    prefect_url = setup.prefect_url()
+    assert prefect_url is not None
+    with temporary_settings(updates={PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
         run = prefect.read_flow_run(entry["flow_run_id"])
     assert run.state is not None and run.state.is_cancelled(), run.state
     assert run.state.message == f"interrupted: cancelled job {job_id}"
