@@ -48,6 +48,11 @@ def add_progress_option(parser: Any) -> None:
     parser.add_argument("--progress", choices=MODES, default="auto", help=MODE_HELP)
 
 
+def run_link(url: str) -> str:
+    """The first line of a run with a Prefect UI: its page (the server's own UI line says "Prefect UI")."""
+    return f"Prefect run: {url}"
+
+
 def stage_label(update: ProgressUpdate) -> str:
     """The stage a person reads: validate, estimate, upload, create, queued, training, metrics, eval, smoke."""
     if update.reattached:
@@ -171,7 +176,7 @@ class PlainPresenter:
         changed = self.state.apply(update, now)
         if update.stage == "run":
             if update.ui_url:
-                self._print(f"Prefect UI: {update.ui_url}")
+                self._print(run_link(update.ui_url))
             return
         if changed or update.reattached or self._due():
             self._print(self.line(now))
@@ -244,7 +249,7 @@ class RichPresenter:
         if update.stage == "run" and update.ui_url:
             from rich.text import Text
 
-            self.console.print(Text(f"Prefect UI: {update.ui_url}"), soft_wrap=True)
+            self.console.print(Text(run_link(update.ui_url)), soft_wrap=True)
         self.live.refresh()
 
     def __rich__(self) -> RenderableType:

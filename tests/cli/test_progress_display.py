@@ -133,7 +133,7 @@ def test_plain_lines_per_stage_and_every_5_percent_without_control_characters() 
     assert not CONTROL.search(text)
     lines = text.splitlines()
     assert lines[:5] == [
-        "Prefect UI: http://ui:4200/runs/flow-run/r1",
+        "Prefect run: http://ui:4200/runs/flow-run/r1",
         "[0:00:00] validate: validating  [31mtrain .jsonl",
         "[0:00:02] upload: uploading training file train.jsonl",
         "[0:00:02] upload: uploading validation file validation.jsonl",

@@ -54,7 +54,7 @@ def test_plain_progress_off_a_terminal_then_one_line_on_re_attach(
     assert not CONTROL.search(out)  # stdout is not a terminal: no colours, no cursor moves, no spinner
     lines = out.splitlines()
     # The harness's server has a UI address: the run's page is the first line.
-    assert re.fullmatch(r"Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", lines[0])
+    assert re.fullmatch(r"Prefect run: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", lines[0])
     progress = [m for m in map(LINE.fullmatch, lines) if m]
     labels = [m["label"] for m in progress]
     stages = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
@@ -93,7 +93,7 @@ def test_progress_none_prints_only_the_summary(
     with use_connection(fake.connection()):
         assert main(_argv(dataset_dir, tmp_path, "--progress", "none")) == 0
     out = capsys.readouterr().out
-    assert not LINE.search(out) and "Prefect UI" not in out
+    assert not LINE.search(out) and "Prefect run" not in out
     assert "fine-tune result" in out
 
 
