@@ -128,3 +128,16 @@ def test_packed_training_run_matches_padded_run(tmp_path: Path, monkeypatch: pyt
     for (_, ma, _), (_, mb, _) in zip(runs["off"].checkpoints, runs["on"].checkpoints, strict=True):
         assert mb["full_valid_loss"] == pytest.approx(ma["full_valid_loss"], rel=1e-4)
     assert tokens["on"] == tokens["off"]
+
+
+def test_models_whose_attention_would_not_see_the_segments_stay_padded() -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    small = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    small |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+    assert supports_packing(Qwen2ForCausalLM(Qwen2Config(**small)))
+    windowed = Qwen2ForCausalLM(Qwen2Config(**small, use_sliding_window=True, sliding_window=8))
+    assert not supports_packing(windowed)  # its layers attend through a window the segments know nothing of
+    eager_custom = Qwen2ForCausalLM(Qwen2Config(**small))
+    eager_custom.config._attn_implementation = "flex_attention"
+    assert not supports_packing(eager_custom)
