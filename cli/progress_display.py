@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -362,12 +361,14 @@ class _ConsoleLines(io.TextIOBase):
         return getattr(self._original, "encoding", None) or "utf-8"
 
 
-def _is_terminal_stream(stream: object, console: Console) -> bool:
+def _shares_the_screen(stream: object, console: Console) -> bool:
+    """True when ``stream`` prints where the live region is: the console's own file, or a terminal.
+
+    A handler whose stream is redirected elsewhere (``2>run.log``, ``2>/dev/null``) is left writing there.
+    """
     if stream is None:
         return False
-    # While a live region is up, sys.stdout/sys.stderr are rich's proxies of the streams handlers hold.
-    std = [getattr(f, "rich_proxied_file", f) for f in (sys.stdout, sys.stderr)]
-    if stream in (*std, sys.__stdout__, sys.__stderr__, console.file):
+    if stream is console.file:
         return True
     isatty = getattr(stream, "isatty", None)
     try:
@@ -395,7 +396,7 @@ def route_console_logs(console: Console) -> Iterator[None]:
             seen.add(id(handler))
             if not isinstance(handler, logging.StreamHandler) or isinstance(handler.stream, _ConsoleLines):
                 continue
-            if not _is_terminal_stream(handler.stream, console):
+            if not _shares_the_screen(handler.stream, console):
                 continue
             proxy = _ConsoleLines(console, handler.stream)
             inner = getattr(handler, "console", None)  # Prefect's handler prints through its own rich Console

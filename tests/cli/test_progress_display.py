@@ -281,22 +281,27 @@ def test_without_routing_prefects_handler_would_glue_to_the_bar(
     assert not alone and sum("━" in line for line in lines) == 2
 
 
-def test_routing_is_undone_and_leaves_file_handlers_alone(tmp_path: pytest.TempPathFactory) -> None:
+def test_routing_is_undone_and_leaves_handlers_writing_elsewhere_alone(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
     term = io.StringIO()
     console = Console(file=term, force_terminal=True, width=WIDTH)
     stream_handler = logging.StreamHandler(term)
+    elsewhere = io.StringIO()  # e.g. stderr redirected to a file while stdout is the terminal
+    redirected = logging.StreamHandler(elsewhere)
     file_handler = logging.FileHandler(str(tmp_path) + "/log.txt")  # type: ignore[operator]
     logger = logging.getLogger("ftpipe.test.routing")
-    logger.addHandler(stream_handler)
-    logger.addHandler(file_handler)
+    for handler in (stream_handler, redirected, file_handler):
+        logger.addHandler(handler)
     try:
         with route_console_logs(console):
             assert stream_handler.stream is not term
+            assert redirected.stream is elsewhere
             assert file_handler.stream.name.endswith("log.txt")
         assert stream_handler.stream is term
     finally:
-        logger.removeHandler(stream_handler)
-        logger.removeHandler(file_handler)
+        for handler in (stream_handler, redirected, file_handler):
+            logger.removeHandler(handler)
         file_handler.close()
 
 

@@ -124,18 +124,18 @@ def test_prefect_ui_url_only_when_a_ui_is_configured() -> None:
 
 
 @contextmanager
-def prefect_console_on_stderr() -> Iterator[None]:
-    """Prefect's console handler writes to the current stderr, as it writes to the process's in a real run.
+def prefect_console_on_the_terminal() -> Iterator[None]:
+    """Prefect's console handler writes where the run's console does, as stderr and stdout share a terminal.
 
     The handler was created once for the session, bound to whatever stream was stderr then; this is called
-    inside the test so that stderr is the test's own capture.
+    inside the test so that stdout is the test's own capture.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
 
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     saved = [(h.stream, h.console.file) for h in handlers]
     for h in handlers:
-        h.stream = h.console.file = sys.stderr
+        h.stream = h.console.file = sys.stdout
     try:
         yield
     finally:
@@ -149,7 +149,7 @@ def test_a_failed_job_closes_the_region_marked_failed_with_the_reason_below_it(
     import pyte
 
     fake.timeline = ["running", "failed"]
-    with use_connection(fake.connection()), prefect_console_on_stderr():
+    with use_connection(fake.connection()), prefect_console_on_the_terminal():
         assert main(_argv(dataset_dir, tmp_path, "--progress", "rich")) == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
