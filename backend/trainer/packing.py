@@ -110,23 +110,10 @@ def _attention(
     if seg is None:
         raise RuntimeError("packed attention called outside packed_attention()")
     gqa = key.shape[1] != query.shape[1]
-    if query.is_cuda and seg.cu_seqlens is not None and _varlen_works(query):
-        from torch.nn.attention.varlen import varlen_attn
-
-        out = varlen_attn(
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
-            seg.cu_seqlens,
-            seg.cu_seqlens,
-            seg.max_len,
-            seg.max_len,
-            scale=scaling,
-            window_size=(-1, 0),
-            enable_gqa=gqa,
-        )
-        assert isinstance(out, torch.Tensor)
-        return out.unsqueeze(0), None
+    if query.is_cuda and seg.cu_seqlens is not None:
+        out = _varlen(query, key, value, seg, scaling, gqa)
+        if out is not None:
+            return out.unsqueeze(0), None
     # split, not slicing: the backward of a split is one concatenation, that of n slices n zero-filled
     # full-size gradients added up.
     lengths = [end - start for start, end in zip(seg.bounds[:-1], seg.bounds[1:], strict=True)]
@@ -142,17 +129,42 @@ def _attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _varlen_works(query: torch.Tensor) -> bool:
-    """Whether the flash varlen kernel runs here (it needs a recent GPU and half precision), tried once."""
-    key = f"{query.device}:{query.dtype}:{query.shape[-1]}"
-    if key not in _varlen_ok:
-        try:
-            from torch.nn.attention.varlen import varlen_attn
+def _varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    seg: Segments,
+    scaling: float | None,
+    gqa: bool,
+) -> torch.Tensor | None:
+    """Flash varlen attention, (T, heads, dim); None where the kernel does not run (an older GPU, fp32, a head
+    size it lacks): remembered per case, and the caller falls back to per-example SDPA."""
+    # Under autocast SDPA would run in bf16; the varlen kernel is not an autocast op, so cast here (the rotary
+    # embeddings of an fp32 model hand over fp32 queries).
+    cu = seg.cu_seqlens
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    case = f"{query.device}:{dtype}:{query.shape[-1]}:gqa={gqa}"
+    if cu is None or not _varlen_ok.get(case, True):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
 
-            q = torch.zeros(4, 1, query.shape[-1], device=query.device, dtype=query.dtype)
-            cu = torch.tensor([0, 4], device=query.device, dtype=torch.int32)
-            varlen_attn(q, q, q, cu, cu, 4, 4, window_size=(-1, 0))
-            _varlen_ok[key] = True
-        except Exception:  # noqa: BLE001 - any failure means: use the per-example SDPA path
-            _varlen_ok[key] = False
-    return _varlen_ok[key]
+        q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
+        out = varlen_attn(
+            q,
+            k,
+            v,
+            cu,
+            cu,
+            seg.max_len,
+            seg.max_len,
+            scale=scaling,
+            window_size=(-1, 0),
+            enable_gqa=gqa,
+        )
+    except (ImportError, RuntimeError, ValueError, NotImplementedError):
+        _varlen_ok[case] = False
+        return None
+    _varlen_ok[case] = True
+    assert isinstance(out, torch.Tensor)
+    return out

@@ -141,3 +141,13 @@ def test_models_whose_attention_would_not_see_the_segments_stay_padded() -> None
     eager_custom = Qwen2ForCausalLM(Qwen2Config(**small))
     eager_custom.config._attn_implementation = "flex_attention"
     assert not supports_packing(eager_custom)
+
+
+def test_a_varlen_kernel_that_refuses_falls_back_once() -> None:
+    """Where the flash varlen kernel does not run (here: no CUDA), the case is remembered and SDPA is used."""
+    from backend.trainer import packing
+
+    q = torch.randn(1, 2, 6, 8)
+    seg = packing.Segments((0, 2, 6), torch.tensor([0, 2, 6], dtype=torch.int32), 4)
+    assert packing._varlen(q, q, q, seg, None, False) is None
+    assert False in packing._varlen_ok.values()
