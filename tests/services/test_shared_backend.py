@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,41 @@ def test_services_help_has_an_example_for_every_option(capsys: pytest.CaptureFix
         out = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
         for example in examples:
             assert example in out, (argv, example)
+
+
+def test_services_stop_pauses_a_training_job_at_a_checkpoint(
+    services_env: ServicesEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.jsonl_data import chat_example, write_jsonl
+
+    monkeypatch.setenv("FTPIPE_SERVICES_KEEP", "true")
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_example(i) for i in range(12)])
+
+    def api(conn_url: str, key: str) -> httpx.Client:
+        return httpx.Client(base_url=conn_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    with open_connection() as conn:
+        key = conn.settings.api_key.get_secret_value() if conn.settings.api_key else ""
+        with api(conn.settings.base_url, key) as c:
+            file_id = c.post(
+                "/files", files={"file": (train.name, train.read_bytes())}, data={"purpose": "fine-tune"}
+            ).json()["id"]
+            body = {
+                "model": "local:micro-chat",
+                "training_file": file_id,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}},
+            }
+            job_id = c.post("/fine_tuning/jobs", json=body).json()["id"]
+            deadline = time.monotonic() + 180
+            while c.get(f"/fine_tuning/jobs/{job_id}").json()["status"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.2)
+    assert ftpipe(["services", "stop", "backend"]) == 0
+    with open_connection() as conn, api(conn.settings.base_url, key) as c:
+        events = c.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+        messages = [e["message"] for e in events]
+        assert any(m.startswith("Backend shutting down: checkpoint saved") for m in messages), messages
+        assert c.get(f"/fine_tuning/jobs/{job_id}").json()["status"] in ("queued", "running", "succeeded")
+        c.post(f"/fine_tuning/jobs/{job_id}/cancel")
