@@ -49,7 +49,7 @@ BENCHMARKS = (
     Benchmark("orchestration", "orchestration_overhead.py", ("--repeats", "4"), ("--quick",), 1200),
     Benchmark("concurrency", "concurrent_launches.py", ("--jobs", "100"), ("--quick",), 2400),
     Benchmark("upload", "upload_memory.py", ("--size-mb", "1024"), ("--quick",), 900),
-    Benchmark("trainer", "trainer_throughput.py", (), ("--quick",), 1800),
+    Benchmark("trainer", "trainer_throughput.py", ("--skip", "1"), ("--quick", "--skip", "1"), 1800),
     Benchmark("fast_start", "fast_start.py", (), ("--quick",), 2400),
     # ~0.5B Qwen2-shaped model with random weights + LoRA: a few steps each (a CPU step takes seconds).
     Benchmark(
