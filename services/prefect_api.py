@@ -55,12 +55,6 @@ def prefect_ui_url() -> str | None:
     return current.ui_url if current.api.url else None
 
 
-def flow_run_ui_url(flow_run_id: object) -> str | None:
-    """The UI page of one flow run, or None when there is no UI."""
-    ui = prefect_ui_url()
-    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
-
-
 def _in_process_server_running() -> bool:
     # prefect_test_harness (and Prefect itself, once started) registers its temporary server here; runs in
     # this process already report to it. Only looked up when Prefect's server module is loaded anyway.
