@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cli.api import API_EXAMPLE, add_api_options, connect
-from cli.common import EXIT_OK, EXIT_USAGE, positive_int, usage_error
+from cli.common import EXIT_OK, EXIT_USAGE, float_in, positive_int, usage_error
 
 if TYPE_CHECKING:
     from client import MKA1Client
@@ -54,20 +54,6 @@ def register(sub: Any) -> None:
     ).set_defaults(handler=chat_command)
 
 
-def _number_in(low: float, high: float, name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
-
-
 def add_options(p: argparse.ArgumentParser) -> None:
     """``chat``'s arguments."""
     p.add_argument(
@@ -103,14 +89,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     gen.add_argument(
         "--temperature",
-        type=_number_in(0.0, 2.0, "temperature"),
+        type=float_in(0.0, 2.0, "temperature"),
         metavar="X",
         help="sampling temperature 0-2 (default: the server's; the embedded backend decodes greedily); "
         "example: --temperature 0.7",
     )
     gen.add_argument(
         "--top-p",
-        type=_number_in(0.0, 1.0, "top_p"),
+        type=float_in(0.0, 1.0, "top_p"),
         metavar="X",
         help="nucleus sampling 0-1 (default: the server's); example: --top-p 0.9",
     )

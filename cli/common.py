@@ -113,6 +113,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_in(low: float, high: float, name: str) -> Callable[[str], float]:
+    """argparse ``type=`` for a number from ``low`` to ``high``; ``name`` is what argparse's errors call it."""
+
+    def parse(text: str) -> float:
+        return _bounded_float(text, low, high)
+
+    parse.__name__ = name
+    return parse
+
+
 def _bounded_float(text: str, low: float, high: float) -> float:
     try:
         value = float(text)
