@@ -149,21 +149,26 @@ def status_command(args: argparse.Namespace) -> int:
     if not found:
         print(f"no ftpipe services running (state: {root})")
         return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
+    from cli.present import Screen
 
-    table = Table(title="ftpipe services", title_justify="left")
-    for col in ("service", "pid", "URL", "up", "memory", "clients / idle-out", "started by"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for st in found:
         r = st.record
-        name = r.kind if r.kind == "prefect" else f"backend ({r.data_dir})"
-        url = r.url + (f"\nUI: {r.ui_url}" if r.ui_url else "")
-        memory = f"{st.rss_bytes / 2**20:.0f} MiB" if st.rss_bytes is not None else "-"
-        table.add_row(
-            name, str(r.pid), url, _age(r.uptime_s()), memory, _clients(st, now), f"{r.owner_command}"
+        rows.append(
+            (
+                r.kind if r.kind == "prefect" else f"backend ({r.data_dir})",
+                str(r.pid),
+                r.url,
+                r.ui_url or "-",
+                _age(r.uptime_s()),
+                f"{st.rss_bytes / 2**20:.0f} MiB" if st.rss_bytes is not None else "-",
+                _clients(st, now),
+                r.owner_command,
+            )
         )
-    Console().print(table)
+    # Screen: a rich table only when whole URLs fit the terminal, else plain columns (folded URLs cannot be copied).
+    header = ("service", "pid", "URL", "UI", "up", "memory", "clients / idle-out", "started by")
+    Screen().table(header, rows, title="ftpipe services")
     print(f"stop them with: ftpipe services stop [prefect|backend|all]   (state: {root})")
     return EXIT_OK
 
