@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING, Any
 
 from backend.lifecycle import InvalidTransition, JobNotFound
+
+# FastAPI is imported where a response is built: clients (preflight, `ftpipe jobs`) raise and read these
+# errors through backend.settings / backend.model_refs without paying the web framework's import.
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
 
 log = logging.getLogger("backend")
 
@@ -60,6 +61,8 @@ def error_response(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> JSONResponse:
     """A JSONResponse holding a contract error."""
+    from fastapi.responses import JSONResponse
+
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
 
@@ -79,6 +82,8 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every failure (ours, FastAPI's, Starlette's, unexpected) to a contract error."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(BackendHTTPError)
     async def _api_error(_: Request, exc: BackendHTTPError) -> JSONResponse:

@@ -24,12 +24,13 @@ import logging
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import error_body
 from contract.wire import API_PREFIXES
+
+if TYPE_CHECKING:  # annotations only: BackendSettings validates fault specs here without the web stack
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("backend.faults")
 

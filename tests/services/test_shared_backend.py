@@ -150,3 +150,24 @@ def test_services_stop_pauses_a_training_job_at_a_checkpoint(
         assert any(m.startswith("Backend shutting down: checkpoint saved") for m in messages), messages
         assert c.get(f"/fine_tuning/jobs/{job_id}").json()["status"] in ("queued", "running", "succeeded")
         c.post(f"/fine_tuning/jobs/{job_id}/cancel")
+
+
+# A client that only needs the API (`ftpipe jobs`, `ftpipe chat`, a run's preflight) must not pay for the
+# server's web stack: it prints the web modules it imported while leasing the backend.
+WEB_MODULES_OF_A_CLIENT = """
+import sys
+from flows.backend_runtime import open_connection
+with open_connection() as conn:
+    web = sorted(m for m in sys.modules if m.split(".")[0] in ("fastapi", "starlette", "uvicorn"))
+    print(conn.settings.base_url, ",".join(web) or "-", flush=True)
+"""
+
+
+def test_open_connection_imports_no_web_framework(services_env: ServicesEnv) -> None:
+    # The first client starts the backend, the second leases the running one: neither imports FastAPI.
+    for _ in range(2):
+        proc, line = start_client(services_env, WEB_MODULES_OF_A_CLIENT)
+        assert proc.wait(60) == 0
+        url, web = line.split()
+        assert url.startswith("http://127.0.0.1:")
+        assert web == "-", f"open_connection imported {web}"
