@@ -15,8 +15,9 @@ into fewer pieces than that small BPE, so against a hosted model the heuristic i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -70,6 +71,10 @@ _COUNTING_CODE = (
     "contract/wire.py",
 )
 TOKEN_COUNTS_FILE = "token-counts.json"
+# The cache keeps the counts of this many most recently used (file, model, settings) triples: every edit of
+# a dataset or of the counting code adds a key, and nothing else ever removes one.
+TOKEN_COUNTS_KEEP = 200
+_USED_AT = "used_at"
 
 
 def _count_key(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> str | None:
@@ -98,21 +103,39 @@ def _remembered_exact_count(train_path: Path, model: str, method: Method, n_epoc
         key = _count_key(train_path, model, method, n_epochs)
     except OSError:
         key = None  # unreadable file or code: counting reports the real problem
-    index = JsonIndex(default_state_dir() / TOKEN_COUNTS_FILE)
-    if key is not None:
-        cached = index.get(key)
-        if isinstance(cached, dict):
-            try:
-                return TokenCount.model_validate(cached)
-            except ValueError:
-                pass  # an entry of an older shape: count again
-    count = count_with_trainer(train_path, model, method, n_epochs)
-    if key is not None:
-        import contextlib
+    import contextlib
 
+    index = JsonIndex(default_state_dir() / TOKEN_COUNTS_FILE)
+    cached = index.get(key) if key is not None else None
+    count: TokenCount | None = None
+    if isinstance(cached, dict):
+        with contextlib.suppress(ValueError):  # an entry of an older shape: count again
+            count = TokenCount.model_validate(cached)
+    if count is None:
+        count = count_with_trainer(train_path, model, method, n_epochs)
+    if key is not None:
         with contextlib.suppress(OSError):  # a read-only state dir only costs the next run the count
-            index.put(key, count.model_dump())
+            index.update(_remember(key, count))
     return count
+
+
+def _remember(key: str, count: TokenCount) -> Callable[[dict[str, Any]], None]:
+    """The cache change for a count just used: stamped now, and the least recently used beyond the bound
+    dropped (an entry without a stamp, from an older version, counts as the oldest)."""
+    import time
+
+    def change(entries: dict[str, Any]) -> None:
+        entries[key] = {**count.model_dump(), _USED_AT: time.time()}
+        if len(entries) > TOKEN_COUNTS_KEEP:
+
+            def used_at(k: str) -> float:
+                stamp = entries[k].get(_USED_AT) if isinstance(entries[k], dict) else None
+                return float(stamp) if isinstance(stamp, int | float) else 0.0
+
+            for stale in sorted(entries, key=used_at)[: len(entries) - TOKEN_COUNTS_KEEP]:
+                del entries[stale]
+
+    return change
 
 
 def count_with_trainer(train_path: Path, model: str, method: Method, n_epochs: Epochs) -> TokenCount:

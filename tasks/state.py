@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,13 @@ class JsonIndex:
         with self._locked():
             data = self.read()
             data[key] = value
+            self._write(data)
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to the whole dict in place, under the lock (several entries at once)."""
+        with self._locked():
+            data = self.read()
+            change(data)
             self._write(data)
 
     def delete(self, key: str) -> None:

@@ -193,3 +193,42 @@ def test_an_exact_count_is_remembered_for_the_same_file_and_settings(
     assert count_tokens(path, "local:micro-chat", "supervised", 2).tokens == 2 * first.tokens and calls == [1]
     write_jsonl(path, _chat_rows()[:5])  # same name, other content
     assert count_tokens(path, "local:micro-chat", "supervised", 1).tokens < first.tokens and calls == [1, 1]
+
+
+def test_the_count_cache_keeps_only_the_most_recently_used_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """token-counts.json is bounded: past TOKEN_COUNTS_KEEP the least recently used count (or an unstamped
+    entry of an older version) is dropped, while one just read again stays."""
+    import json
+
+    import estimate.tokens as tokens_mod
+
+    monkeypatch.setenv("FTPIPE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(tokens_mod, "TOKEN_COUNTS_KEEP", 2)
+    cache = tmp_path / "state" / tokens_mod.TOKEN_COUNTS_FILE
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"left-by-an-older-version": {"tokens": 1}}), encoding="utf-8")
+    path = write_jsonl(tmp_path / "train.jsonl", _chat_rows())
+    calls: list[int] = []
+    real = tokens_mod.count_with_trainer
+    monkeypatch.setattr(
+        tokens_mod,
+        "count_with_trainer",
+        lambda *a: calls.append(a[3]) or real(*a),  # type: ignore[func-returns-value]
+    )
+
+    def count(epochs: int) -> None:
+        count_tokens(path, "local:micro-chat", "supervised", epochs)
+
+    count(1)
+    count(2)
+    assert len(json.loads(cache.read_text())) == 2 and calls == [1, 2]  # the unstamped entry went first
+    count(1)  # a hit: 1 is now more recent than 2
+    count(3)  # over the bound: 2, the least recently used, is dropped
+    assert len(json.loads(cache.read_text())) == 2 and calls == [1, 2, 3]
+    count(1)
+    count(3)
+    assert calls == [1, 2, 3]
+    count(2)
+    assert calls == [1, 2, 3, 2]
