@@ -161,11 +161,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("outputs and waiting")
     for flag, field in (("--output", "output_dir"), ("--state-dir", "state_dir")):
         field_option(out, flag, model=fp, field=field, show_default=False, type=Path, metavar="DIR")
-    for flag, field in (
-        ("--poll-interval", "poll_interval_s"),
-        ("--poll-max-interval", "poll_max_interval_s"),
-        ("--timeout", "wait_timeout_s"),
-    ):
+    field_option(
+        out,
+        "--poll-interval",
+        model=fp,
+        field="poll_interval_s",
+        show_default=False,
+        type=positive_float,
+        metavar="SECONDS",
+    )
+    for flag, field in (("--poll-max-interval", "poll_max_interval_s"), ("--timeout", "wait_timeout_s")):
         field_option(out, flag, model=fp, field=field, type=positive_float, metavar="SECONDS")
     out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
     add_progress_option(out)

@@ -259,7 +259,11 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         finished: FineTuningJob | None = None
         try:
             finished = wait_for_job_task(
-                client, job_id, params.poll_policy(), on_events=experiment.observe, attached=handle.attached
+                client,
+                job_id,
+                params.poll_policy(embedded=conn.embedded),
+                on_events=experiment.observe,
+                attached=handle.attached,
             )
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal) as exc:
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)

@@ -99,7 +99,11 @@ class FineTuneParams(Hyperparameters, FlowParameters):
         default_factory=list,
         description='Job integrations passed through as is, each e.g. {"type": "wandb", "wandb": {"project": "support"}}',
     )
-    poll_interval_s: float = Field(default=2.0, gt=0, description="First poll interval, seconds")
+    poll_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Poll interval, seconds (unset: 2 against a remote API, 0.5 against the embedded backend)",
+    )
     poll_max_interval_s: float = Field(
         default=15.0, gt=0, description="Poll interval cap while nothing changes, seconds"
     )
@@ -187,13 +191,16 @@ class FineTuneParams(Hyperparameters, FlowParameters):
         """Just the hyperparameters, as the contract type."""
         return Hyperparameters.model_validate(self.model_dump(include=set(Hyperparameters.model_fields)))
 
-    def poll_policy(self) -> PollPolicy:
-        """The wait task's policy object."""
-        from tasks.wait import PollPolicy  # the wait module imports Prefect
+    def poll_policy(self, *, embedded: bool = False) -> PollPolicy:
+        """The wait task's policy object; an unset interval is the API's default (``embedded``: loopback)."""
+        from tasks.wait import EMBEDDED_POLL_INTERVAL_S, PollPolicy  # the wait module imports Prefect
 
+        interval = self.poll_interval_s
+        if interval is None:
+            interval = EMBEDDED_POLL_INTERVAL_S if embedded else PollPolicy.interval_s
         return PollPolicy(
-            interval_s=self.poll_interval_s,
-            max_interval_s=max(self.poll_interval_s, self.poll_max_interval_s),
+            interval_s=interval,
+            max_interval_s=max(interval, self.poll_max_interval_s),
             timeout_s=self.wait_timeout_s,
         )
 

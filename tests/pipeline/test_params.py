@@ -110,3 +110,13 @@ def test_a_partial_override_keeps_the_deployment_defaults() -> None:
     assert params.dataset_dir == Path("datasets/customer-support") and params.suffix == "nightly"
     assert params.fresh_job_if_failed is True and params.metadata == {"trigger": "nightly"}
     assert params.promote_as == "support-bot" and params.gate_min_score == 0.3
+
+
+def test_poll_interval_defaults_per_api_and_a_set_one_is_kept() -> None:
+    unset = FineTuneParams(dataset_dir=Path("d"))
+    assert unset.poll_policy().interval_s == 2.0  # a remote API: the contract's polite default
+    assert unset.poll_policy(embedded=True).interval_s == 0.5  # loopback: starts and ends seen sooner
+    chosen = FineTuneParams(dataset_dir=Path("d"), poll_interval_s=3.0, poll_max_interval_s=1.0)
+    for embedded in (False, True):
+        policy = chosen.poll_policy(embedded=embedded)
+        assert (policy.interval_s, policy.max_interval_s) == (3.0, 3.0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -71,6 +73,36 @@ def test_interval_grows_while_nothing_changes(fake: FakeMKA1) -> None:
     _wait(fake, job_id, t)
     # queued (change) -> 1s; paused (change) -> 1s; then unchanged polls back off 2, 4, 4 (capped) ...
     assert t.sleeps[:5] == [1.0, 1.0, 2.0, 4.0, 4.0]
+
+
+class QuietRunFake(FakeMKA1):
+    """Running polls after the first one bring no metrics event: a job between two logged steps."""
+
+    def _event(
+        self, jid: str, message: str, type: str = "message", data: dict[str, Any] | None = None
+    ) -> None:
+        if type == "metrics" and any(e["type"] == "metrics" for e in self.events[jid]):
+            return
+        super()._event(jid, message, type, data)
+
+
+def test_interval_stays_while_a_running_job_had_news_lately() -> None:
+    fake = QuietRunFake()
+    fake.timeline = ["running"] * 6 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    _wait(fake, job_id, t)
+    # The last step's event came a few seconds ago: its end is caught one base interval after it happens.
+    assert t.sleeps == [1.0] * 6
+
+
+def test_interval_grows_once_a_running_job_is_quiet_for_long() -> None:
+    fake = QuietRunFake()
+    fake.timeline = ["running"] * 6 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    _wait(fake, job_id, t, dataclasses.replace(FAST, running_quiet_s=2.5))
+    assert t.sleeps == [1.0, 1.0, 1.0, 2.0, 4.0, 4.0]
 
 
 def test_failed_job_raises_with_code_and_message(fake: FakeMKA1) -> None:
