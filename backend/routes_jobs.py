@@ -30,7 +30,9 @@ async def create_job(
     jobs = ctx.state.jobs
 
     async def create() -> dict[str, Any]:
-        return job_object(await asyncio.to_thread(jobs.create, ctx.owner, body))
+        job = job_object(await asyncio.to_thread(jobs.create, ctx.owner, body))
+        ctx.state.generation.warm()  # answers for the new model are asked for when training ends
+        return job
 
     return await create_once(
         ctx.db,
