@@ -1,8 +1,9 @@
 """The training loop (CPU or CUDA): supervised (assistant-token cross-entropy) or DPO, with pause/resume/cancel.
 
 Determinism: on CPU a paused-then-resumed run reproduces the uninterrupted one exactly (same seed, same
-batches, same RNG, same arithmetic: fp32, or bf16 autocast for LoRA on CPUs with bf16 units, see device.py). On CUDA the same holds only within a tolerance (bf16 autocast and
-non-deterministic GPU kernels such as index_add/atomics): losses agree to roughly 1e-2, not bit for bit.
+batches, same RNG, same arithmetic: fp32, or bf16 autocast on CPUs with bf16 units, see device.py). On CUDA
+the same holds only within a tolerance (bf16 autocast and non-deterministic GPU kernels such as
+index_add/atomics): losses agree to roughly 1e-2, not bit for bit.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class _Run:
         prepare_device(self.device)
         torch.manual_seed(spec.seed)
         base = resolve_base_model(spec.base_model)
-        self.cpu_bf16 = cpu_bf16(self.device, base.use_lora)
+        self.cpu_bf16 = cpu_bf16(self.device)
         # bf16 compute (CUDA, or LoRA on a CPU with bf16 units): a LoRA model's frozen base is stored in bf16.
         bf16 = self.cpu_bf16 or self.device.type == "cuda"
         self.loaded: LoadedModel = load_for_training(base, torch.bfloat16 if bf16 else torch.float32)

@@ -97,25 +97,22 @@ def test_explicit_cuda_without_cuda_is_a_training_error(
 
 
 @pytest.mark.parametrize(
-    ("env", "units", "lora", "expected"),
+    ("env", "units", "expected"),
     [
-        ("", True, True, True),  # auto: LoRA on a CPU with bf16 units
-        ("auto", False, True, False),  # no units: bf16 would be emulated, no faster
-        ("", True, False, False),  # built-ins stay exact fp32
-        ("fp32", True, True, False),
-        ("bf16", False, False, True),
+        ("", True, True),  # auto: a CPU with bf16 units
+        ("auto", False, False),  # no units: bf16 would be emulated, no faster
+        ("fp32", True, False),
+        ("bf16", False, True),
     ],
 )
-def test_cpu_precision_rule(
-    monkeypatch: pytest.MonkeyPatch, env: str, units: bool, lora: bool, expected: bool
-) -> None:
+def test_cpu_precision_rule(monkeypatch: pytest.MonkeyPatch, env: str, units: bool, expected: bool) -> None:
     monkeypatch.setenv(PRECISION_ENV, env)
     monkeypatch.setattr(device_mod, "cpu_has_bf16_units", lambda: units)
-    assert cpu_bf16(torch.device("cpu"), lora) is expected
-    assert cpu_bf16(torch.device("cuda", 0), lora) is False  # CUDA always autocasts, see autocast()
+    assert cpu_bf16(torch.device("cpu")) is expected
+    assert cpu_bf16(torch.device("cuda", 0)) is False  # CUDA always autocasts, see autocast()
     monkeypatch.setenv(PRECISION_ENV, "fp16")
     with pytest.raises(TrainingError, match=PRECISION_ENV):
-        cpu_bf16(torch.device("cpu"), lora)
+        cpu_bf16(torch.device("cpu"))
 
 
 def test_cpu_helpers_leave_tensors_alone() -> None:

@@ -12,6 +12,7 @@ import torch
 from backend.trainer.base_models import resolve_base_model
 from backend.trainer.chat import ChatFormat
 from backend.trainer.data import IGNORE, SFTExample, collate, load_examples, pack
+from backend.trainer.device import PRECISION_ENV, cpu_autocast
 from backend.trainer.losses import sequence_logps, sft_loss
 from backend.trainer.modeling import load_for_training
 from backend.trainer.packing import PACKING_ENV, supports_packing
@@ -98,6 +99,39 @@ def test_packed_sequence_sees_only_itself(micro: tuple[Any, list[SFTExample]]) -
     assert before == pytest.approx(float(alone), rel=FLOAT_TOL)
 
 
+def test_packed_attention_runs_in_fp32_under_cpu_bf16_autocast(
+    micro: tuple[Any, list[SFTExample]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under CPU bf16 autocast only the linear layers run in bf16: attention gets fp32 inputs (the CPU's bf16
+    attention backward is slower), and the loss and gradients stay close to the fp32 step's."""
+    from backend.trainer import packing
+
+    model, seqs = micro
+    batch = pack(seqs, pad_id=0)
+    seen: list[torch.dtype] = []
+    real = packing._per_example
+
+    def spy(query: torch.Tensor, *args: Any) -> torch.Tensor:
+        seen.append(query.dtype)
+        return real(query, *args)
+
+    monkeypatch.setattr(packing, "_per_example", spy)
+    results = []
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        with cpu_autocast(bf16):
+            loss, _ = sft_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad(set_to_none=True)
+    assert seen and set(seen) == {torch.float32}
+    (loss32, grads32), (loss16, grads16) = results
+    assert loss16 != loss32 and loss16 == pytest.approx(loss32, rel=2e-2)  # bf16 ran, and stayed close
+    flat32 = torch.cat([g.flatten() for g in grads32])
+    flat16 = torch.cat([g.flatten() for g in grads16])
+    assert torch.nn.functional.cosine_similarity(flat32, flat16, dim=0) > 0.99
+
+
 def _spec(train_file: Path, out: Path, **kw: object) -> TrainingSpec:
     base = TrainingSpec(
         "ftjob_pack",
@@ -117,6 +151,9 @@ def test_packed_training_run_matches_padded_run(tmp_path: Path, monkeypatch: pyt
     data = write_jsonl(tmp_path / "train.jsonl", _rows_with_weight_zero() + chat_rows(12, offset=50))
     runs: dict[str, Recorder] = {}
     tokens: dict[str, int] = {}
+    # The layout is what is compared: fp32 (under bf16 the padded layout's attention runs in bf16, the packed
+    # one's in fp32, a difference of precision, not of layout).
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
     for mode in ("off", "on"):
         monkeypatch.setenv(PACKING_ENV, mode)
         runs[mode] = Recorder()
