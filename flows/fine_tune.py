@@ -146,7 +146,7 @@ def fine_tune(
     judge_model: str | None = _P["judge_model"],
     eval_max_output_tokens: int = _P["eval_max_output_tokens"],
     eval_concurrency: int = _P["eval_concurrency"],
-    poll_interval_s: float = _P["poll_interval_s"],
+    poll_interval_s: float | None = _P["poll_interval_s"],
     poll_max_interval_s: float = _P["poll_max_interval_s"],
     wait_timeout_s: float = _P["wait_timeout_s"],
     output_dir: Path | None = _P["output_dir"],

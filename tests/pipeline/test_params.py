@@ -120,3 +120,12 @@ def test_poll_interval_defaults_per_api_and_a_set_one_is_kept() -> None:
     for embedded in (False, True):
         policy = chosen.poll_policy(embedded=embedded)
         assert (policy.interval_s, policy.max_interval_s) == (3.0, 3.0)
+
+
+def test_the_flow_signature_accepts_every_default_the_cli_sends() -> None:
+    # The CLI passes every field, unset ones as their defaults (e.g. poll_interval_s=None): Prefect checks
+    # them against the flow's annotations before the run starts.
+    from flows.fine_tune import fine_tune
+
+    arguments = FineTuneParams(dataset_dir=Path("d")).flow_arguments()
+    assert fine_tune.validate_parameters(arguments)["poll_interval_s"] is None
