@@ -203,6 +203,19 @@ def quiet_prefect_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def console_log_handlers() -> list[logging.Handler]:
+    """Handlers that print to a stream (Prefect's console handler, a progress display's routed ones)."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    found: dict[int, logging.Handler] = {}
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                found[id(handler)] = handler
+    return list(found.values())
+
+
 class _NoTraceback(logging.Formatter):
     """Wraps a console formatter: the message line only, the traceback left to the Prefect run log."""
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from cli.common import console_log_handlers
+
 
 class RunInterrupted(KeyboardInterrupt):
     """The run was interrupted and ended Cancelled; ``str()`` is the flow's line (e.g. which job it cancelled)."""
@@ -29,29 +31,16 @@ class _DropAll(logging.Filter):
 _MUTE = _DropAll()
 
 
-def _console_handlers() -> list[logging.Handler]:
-    """Handlers that print to a stream (Prefect's console handler, a progress display's routed ones)."""
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    found: dict[int, logging.Handler] = {}
-    for logger in loggers:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                found[id(handler)] = handler
-    return list(found.values())
-
-
 def mute_console_logs() -> None:
     """No log record reaches a console handler any more (file and API handlers are untouched)."""
-    for handler in _console_handlers():
+    for handler in console_log_handlers():
         if _MUTE not in handler.filters:
             handler.addFilter(_MUTE)
 
 
 def unmute_console_logs() -> None:
     """Undo `mute_console_logs`."""
-    for handler in _console_handlers():
+    for handler in console_log_handlers():
         handler.removeFilter(_MUTE)
 
 

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -50,6 +50,37 @@ def add_progress_option(parser: Any) -> None:
 def run_link(url: str) -> str:
     """The first line of a run with a Prefect UI: its page (the server's own UI line says "Prefect UI")."""
     return f"Prefect run: {url}"
+
+
+class _NotPrefectRunLink(logging.Filter):
+    """Drops Prefect's own "View at <url>" console line while the display prints the run's page itself.
+
+    Prefect marks that record console-only (``send_to_api`` False): the run log in Prefect loses nothing, and
+    its other lines still print.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("prefect.flow_runs")
+            and getattr(record, "send_to_api", True) is False
+            and record.getMessage().startswith("View at ")
+        )
+
+
+@contextmanager
+def one_run_link() -> Iterator[None]:
+    """While the block runs, the console shows the run's page once: ours (`run_link`), not Prefect's too."""
+    from cli.common import console_log_handlers
+
+    dropper = _NotPrefectRunLink()
+    handlers = console_log_handlers()
+    for handler in handlers:
+        handler.addFilter(dropper)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(dropper)
 
 
 def stage_label(update: ProgressUpdate) -> str:
@@ -460,5 +491,7 @@ def show_progress(mode: Mode, console: Console) -> Iterator[None]:
         presenter = PlainPresenter(console.file)
     else:
         presenter = _NoPresenter()
-    with presenter.active(), subscribe(presenter):
+    # The presenters print the run's page (run_link); with none, Prefect's own line is the only one left.
+    links = one_run_link() if resolved != "none" else nullcontext()
+    with links, presenter.active(), subscribe(presenter):
         yield

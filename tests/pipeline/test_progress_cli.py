@@ -165,3 +165,30 @@ def test_a_failed_job_closes_the_region_marked_failed_with_the_reason_below_it(
     errors = [i for i, line in enumerate(lines) if "| ERROR" in line]
     assert errors and max(errors) < bar
     assert all(re.match(r"\d\d:\d\d:\d\d\.\d+ \| ERROR +\| (Task|Flow) run", lines[i]) for i in errors)
+
+
+@pytest.mark.parametrize("mode", ["plain", "none"])
+def test_the_run_page_is_printed_once_and_prefect_keeps_its_other_lines(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """Without --quiet Prefect logs its own "View at <url>" beside our "Prefect run: <url>": one is dropped
+    from the console (ours, while a display prints it; with --progress none Prefect's is the only one)."""
+    import flows.fine_tune  # noqa: F401  # Prefect configures its console handler when its flows are imported
+    from cli.common import _PREFECT_LEVELLED_LOGGERS
+
+    # Prefect's INFO lines, as a run without --quiet shows them (an earlier --quiet test may have lowered them;
+    # the autouse fixture restores the levels afterwards).
+    for name in _PREFECT_LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    argv = [arg for arg in _argv(dataset_dir, tmp_path, "--progress", mode, "--no-eval") if arg != "--quiet"]
+    with use_connection(fake.connection()), prefect_console_on_the_terminal():
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    links = [line for line in out.splitlines() if re.search(r"/runs/flow-run/[0-9a-f-]{36}", line)]
+    assert len(links) == 1, links
+    if mode == "plain":
+        assert links[0].startswith("Prefect run: http")
+    else:
+        assert " - View at http" in links[0]
+    assert re.search(r"\| INFO +\| Flow run '[^']+' - Beginning flow run", out)  # Prefect's other lines stay
+    assert "Finished in state Completed()" in out
