@@ -20,6 +20,7 @@ FRAME_COLUMNS = (
     "reference",
     "answer",
     "error",
+    "cached",
     "latency_s",
     "output_tokens",
     "exact_match",
@@ -52,6 +53,7 @@ def eval_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("Int64")
     for name in ("latency_s", "exact_match", "token_f1", "rouge_l", "score"):
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    frame["cached"] = frame["cached"].astype("boolean")  # NA: no answer
     return frame
 
 

@@ -34,8 +34,9 @@ class EvaluationReport(BaseModel):
     gate_failures: list[str] = Field(default_factory=list)
     promotion: str | None = Field(default=None, description="What promotion did and why")
     promoted: bool = Field(default=False, description="The selected model became the champion")
-    duration_s: float = 0.0
-    calls: int = 0
+    duration_s: float = Field(default=0.0, description="Time spent asking (part may overlap training)")
+    calls: int = Field(default=0, description="Responses calls made")
+    cached_answers: int = Field(default=0, description="Answers taken from the eval cache instead of asked")
 
     def metric_values(self) -> dict[str, float]:
         """Flat metrics for experiment tracking: ``eval.<model label>.<metric>``, the selection and the gate."""

@@ -27,6 +27,7 @@ from evaluation.gate import DEFAULT_MIN_IMPROVEMENT
 from evaluation.selection import SelectBy
 from flows.backend_runtime import open_connection
 from flows.cancellation import Interrupted, cancel_job, interrupted_message, on_cancellation_hook
+from flows.eval_ahead import eval_ahead
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
@@ -34,6 +35,7 @@ from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.errors import GateFailed, JobFailed
 from tasks.estimate import estimate_task
+from tasks.eval_cache import AnswerCache
 from tasks.evaluate import EvalOptions
 from tasks.metrics import collect_metrics_task
 from tasks.progress import ProgressUpdate, publish
@@ -212,6 +214,14 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
     with (
         open_connection(params.base_url, params.on_behalf_of) as conn,
         MKA1Client(conn.settings, transport=conn.transport) as client,
+        # Eval work started while the job trains; abandoned (calls cancelled) if the run stops before judging.
+        eval_ahead(
+            judge_plan,
+            conn.settings,
+            conn.transport,
+            AnswerCache(state_dir, conn.server_id, conn.settings.on_behalf_of),
+            embedded=conn.embedded,
+        ) as ahead,
     ):
         log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
         # Before any upload: over budget, the run stops here (BudgetExceeded) with nothing sent.
@@ -255,6 +265,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         )
         job_id = handle.job.id
         experiment.job_created(job_id)
+        ahead.start(handle.job.model or params.model)
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
@@ -262,7 +273,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
                 client,
                 job_id,
                 params.poll_policy(embedded=conn.embedded),
-                on_events=experiment.observe,
+                on_events=ahead.observer(client, experiment.observe),
                 attached=handle.attached,
             )
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal) as exc:
@@ -312,6 +323,8 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
                 store=champions,
                 state_dir=state_dir,
                 final_step=metrics.total_steps,
+                ahead=ahead,
+                cache=ahead.cache,
             )
 
     evaluation = judged.report if judged else None

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -33,8 +34,12 @@ from evaluation.scoring import SCORE_VERSION
 from evaluation.selection import SelectBy
 from tasks import runtime
 from tasks.errors import EvalSetInvalid
-from tasks.evaluate import EvalOptions, evaluate_task
+from tasks.eval_cache import AnswerCache
+from tasks.evaluate import EvalOptions, ModelAnswers, evaluate_task
 from tasks.state import key_lock
+
+if TYPE_CHECKING:
+    from flows.eval_ahead import EvalAhead
 
 # key_lock name of a champion's read-compare-write (one Prefect Variable pair per name).
 CHAMPION_LOCK_PREFIX = "champion|"
@@ -183,6 +188,36 @@ def models_to_ask(
     return models
 
 
+def checkpoint_at(checkpoints_parquet: Path | None, step: int | None) -> str | None:
+    """The model id of the checkpoint taken at ``step`` (None when there is none)."""
+    import pandas as pd
+
+    if step is None or checkpoints_parquet is None or not checkpoints_parquet.is_file():
+        return None
+    frame = pd.read_parquet(checkpoints_parquet).dropna(subset=["model", "step"])
+    hits = frame[frame["step"] == step]
+    return str(hits["model"].iloc[-1]) if len(hits) else None
+
+
+def collect_answers(
+    ahead: EvalAhead | None, models: list[EvalModel], final_twin: str | None
+) -> dict[str, ModelAnswers]:
+    """Answers of ``models`` by model id from the work ``ahead`` did (and does now for the models left).
+
+    ``final_twin``: the checkpoint saved at the job's last step, which holds the fine-tuned model's weights.
+    When it was asked while the job trained, its answers stand for the fine-tuned model's (greedy answers
+    are a function of the weights), so nothing is left to ask after training.
+    """
+    if ahead is None or not ahead.started:
+        return {}
+    final = next(m for m in models if m.role == "fine-tuned")
+    twin = final_twin if final_twin is not None and ahead.is_queued(final_twin) else None
+    answers = ahead.finish([m for m in models if twin is None or m is not final])
+    if twin is not None and twin in answers:
+        answers[final.model] = answers[twin]
+    return {m.model: answers[m.model] for m in models if m.model in answers}
+
+
 def promote_if_better(
     store: VariableStore, state_dir: Path, candidate: ChampionRecord, rescored: Mapping[str, float]
 ) -> Decision:
@@ -233,8 +268,14 @@ def judge_run(
     store: VariableStore,
     state_dir: Path,
     final_step: int | None = None,
+    ahead: EvalAhead | None = None,
+    cache: AnswerCache | None = None,
 ) -> Judgement:
-    """Evaluate, select, gate and (when asked and the gate passed) promote."""
+    """Evaluate, select, gate and (when asked and the gate passed) promote.
+
+    ``ahead``: the eval work started while the job trained (the models it did not ask yet are asked by it
+    now); without it every model is asked here. ``cache``: answers kept from earlier runs.
+    """
     log = runtime.run_logger()
     fingerprint = plan.fingerprint
     champion = current_champion(plan, store)
@@ -248,6 +289,7 @@ def judge_run(
         with_base=plan.eval_set is not None,
         final_step=final_step,
     )
+    answered = collect_answers(ahead, models, checkpoint_at(checkpoints_parquet, final_step))
     outcome = evaluate_task(
         settings,
         models,
@@ -256,6 +298,8 @@ def judge_run(
         select_by=plan.select_by,
         options=plan.options,
         transport=transport,
+        answered=answered,
+        cache=cache,
     )
     by_model = {s.model: s for s in outcome.summaries}
     selected = by_model[outcome.selection.model]
@@ -271,6 +315,7 @@ def judge_run(
         gate_failures=gate.failures,
         duration_s=outcome.duration_s,
         calls=outcome.calls,
+        cached_answers=outcome.cached,
     )
     smoke = outcome.frame[(outcome.frame["set"] == "smoke") & (outcome.frame["model"] == selected.model)]
     judgement = Judgement(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import httpx
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
 from client import ClientSettings
 from client import retry as client_retry
@@ -36,6 +38,7 @@ from evaluation.scoring import score_answer
 from evaluation.selection import SelectBy, Selection, select_best
 from tasks import runtime
 from tasks.errors import EvaluationFailed
+from tasks.eval_cache import AnswerCache, CachedAnswer, request_key
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import API_RETRIES, api_task_options
 
@@ -67,6 +70,81 @@ class EvalOutcome:
     files: dict[str, Path] = field(default_factory=dict)
     duration_s: float = 0.0
     calls: int = 0
+    cached: int = 0
+
+
+@dataclass(frozen=True)
+class ModelAnswers:
+    """One model's rows (every set's cases, in set order), the calls made and the answers taken from the cache."""
+
+    rows: list[dict[str, Any]]
+    calls: int
+    cached: int
+    duration_s: float
+
+
+class EvalProgress:
+    """The eval stage's answer count on the progress bus; silent until ``start`` (eval work done while the
+    job trains must not pull the live display away from training)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._lock = threading.Lock()
+        self._total = 0
+        self._done = 0
+
+    def start(self, total: int) -> None:
+        """Publish from now on, counting towards ``total`` answers."""
+        with self._lock:
+            self._total, self._done = max(0, total), 0
+
+    def advance(self) -> None:
+        """One more answer (published every 10 answers and at the last)."""
+        with self._lock:
+            if not self._total:
+                return
+            self._done = min(self._done + 1, self._total)
+            done, total = self._done, self._total
+        if done % 10 == 0 or done == total:
+            publish(ProgressUpdate(self.stage, f"{done}/{total} answers", fraction=done / total))
+
+
+class EvalAbort:
+    """Stops eval work from another thread: asks not yet started are skipped, calls in flight are cancelled."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
+        self.reason = ""
+
+    @property
+    def is_set(self) -> bool:
+        """Whether the work was abandoned."""
+        return self._event.is_set()
+
+    def abort(self, reason: str) -> None:
+        """Abandon the work: every coroutine running under ``guard`` is cancelled in its own loop."""
+        with self._lock:
+            self.reason = self.reason or reason
+            self._event.set()
+            running = list(self._running)
+        for loop, coro_task in running:
+            loop.call_soon_threadsafe(coro_task.cancel)
+
+    async def guard(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` in a task that ``abort`` cancels (at once when already aborted)."""
+        inner = asyncio.ensure_future(coro)
+        entry = (asyncio.get_running_loop(), inner)
+        with self._lock:
+            self._running.add(entry)
+            if self._event.is_set():
+                inner.cancel()
+        try:
+            return await inner
+        finally:
+            with self._lock:
+                self._running.discard(entry)
 
 
 def _request(model: str, case: EvalCase, max_output_tokens: int) -> ResponseCreateRequest:
@@ -79,17 +157,66 @@ def _request(model: str, case: EvalCase, max_output_tokens: int) -> ResponseCrea
     )
 
 
+# Response statuses whose text is the model's whole greedy answer (incomplete: it hit the output cap).
+_FINAL_STATUSES = frozenset({"completed", "incomplete"})
+
+
 class _Asker:
     """Asks one eval set's prompts of the models and turns each answer into a frame row."""
 
-    def __init__(self, client: AsyncMKA1Client, options: EvalOptions, total: int, stage: str) -> None:
+    def __init__(
+        self,
+        client: AsyncMKA1Client,
+        options: EvalOptions,
+        progress: EvalProgress | None,
+        cache: AnswerCache | None,
+    ) -> None:
         self.client = client
         self.options = options
         self.sem = asyncio.Semaphore(max(1, options.concurrency))
-        self.total = total
-        self.stage = stage
-        self.done = 0
+        self.progress = progress
+        self.cache = cache
         self.calls = 0
+        self.cached = 0
+        # Per model id: answers known before asking (None: the model is never cached) and answers received.
+        self.known: dict[str, dict[str, CachedAnswer] | None] = {}
+        self.fresh: dict[str, dict[str, CachedAnswer]] = {}
+
+    def _lookup(self, model: str, key: str) -> CachedAnswer | None:
+        if self.cache is None:
+            return None
+        if model not in self.known:
+            self.known[model] = self.cache.load(model)
+        return (self.known[model] or {}).get(key)
+
+    def _remember(self, model: str, key: str, answer: CachedAnswer) -> None:
+        if self.cache is not None and self.known.get(model) is not None:
+            self.fresh.setdefault(model, {})[key] = answer
+
+    def save(self) -> None:
+        """Write the answers received to the cache (one merge per model)."""
+        if self.cache is not None:
+            for model, answers in self.fresh.items():
+                self.cache.store(model, answers)
+        self.fresh = {}
+
+    async def _create(self, request: ResponseCreateRequest) -> tuple[CachedAnswer, bool]:
+        """The answer to ``request`` and whether it came from the cache."""
+        key = request_key(request)
+        hit = self._lookup(request.model, key)
+        if hit is not None:
+            return hit, True
+        self.calls += 1
+        started = time.perf_counter()
+        resp = await self.client.responses.create(request)
+        answer = CachedAnswer(
+            text=resp.output_text,
+            output_tokens=resp.usage.output_tokens if resp.usage else None,
+            latency_s=time.perf_counter() - started,
+        )
+        if str(resp.status) in _FINAL_STATUSES:
+            self._remember(request.model, key, answer)
+        return answer, False
 
     async def _judge(self, case: EvalCase, answer: str) -> int | None:
         assert self.options.judge_model is not None
@@ -100,8 +227,7 @@ class _Asker:
             temperature=0,
             store=False,
         )
-        self.calls += 1
-        return parse_grade((await self.client.responses.create(request)).output_text)
+        return parse_grade((await self._create(request))[0].text)
 
     async def ask(
         self,
@@ -126,20 +252,15 @@ class _Asker:
         async with self.sem:
             if failed:  # the model already refused a call for good: do not ask it again
                 return row | {"error": f"not asked: {failed[0]}"}
-            started = time.perf_counter()
             try:
-                self.calls += 1
-                resp = await self.client.responses.create(
-                    _request(m.model, case, self.options.max_output_tokens)
-                )
+                reply, cached = await self._create(_request(m.model, case, self.options.max_output_tokens))
             except APIError as exc:
                 if is_transient(exc):
                     unanswered.append((kind, index))  # asked again next round
                 else:
                     failed.append(str(exc))
                 return row | {"error": str(exc)}
-            latency = time.perf_counter() - started
-            answer = resp.output_text
+            answer = reply.text
             scored = score_answer(case, answer)
             try:
                 grade = await self._judge(case, answer) if self.options.judge_model else None
@@ -148,17 +269,14 @@ class _Asker:
                     raise
                 unanswered.append((kind, index))
                 return row | {"error": f"judge: {exc}"}
-        self.done += 1
-        if self.done % 10 == 0 or self.done == self.total:
-            publish(
-                ProgressUpdate(
-                    self.stage, f"{self.done}/{self.total} answers", fraction=self.done / self.total
-                )
-            )
+        self.cached += cached
+        if self.progress is not None:
+            self.progress.advance()
         return row | {
             "answer": answer,
-            "latency_s": latency,
-            "output_tokens": resp.usage.output_tokens if resp.usage else None,
+            "cached": cached,
+            "latency_s": reply.latency_s,
+            "output_tokens": reply.output_tokens,
             "exact_match": scored.exact_match,
             "token_f1": scored.token_f1,
             "rouge_l": scored.rouge_l,
@@ -176,11 +294,17 @@ def progress_stage(sets: list[EvalSet]) -> str:
 
 
 async def ask_models(
-    client: AsyncMKA1Client, models: list[EvalModel], sets: list[EvalSet], options: EvalOptions
-) -> tuple[list[dict[str, Any]], int]:
-    """Rows for every (model, set, case), one model at a time; returns the rows and the calls made."""
-    total = len(models) * sum(len(s.cases) for s in sets)
-    asker = _Asker(client, options, total, progress_stage(sets))
+    client: AsyncMKA1Client,
+    models: list[EvalModel],
+    sets: list[EvalSet],
+    options: EvalOptions,
+    *,
+    progress: EvalProgress | None = None,
+    cache: AnswerCache | None = None,
+) -> ModelAnswers:
+    """Rows for every (model, set, case), one model at a time, with the calls made and cache hits."""
+    started = time.monotonic()
+    asker = _Asker(client, options, progress, cache)
     rows: list[dict[str, Any]] = []
     # Similar prompt lengths go out together, so a server that batches them pads less; rows keep set order.
     order = sorted(
@@ -191,24 +315,28 @@ async def ask_models(
         (kind, i): n
         for n, (kind, i, _) in enumerate((s.kind, i, c) for s in sets for i, c in enumerate(s.cases))
     }
-    for m in models:
-        failed: list[str] = []
-        answers: dict[tuple[str, int], dict[str, Any]] = {}
-        todo = order
-        for round_no in range(ASK_ROUNDS):
-            if round_no:
-                await asyncio.sleep(client_retry.backoff_delay(round_no))
-            unanswered: list[tuple[str, int]] = []
-            answered = await asyncio.gather(
-                *(asker.ask(m, kind, i, case, failed, unanswered) for kind, i, case in todo)
-            )
-            answers.update({(row["set"], row["case"]): row for row in answered})
-            retry = set(unanswered)
-            todo = [item for item in todo if (item[0], item[1]) in retry]
-            if not todo or failed:
-                break
-        rows += sorted(answers.values(), key=lambda row: position[(row["set"], row["case"])])
-    return rows, asker.calls
+    try:
+        for m in models:
+            failed: list[str] = []
+            answers: dict[tuple[str, int], dict[str, Any]] = {}
+            todo = order
+            for round_no in range(ASK_ROUNDS):
+                if round_no:
+                    await asyncio.sleep(client_retry.backoff_delay(round_no))
+                unanswered: list[tuple[str, int]] = []
+                answered = await asyncio.gather(
+                    *(asker.ask(m, kind, i, case, failed, unanswered) for kind, i, case in todo)
+                )
+                answers.update({(row["set"], row["case"]): row for row in answered})
+                retry = set(unanswered)
+                todo = [item for item in todo if (item[0], item[1]) in retry]
+                if not todo or failed:
+                    break
+            rows += sorted(answers.values(), key=lambda row: position[(row["set"], row["case"])])
+    finally:
+        # Whatever was answered is kept, also when the work is abandoned halfway (cancelled job, Ctrl-C).
+        asker.save()
+    return ModelAnswers(rows, asker.calls, asker.cached, time.monotonic() - started)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -239,9 +367,65 @@ async def _ask_with_client(
     models: list[EvalModel],
     sets: list[EvalSet],
     options: EvalOptions,
-) -> tuple[list[dict[str, Any]], int]:
+    progress: EvalProgress | None,
+    cache: AnswerCache | None,
+    abort: EvalAbort | None = None,
+) -> ModelAnswers:
     async with AsyncMKA1Client(settings, transport=transport) as client:
-        return await ask_models(client, models, sets, options)
+        work = ask_models(client, models, sets, options, progress=progress, cache=cache)
+        return await (abort.guard(work) if abort is not None else work)
+
+
+def _async_transport(transport: httpx.BaseTransport | None) -> httpx.AsyncBaseTransport | None:
+    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+        raise TypeError(
+            "the eval stage needs a transport that also serves async clients (e.g. MockTransport)"
+        )
+    return transport
+
+
+@task(
+    name="evaluate-model", task_run_name="evaluate {model.model}", cache_policy=NO_CACHE, persist_result=False
+)
+def evaluate_model_task(
+    settings: ClientSettings,
+    model: EvalModel,
+    sets: list[EvalSet],
+    *,
+    options: EvalOptions,
+    transport: httpx.BaseTransport | None = None,
+    cache: AnswerCache | None = None,
+    progress: EvalProgress | None = None,
+    abort: EvalAbort | None = None,
+) -> ModelAnswers | State[Any]:
+    """Ask one model every prompt; the run ends Cancelled (returning that state) when ``abort`` fires."""
+    log = runtime.run_logger()
+    try:
+        answers = _run(
+            _ask_with_client(
+                settings, _async_transport(transport), [model], sets, options, progress, cache, abort
+            )
+        )
+    except asyncio.CancelledError:
+        if abort is None or not abort.is_set:
+            raise
+        log.info("eval of %s abandoned: %s", model.model, abort.reason)
+        return Cancelled(message=f"eval of {model.model} abandoned: {abort.reason}")
+    log.info(
+        "%s (%s): %d answer(s) in %.1fs, %d call(s), %d from the cache",
+        model.model,
+        model.role,
+        len(answers.rows),
+        answers.duration_s,
+        answers.calls,
+        answers.cached,
+    )
+    return answers
+
+
+def _as(m: EvalModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` labelled as ``m`` (answers asked of a model id that holds the same weights, or earlier)."""
+    return [row | {"model": m.model, "role": m.role, "step": m.step} for row in rows]
 
 
 @task(name="evaluate", **api_task_options())
@@ -254,27 +438,45 @@ def evaluate_task(
     select_by: SelectBy,
     options: EvalOptions | None = None,
     transport: httpx.BaseTransport | None = None,
+    answered: Mapping[str, ModelAnswers] | None = None,
+    cache: AnswerCache | None = None,
 ) -> EvalOutcome:
-    """Ask, score, summarise and select; write ``eval.parquet``/``eval.csv`` and publish the artifacts."""
+    """Score, summarise and select; write ``eval.parquet``/``eval.csv`` and publish the artifacts.
+
+    ``answered``: rows already asked, by model id (``evaluate_model_task`` runs); models missing there are
+    asked here.
+    """
     opts = options or EvalOptions()
-    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-        raise TypeError(
-            "the eval stage needs a transport that also serves async clients (e.g. MockTransport)"
-        )
+    answered = dict(answered or {})
     log = runtime.run_logger()
     n_cases = sum(len(s.cases) for s in sets)
+    missing = [m for m in models if m.model not in answered]
     log.info(
-        "evaluating %d model(s) on %d prompt(s) (%s), %d in parallel",
+        "evaluating %d model(s) on %d prompt(s) (%s), %d in parallel%s",
         len(models),
         n_cases,
         ", ".join(f"{s.kind}: {s.source}" for s in sets),
         opts.concurrency,
+        f"; {len(models) - len(missing)} already answered" if len(missing) < len(models) else "",
     )
-    publish(ProgressUpdate(progress_stage(sets), f"evaluating {len(models)} model(s) on {n_cases} prompt(s)"))
     started = time.monotonic()
-    rows, calls = _run(_ask_with_client(settings, transport, models, sets, opts))
-    duration = time.monotonic() - started
-    frame = eval_frame(rows)
+    given = list(answered.values())
+    if missing:
+        stage = progress_stage(sets)
+        publish(ProgressUpdate(stage, f"evaluating {len(missing)} model(s) on {n_cases} prompt(s)"))
+        progress = EvalProgress(stage)
+        progress.start(len(missing) * n_cases)
+        asked = _run(
+            _ask_with_client(settings, _async_transport(transport), missing, sets, opts, progress, cache)
+        )
+        given.append(asked)
+        for m in missing:
+            answered[m.model] = ModelAnswers([r for r in asked.rows if r["model"] == m.model], 0, 0, 0.0)
+    # Time spent asking (part of it may have overlapped the job's training), calls made, cache hits.
+    duration = sum(a.duration_s for a in given)
+    calls = sum(a.calls for a in given)
+    cached = sum(a.cached for a in given)
+    frame = eval_frame([row for m in models for row in _as(m, answered[m.model].rows)])
     summaries = summarize(frame, models)
     final = next(m.model for m in models if m.role == "fine-tuned")
     final_errors = frame[frame["model"] == final]["error"].dropna()
@@ -291,9 +493,12 @@ def evaluate_task(
     frame.to_parquet(files["eval_parquet"], index=False)
     frame.to_csv(files["eval_csv"], index=False)
     log.info(
-        "eval took %.1fs (%d calls): %s; selected %s (%s)",
+        "eval took %.1fs (%d calls, %d answers from the cache, %.1fs after the last model was known): %s; "
+        "selected %s (%s)",
         duration,
         calls,
+        cached,
+        time.monotonic() - started,
         score_line(summaries),
         selection.model,
         selection.reason,
@@ -301,7 +506,7 @@ def evaluate_task(
     runtime.table(
         summary_rows(summaries, selected=selection.model),
         key=runtime.artifact_key("eval-summary"),
-        description=f"per-model eval summary ({n_cases} prompt(s), {duration:.1f}s)",
+        description=f"per-model eval summary ({n_cases} prompt(s), {duration:.1f}s, {cached} cached answer(s))",
     )
     base = next((s.model for s in summaries if s.role == "base"), None)
     if len(frame[frame["set"] == "eval"]):
@@ -311,5 +516,11 @@ def evaluate_task(
             description="base vs selected model vs reference",
         )
     return EvalOutcome(
-        frame=frame, summaries=summaries, selection=selection, files=files, duration_s=duration, calls=calls
+        frame=frame,
+        summaries=summaries,
+        selection=selection,
+        files=files,
+        duration_s=duration,
+        calls=calls,
+        cached=cached,
     )

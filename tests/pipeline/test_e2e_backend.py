@@ -20,14 +20,22 @@ from typing import Any
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.settings import get_current_settings
 from prefect.variables import Variable
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
 from client import ClientSettings, MKA1Client
-from flows.fine_tune import fine_tune
+from evaluation.champion import PrefectVariables
+from evaluation.outcome import EvaluationReport
+from flows.fine_tune import _judge_plan, fine_tune
+from flows.judging import judge_run
 from flows.params import FineTuneParams
 from tasks.errors import DatasetInvalid, GateFailed
 from tasks.metrics import METRIC_COLUMNS
@@ -93,6 +101,31 @@ async def _artifact_keys(flow_run_id: Any) -> set[str]:
     return {a.key for a in arts if a.key}
 
 
+async def _task_runs(flow_run_id: Any) -> dict[str, Any]:
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r for r in runs}
+
+
+def _scores(report: EvaluationReport) -> list[tuple[Any, ...]]:
+    return [
+        (
+            m.role,
+            m.step,
+            m.answers,
+            m.errors,
+            m.score,
+            m.token_f1,
+            m.rouge_l,
+            m.checks_pass_rate,
+            m.smoke_passed,
+        )
+        for m in report.models
+    ]
+
+
 def test_flow_trains_and_rerun_creates_nothing(
     backend: RunningBackend, small_dataset: Path, tmp_path: Path
 ) -> None:
@@ -125,6 +158,31 @@ def test_flow_trains_and_rerun_creates_nothing(
     frame = pd.read_parquet(tmp_path / "out" / "eval.parquet")
     assert len(frame) == len(evaluation.models) * (10 + 5) and frame["latency_s"].gt(0).all()
     assert evaluation.selected is not None and evaluation.selected.model in set(frame["model"])
+    # The base model was judged while the job trained (its task run started before the wait ended) ...
+    runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    wait = next(r for name, r in runs.items() if name.startswith("wait-for-job"))
+    assert runs["evaluate local:micro-chat"].start_time < wait.end_time
+    assert not [name for name, r in runs.items() if r.state is None or not r.state.is_completed()]
+    # ... and the same job judged afresh after training, every model asked (the fine-tuned model itself, not
+    # its last-step checkpoint), with no answer cache, scores the same.
+    with _client(backend, "e2e-happy") as c:
+        job = c.jobs.retrieve(result.job_id)
+    sequential = judge_run(
+        plan=_judge_plan(params),
+        settings=ClientSettings(base_url=backend.base_url, api_key=backend.api_key, on_behalf_of="e2e-happy"),
+        transport=None,
+        base_model=str(job.model),
+        job=job,
+        checkpoints_parquet=tmp_path / "out" / "checkpoints.parquet",
+        final_metrics=result.final_metrics,
+        output_dir=tmp_path / "sequential",
+        flow_run_id=None,
+        store=PrefectVariables(),
+        state_dir=tmp_path / "sequential-state",
+        final_step=result.total_steps,
+    )
+    assert sequential.report.calls == len(evaluation.models) * 15 and sequential.report.cached_answers == 0
+    assert _scores(sequential.report) == _scores(evaluation)
 
     files, jobs = _lists(backend, "e2e-happy")
     # Same job inputs, so this re-attaches; it evaluates again and promotes.
@@ -134,6 +192,9 @@ def test_flow_trains_and_rerun_creates_nothing(
     assert [j.id for j in _lists(backend, "e2e-happy")[1]] == [j.id for j in jobs] == [result.job_id]
     assert again.job_id == result.job_id and again.job_attached and again.uploads_reused
     assert again.promoted_as == "e2e-bot" and again.evaluation is not None
+    # Every answer of the re-run came from the answer cache (built-in base, checkpoints, fine-tuned model).
+    assert again.evaluation.calls == 0 and again.evaluation.cached_answers == len(evaluation.models) * 15
+    assert _scores(again.evaluation) == _scores(evaluation)
     champion = Variable.get("ftpipe-champion-e2e-bot")
     assert again.evaluation.selected is not None
     assert champion["model_id"] == again.evaluation.selected.model and champion["job_id"] == result.job_id

@@ -1,0 +1,231 @@
+"""Eval work done while the job trains: the base model as soon as the job exists, each checkpoint when the wait
+sees it saved, so after training only what is left (normally nothing, or the fine-tuned model) is asked.
+
+One worker thread asks the models one at a time, in the order they became known, each as an
+``evaluate-model`` task run of the flow (it runs in a copy of the flow's context, as Prefect's own thread pool
+does). While the job trains it keeps fewer calls in flight (``TRAINING_CONCURRENCY``): the eval shares the
+server's CPU with the training it must not slow down. When the run ends without judging (the job failed or
+was cancelled, Ctrl-C), ``close`` cancels the calls in flight, the running task run ends Cancelled and the
+thread is joined before the connection closes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from client import ClientSettings, MKA1Client
+from client.models import FineTuningJob, FineTuningJobEvent
+from evaluation.results import EvalModel
+from tasks import runtime
+from tasks.eval_cache import AnswerCache
+from tasks.evaluate import (
+    EvalAbort,
+    EvalProgress,
+    ModelAnswers,
+    evaluate_model_task,
+    progress_stage,
+)
+from tasks.progress import ProgressUpdate, publish
+
+if TYPE_CHECKING:
+    from flows.judging import JudgePlan
+
+# Calls in flight while the job trains (the run's eval concurrency once it has ended). Measured on the sample
+# job (2 cores): see docs/performance.md.
+TRAINING_CONCURRENCY = 4
+# How long ``close`` waits for a cancelled worker (its calls are cancelled at once; this bounds a stuck one).
+CLOSE_TIMEOUT_S = 10.0
+
+EventObserver = Callable[[FineTuningJob, list[FineTuningJobEvent]], None]
+
+
+def _mentions_checkpoint(event: FineTuningJobEvent) -> bool:
+    # The embedded backend says "Checkpoint saved at step N", OpenAI "Checkpoint created at step N".
+    return "checkpoint" in (event.message or "").lower()
+
+
+class EvalAhead:
+    """Eval work queued as models become known and asked by one worker thread; ``finish`` collects it."""
+
+    def __init__(
+        self,
+        plan: JudgePlan,
+        settings: ClientSettings,
+        transport: httpx.BaseTransport | None,
+        cache: AnswerCache | None,
+        *,
+        checkpoints_while_training: bool,
+    ) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.transport = transport
+        self.cache = cache
+        self.checkpoints_while_training = checkpoints_while_training
+        self.progress = EvalProgress(progress_stage(plan.sets))
+        self._abort = EvalAbort()
+        self._queue: queue.Queue[EvalModel | None] = queue.Queue()
+        self._queued: dict[str, EvalModel] = {}
+        self._answers: dict[str, ModelAnswers] = {}
+        self._error: BaseException | None = None
+        self._training = True
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def started(self) -> bool:
+        """Whether a worker was started (there is eval work to do)."""
+        return self._thread is not None
+
+    def start(self, base_model: str) -> None:
+        """Start the worker and queue the base model (when an eval set is asked: smoke-only runs skip it)."""
+        if self._thread is not None or not self.plan.sets:
+            return
+        context = contextvars.copy_context()
+        # Daemon only as a last resort: ``close`` joins it; a thread stuck past that must not hold the exit.
+        self._thread = threading.Thread(
+            target=context.run, args=(self._work,), name="ftpipe-eval-ahead", daemon=True
+        )
+        self._thread.start()
+        if self.plan.eval_set is not None:
+            self.submit(EvalModel(base_model, "base"))
+
+    def submit(self, model: EvalModel) -> None:
+        """Queue ``model`` unless it is already queued (answers are per model id)."""
+        if self._thread is None or self._closed or model.model in self._queued:
+            return
+        self._queued[model.model] = model
+        self._queue.put(model)
+
+    def observer(self, client: MKA1Client, then: EventObserver | None = None) -> EventObserver:
+        """A ``wait_for_job_task`` event observer queueing each checkpoint the job saves (then ``then``)."""
+
+        def observe(job: FineTuningJob, events: list[FineTuningJobEvent]) -> None:
+            try:
+                if then is not None:
+                    then(job, events)
+            finally:
+                if self.checkpoints_while_training and any(_mentions_checkpoint(e) for e in events):
+                    self._queue_checkpoints(client, job.id)
+
+        return observe
+
+    def _queue_checkpoints(self, client: MKA1Client, job_id: str) -> None:
+        if self._thread is None or self._closed:
+            return
+        try:
+            checkpoints = sorted(client.jobs.list_checkpoints(job_id), key=lambda c: c.step_number or 0)
+        except Exception:
+            # A missed listing only moves that checkpoint's eval to after training.
+            runtime.run_logger().debug("could not list the checkpoints of %s", job_id, exc_info=True)
+            return
+        for ck in checkpoints:
+            if ck.fine_tuned_model_checkpoint:
+                step = ck.step_number if ck.step_number is not None else ck.metrics.step
+                step = int(step) if step is not None else None
+                loss = ck.metrics.full_valid_loss
+                self.submit(EvalModel(ck.fine_tuned_model_checkpoint, "checkpoint", step, loss))
+
+    def _work(self) -> None:
+        while (model := self._queue.get()) is not None:
+            if self._abort.is_set:
+                continue  # drain to the sentinel without asking
+            options = self.plan.options
+            if self._training:
+                options = dataclasses.replace(
+                    options, concurrency=min(options.concurrency, TRAINING_CONCURRENCY)
+                )
+            try:
+                result: Any = evaluate_model_task(
+                    self.settings,
+                    model,
+                    self.plan.sets,
+                    options=options,
+                    transport=self.transport,
+                    cache=self.cache,
+                    progress=self.progress,
+                    abort=self._abort,
+                )
+            except BaseException as exc:  # handed to the flow thread by ``finish``
+                self._error = self._error or exc
+                self._abort.abort(f"{type(exc).__name__} while evaluating {model.model}")
+                continue
+            if isinstance(result, ModelAnswers):
+                self._answers[model.model] = result
+
+    def finish(self, models: list[EvalModel]) -> dict[str, ModelAnswers]:
+        """Queue what is still unasked of ``models``, wait for the worker and return every answer by model id.
+
+        Progress is published from here on: answers still to come, over the models not yet answered.
+        """
+        if self._thread is None:
+            return {}
+        self._training = False
+        left = [m for m in models if m.model not in self._answers]
+        n_cases = sum(len(s.cases) for s in self.plan.sets)
+        if left:
+            stage = self.progress.stage
+            publish(ProgressUpdate(stage, f"evaluating {len(left)} model(s) on {n_cases} prompt(s)"))
+        self.progress.start(len(left) * n_cases)
+        for m in models:
+            self.submit(m)
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        return dict(self._answers)
+
+    def close(self, reason: str) -> None:
+        """Abandon the work left (calls in flight are cancelled) and join the worker; idempotent."""
+        if self._thread is None:
+            return
+        self._abort.abort(reason)
+        self._stop(CLOSE_TIMEOUT_S)
+
+    def is_queued(self, model: str) -> bool:
+        """Whether ``model`` was queued (so ``finish`` returns its answers unless its eval failed)."""
+        return model in self._queued
+
+    def _stop(self, timeout_s: float | None = None) -> None:
+        assert self._thread is not None
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        # Joined in slices so a Ctrl-C in the flow thread is not held up by the wait.
+        waited = 0.0
+        while self._thread.is_alive() and (timeout_s is None or waited < timeout_s):
+            self._thread.join(0.2)
+            waited += 0.2
+
+
+@contextmanager
+def eval_ahead(
+    plan: JudgePlan,
+    settings: ClientSettings,
+    transport: httpx.BaseTransport | None,
+    cache: AnswerCache | None,
+    *,
+    embedded: bool,
+) -> Iterator[EvalAhead]:
+    """An ``EvalAhead`` whose work left when the block ends (the run failed before judging) is abandoned.
+
+    Checkpoints are asked while the job trains only on the embedded backend, which registers a checkpoint's
+    model id as servable in the same transaction that lists the checkpoint (``backend/worker.py``). Neither
+    the wire contract nor MKA1's SDK promise that a remote checkpoint serves before its job has succeeded
+    (OpenAI's do not), so against a remote API only the base model (servable whatever the job does) is
+    asked early and the checkpoints after training, as before.
+    """
+    ahead = EvalAhead(plan, settings, transport, cache, checkpoints_while_training=embedded)
+    try:
+        yield ahead
+    except BaseException as exc:
+        ahead.close(f"the run stopped ({type(exc).__name__})")
+        raise
+    finally:
+        ahead.close("the run ended")

@@ -1,0 +1,189 @@
+"""Eval work overlapped with training (flows/eval_ahead.py) against the MockTransport fake: what is asked while
+the job trains, what is left for after it, and that a failed job leaves no eval work behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.backend_runtime import Connection, use_connection
+from flows.fine_tune import fine_tune
+from flows.params import FineTuneParams
+from tasks.record import RunRecord
+from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+PROMPTS = 10 + 1  # the dataset's validation-derived eval cases + its smoke prompt
+
+
+@dataclass
+class TrainingFake(FakeMKA1):
+    """FakeMKA1 whose checkpoints come with the embedded backend's "Checkpoint saved" event, whose job stays
+    running until ``hold`` allows its end, and whose /responses calls can hang until cancelled."""
+
+    hold: Callable[[TrainingFake], bool] | None = None
+    block: bool = False
+    asked: list[tuple[str, str]] = field(default_factory=list)  # (model, the job's status at that moment)
+    in_flight: int = 0
+    cancelled: int = 0
+
+    def _advance(self, jid: str) -> None:
+        cursor = self._cursor[jid]
+        upcoming = self.timeline[cursor] if cursor < len(self.timeline) else None
+        if upcoming in ("succeeded", "failed") and self.hold is not None and not self.hold(self):
+            return
+        before = len(self.checkpoints.get(jid, []))
+        super()._advance(jid)
+        for ck in self.checkpoints.get(jid, [])[before:]:
+            step = ck["step_number"]
+            self._event(jid, f"Checkpoint saved at step {step} (epoch {step}/2)", data={"step": step})
+
+    def asked_of(self, model: str) -> int:
+        return sum(1 for m, _ in self.asked if m == model)
+
+    def connection(self, embedded: bool = True) -> Connection:  # type: ignore[override]
+        return Connection(self.settings(), SERVER_ID, embedded, _Transport(self))
+
+
+class _Transport(httpx.MockTransport):
+    """The fake for the sync client; for the eval's async client, /responses calls are recorded (and held)."""
+
+    def __init__(self, fake: TrainingFake) -> None:
+        super().__init__(fake.handle)
+        self.fake = fake
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        fake = self.fake
+        if request.url.path.endswith("/responses"):
+            import json
+
+            job = list(fake.jobs.values())[-1]
+            fake.asked.append((json.loads(request.content)["model"], job["status"]))
+            fake.in_flight += 1
+            try:
+                while fake.block:
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                fake.cancelled += 1
+                raise
+            finally:
+                fake.in_flight -= 1
+        return fake.handle(request)
+
+
+def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
+    return FineTuneParams(
+        dataset_dir=dataset_dir,
+        model="local:micro-chat",
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        poll_interval_s=0.01,
+        poll_max_interval_s=0.02,
+        wait_timeout_s=30,
+        **kw,
+    )
+
+
+def _run(
+    fake: TrainingFake, dataset_dir: Path, tmp_path: Path, embedded: bool = True, **kw: Any
+) -> RunRecord:
+    with use_connection(fake.connection(embedded)):
+        return fine_tune(**_params(dataset_dir, tmp_path, **kw).flow_arguments())
+
+
+def _base_and_checkpoints_answered(fake: TrainingFake) -> bool:
+    jid = list(fake.jobs)[-1]
+    models = ["local:micro-chat", f"ft:{jid}:ckpt-1", f"ft:{jid}:ckpt-2"]
+    return fake.in_flight == 0 and all(fake.asked_of(m) >= PROMPTS for m in models)
+
+
+def test_base_and_checkpoints_are_judged_while_the_job_trains(dataset_dir: Path, tmp_path: Path) -> None:
+    # The job cannot end before the base model and both checkpoints were answered: only an eval running
+    # while the wait polls lets this run finish.
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    fake.hold = _base_and_checkpoints_answered
+    result = _run(fake, dataset_dir, tmp_path, seed=1)
+    ev = result.evaluation
+    assert ev is not None
+    assert [(m.role, m.step, m.answers) for m in ev.models] == [
+        ("base", None, 10),
+        ("checkpoint", 1, 10),
+        ("fine-tuned", 2, 10),
+    ]
+    # The checkpoint at the last step holds the fine-tuned weights: its answers stand for the final model's,
+    # which is never asked; nothing at all is asked after training.
+    assert fake.asked_of(str(result.fine_tuned_model)) == 0
+    assert all(status != "succeeded" for _, status in fake.asked)
+    assert ev.calls == 3 * PROMPTS and ev.cached_answers == 0
+    assert {m.role: m.score for m in ev.models} == {"base": 0.0, "checkpoint": 1.0, "fine-tuned": 1.0}
+
+    # A re-run re-attaches to the finished job and takes every answer from the cache.
+    again = _run(fake, dataset_dir, tmp_path, seed=1)
+    assert again.job_attached and again.evaluation is not None
+    # The base model is asked again: on this (not embedded) server its id may be an alias.
+    assert again.evaluation.calls == PROMPTS and again.evaluation.cached_answers == 2 * PROMPTS
+    assert [m.model_dump(exclude={"latency_mean_s", "latency_p95_s"}) for m in again.evaluation.models] == [
+        m.model_dump(exclude={"latency_mean_s", "latency_p95_s"}) for m in ev.models
+    ]
+
+
+def test_a_remote_api_gets_its_checkpoints_asked_after_training_with_the_same_report(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    ahead = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    ahead.hold = _base_and_checkpoints_answered
+    overlapped = _run(ahead, dataset_dir, tmp_path / "a", seed=2)
+    remote = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    sequential = _run(remote, dataset_dir, tmp_path / "b", embedded=False, seed=2)
+    jid = list(remote.jobs)[-1]
+    # Not promised servable before the job ends: no checkpoint of a remote job is asked while it trains.
+    assert {status for model, status in remote.asked if "ckpt" in model} == {"succeeded"}
+    assert (
+        remote.asked_of(f"ft:{jid}:ckpt-2") == 0
+        and remote.asked_of(str(sequential.fine_tuned_model)) == PROMPTS
+    )
+
+    def scores(record: RunRecord) -> list[tuple[Any, ...]]:
+        assert record.evaluation is not None
+        return [(m.role, m.step, m.score, m.answers, m.smoke_passed) for m in record.evaluation.models]
+
+    assert scores(overlapped) == scores(sequential)
+    assert overlapped.evaluation is not None and sequential.evaluation is not None
+    assert overlapped.evaluation.selected is not None and sequential.evaluation.selected is not None
+    assert overlapped.evaluation.selected.step == sequential.evaluation.selected.step
+    assert overlapped.evaluation.gate_passed is sequential.evaluation.gate_passed is True
+
+
+async def _task_run_states(flow_run_id: Any) -> list[tuple[str, str]]:
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted((r.name, r.state.type.value if r.state else "?") for r in runs)
+
+
+def test_a_failed_job_cancels_the_eval_in_flight(dataset_dir: Path, tmp_path: Path) -> None:
+    fake = TrainingFake(timeline=["queued", "running", "running", "failed"], total_steps=2, block=True)
+    fake.hold = lambda f: f.in_flight > 0  # fail while the base model's calls hang in flight
+    started = time.monotonic()
+    with use_connection(fake.connection()):
+        state = fine_tune(**_params(dataset_dir, tmp_path, seed=3).flow_arguments(), return_state=True)
+    assert state.is_failed() and "boom" in str(state.message)
+    assert time.monotonic() - started < 20
+    assert fake.cancelled > 0 and fake.in_flight == 0
+    assert not [t for t in threading.enumerate() if t.name == "ftpipe-eval-ahead"]
+    states = asyncio.run(_task_run_states(state.state_details.flow_run_id))
+    evals = [s for name, s in states if name.startswith("evaluate ")]
+    assert evals and set(evals) == {"CANCELLED"}
+    assert not [name for name, s in states if s in ("RUNNING", "PENDING", "SCHEDULED")]
