@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +14,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from backend.trainer.chat import ChatFormat
+from backend.trainer.decode import LeanDecoder, lean_unsupported
 from backend.trainer.device import prepare_device, resolve_device
 from backend.trainer.modeling import load_for_inference
 from backend.trainer.spec import ContextTooLong
 from backend.trainer.train import configure_threads
 from contract.wire import DEFAULT_MAX_OUTPUT_TOKENS
+
+log = logging.getLogger("backend.generate")
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class _TextDeltas(BaseStreamer):
     """Hands `emit` the reply as it grows, in pieces that concatenate to the final (stripped) text.
 
     Whitespace at the end is held back until more text follows (the final text is stripped), and so is a
-    partial UTF-8 character (byte-level tokens decode it as U+FFFD until the rest arrives).
+    partial UTF-8 character (byte-level tokens decode it as U+FFFD until the rest arrives). ``generate`` feeds
+    it through `put` (prompt first), the lean decoder through `add`.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[int], emit: Callable[[str], None]):
@@ -48,7 +53,11 @@ class _TextDeltas(BaseStreamer):
         if not self._prompt_seen:  # generate() first passes the prompt itself
             self._prompt_seen = True
             return
-        self._ids.extend(t for t in value.reshape(-1).tolist() if t not in self._stop)
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, ids: list[int]) -> None:
+        """Take newly generated token ids."""
+        self._ids.extend(t for t in ids if t not in self._stop)
         text = str(self._tok.decode(self._ids, skip_special_tokens=True)).strip()
         if not text.endswith("\ufffd"):
             self.send(text)
@@ -77,17 +86,21 @@ class _Entry:
     model: PreTrainedModel
     fmt: ChatFormat
     max_seq_len: int
+    decoder: LeanDecoder | None  # greedy replies; None: they go through HF generate too
 
 
 class Generator:
     """Generates chat replies; keeps the `cache_size` most recently used models loaded. Not thread-safe:
     callers serialise (``backend.generation.GenerationService`` runs it on one thread).
 
-    Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA).
+    Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA). Greedy replies use
+    the lean decoder (`backend.trainer.decode`, same tokens, far less overhead per token) where it mirrors the
+    model, else HF ``generate``, as sampled replies always do; ``lean=False`` forces ``generate`` (benchmarks).
     """
 
-    def __init__(self, cache_size: int = 4) -> None:
+    def __init__(self, cache_size: int = 4, *, lean: bool = True) -> None:
         self.cache_size = max(1, cache_size)
+        self.lean = lean
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         configure_threads()
         self.device = resolve_device()
@@ -102,7 +115,14 @@ class Generator:
         model, tokenizer, max_len = load_for_inference(model_ref)
         mod: Any = model
         mod.to(self.device)  # in place; PreTrainedModel.to is typed too narrowly for mypy
-        entry = _Entry(model, ChatFormat(tokenizer, max_len), max_len)
+        decoder = None
+        if self.lean:
+            reason = lean_unsupported(model)
+            if reason is None:
+                decoder = LeanDecoder(model)
+            else:
+                log.info("greedy replies of %s go through HF generate: %s", key, reason)
+        entry = _Entry(model, ChatFormat(tokenizer, max_len), max_len, decoder)
         self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -128,10 +148,18 @@ class Generator:
         """
         entry = self._get(model_ref)
         prompt, max_new = self._prompt(entry, messages, instructions, max_output_tokens, truncate)
-        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         tok = entry.fmt.tokenizer
         stop, pad = self._stops(entry)
         sample = bool(temperature)
+        deltas = _TextDeltas(tok, stop, on_text) if on_text is not None else None
+        if not sample and entry.decoder is not None:
+            on_tokens = None if deltas is None else (lambda _row, ids: deltas.add(ids))
+            [new] = entry.decoder.greedy([prompt], [max_new], stop, pad, on_tokens=on_tokens)
+            result = self._reply(entry, new, stop, len(prompt))
+            if deltas is not None:
+                deltas.send(result.text)
+            return result
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "eos_token_id": stop,
@@ -144,7 +172,6 @@ class Generator:
             kwargs["top_k"] = 0
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        deltas = _TextDeltas(tok, stop, on_text) if on_text is not None else None
         if deltas is not None:
             kwargs["streamer"] = deltas
         # Seeding must not disturb the global RNG streams (the CUDA one too, when sampling there).
@@ -160,14 +187,18 @@ class Generator:
         return result
 
     def generate_greedy_batch(self, model_ref: str | Path, items: list[BatchItem]) -> list[GenerationResult]:
-        """Greedy replies to several chats of one model in one left-padded ``generate`` call.
+        """Greedy replies to several chats of one model in one left-padded batch (lean decoder or ``generate``).
 
         Each row gets what ``generate`` would give it alone: greedy decoding of a row does not depend on the
-        others (padding is masked), and a row that wants fewer tokens is cut at its own limit.
+        others (padding is masked, positions start at each row's first token), and a row that wants fewer
+        tokens is cut at its own limit.
         """
         entry = self._get(model_ref)
         stop, pad = self._stops(entry)
         prompts = [self._prompt(entry, i.messages, i.instructions, i.max_output_tokens) for i in items]
+        if entry.decoder is not None:
+            news = entry.decoder.greedy([p for p, _ in prompts], [n for _, n in prompts], stop, pad)
+            return [self._reply(entry, new, stop, len(p)) for new, (p, _) in zip(news, prompts, strict=True)]
         width = max(len(p) for p, _ in prompts)
         ids = torch.tensor(
             [[pad] * (width - len(p)) + p for p, _ in prompts], dtype=torch.long, device=self.device
