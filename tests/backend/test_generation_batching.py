@@ -67,6 +67,27 @@ def test_concurrent_greedy_requests_are_batched_per_model() -> None:
     assert len(stub.threads) == 1  # still one generation thread
 
 
+def test_a_burst_arriving_while_idle_is_one_batch() -> None:
+    service = GenerationService()
+    stub = StubGenerator()
+    service._generator = stub
+    service.GATHER_GAP_S, service.GATHER_MAX_S = 0.25, 2.0  # generous: the test machine may be busy
+
+    async def one(i: int) -> Any:
+        await asyncio.sleep(0.03 * i)  # requests trickle in, as concurrent HTTP calls do
+        return await service.generate(_req("m", f"q{i}"))
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(one(i) for i in range(6)))
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        service.close()
+    assert [o.text for o in outs] == [f"m:q{i}" for i in range(6)]
+    assert stub.batches == [("m", 6)] and not stub.singles  # without the wait: 1 alone, then the rest
+
+
 def test_a_failed_batch_fails_its_requests_only() -> None:
     service = GenerationService()
     service._generator = StubGenerator(fail_model="gone")
