@@ -41,6 +41,7 @@ EPILOG = """examples:
   ftpipe run --train my/train.jsonl --validation my/valid.jsonl --smoke my/smoke.jsonl --eval my/eval.jsonl
   ftpipe run DIR --promote-as support-bot --select-by eval_score --gate-min-score 0.5 --gate-min-improvement 0.02
   ftpipe run DIR --judge-model local:tiny-chat --eval-max-output-tokens 64 --eval-concurrency 4
+  ftpipe run DIR --rerun        (run the flow again although nothing changed since its last success)
   ftpipe run DIR --no-eval --fresh --integration '{"type": "wandb", "wandb": {"project": "support"}}'
   ftpipe run DIR --output out/support --state-dir /tmp/ftpipe-state --quiet
   ftpipe run DIR --poll-interval 2 --poll-max-interval 30 --timeout 3600
@@ -157,6 +158,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=False,
     )
+    job.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run the flow even when this command already ran to success and nothing changed since "
+        "(without it, that run's summary is shown again without running anything)",
+    )
 
     out = p.add_argument_group("outputs and waiting")
     for flag, field in (("--output", "output_dir"), ("--state-dir", "state_dir")):
@@ -232,6 +239,12 @@ def run_command(args: argparse.Namespace) -> int:
         params = params_from_args(args)
     except ValidationError as exc:
         return usage_error(PROG, "; ".join(error_lines(exc)))
+    from cli import rerun
+
+    # Before Prefect is imported: an unchanged re-run of a finished run is answered from the state dir.
+    key = rerun.outcome_key(params)
+    if key is not None and not args.rerun and rerun.show_unchanged(params, key):
+        return EXIT_OK
     from cli.preflight import PreflightError, preflight
 
     try:
@@ -291,4 +304,6 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     console.print(run_summary_text(result), markup=False, highlight=False, soft_wrap=True)
     ok = result.status == "succeeded" and result.smoke_passed is not False
+    if ok and key is not None:
+        rerun.remember(params, key, result)
     return EXIT_OK if ok else EXIT_FAILED

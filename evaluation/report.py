@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from evaluation.outcome import EvaluationReport
 from evaluation.results import ModelSummary
 from evaluation.scoring import SCORE_DEFINITION
+
+if TYPE_CHECKING:  # pandas is imported by the one renderer that reads a frame: the run summary does not
+    import pandas as pd
 
 _CELL_CHARS = 300
 
@@ -42,6 +43,8 @@ def summary_rows(summaries: list[ModelSummary], selected: str | None = None) -> 
 
 
 def _cell(text: Any) -> str:
+    import pandas as pd
+
     if text is None or (isinstance(text, float) and pd.isna(text)) or text is pd.NA:
         return "-"
     flat = " ".join(str(text).split())
@@ -51,6 +54,8 @@ def _cell(text: Any) -> str:
 
 def side_by_side_markdown(frame: pd.DataFrame, base: str | None, candidate: str, n: int = 5) -> str:
     """The first ``n`` eval prompts: reference vs base answer vs candidate answer, with their scores."""
+    import pandas as pd
+
     ev = frame[frame["set"] == "eval"]
     cases = list(dict.fromkeys(ev["case"].dropna().tolist()))[:n]
     lines = [

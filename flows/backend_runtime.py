@@ -152,6 +152,49 @@ def reusable_local_backend(bs: BackendSettings) -> bool:
     )
 
 
+def embedded_server_id(bs: BackendSettings) -> str:
+    """How the local indexes name the embedded backend of ``bs.data_dir``, wherever it listens."""
+    return f"embedded:{bs.data_dir.expanduser().resolve()}"
+
+
+def server_identity(base_url: str | None = None, on_behalf_of: str | None = None) -> tuple[str, str | None]:
+    """(server id, end user) that ``open_connection(base_url, on_behalf_of)`` would index a run under."""
+    if _override is not None:
+        return _override.server_id, _override.settings.on_behalf_of
+    if wants_remote(base_url):
+        settings = _settings(base_url=base_url, on_behalf_of=on_behalf_of)
+        return settings.base_url, settings.on_behalf_of
+    from backend.settings import BackendSettings
+
+    return embedded_server_id(BackendSettings()), _settings(on_behalf_of=on_behalf_of).on_behalf_of
+
+
+def running_connection(base_url: str | None = None, on_behalf_of: str | None = None) -> Connection | None:
+    """The connection ``open_connection`` would yield, when that needs nothing started or leased: the remote
+    API, or an embedded backend already running (ftpipe's kept one, else an ftpipe backend on the configured
+    port). None when no embedded backend runs, or raises ``LocalPortTaken`` when the port holds another."""
+    if _override is not None:
+        return _override
+    if wants_remote(base_url):
+        settings = _settings(base_url=base_url, on_behalf_of=on_behalf_of)
+        return Connection(settings, settings.base_url, embedded=False)
+    from backend.settings import BackendSettings
+    from services.embedded import managed_backend
+
+    bs = BackendSettings()
+    if bs.api_key is None and not (bs.data_dir.expanduser() / "api_key").is_file():
+        return None  # no backend ever served this data dir: nothing to find, and no key to create
+    record = managed_backend(bs)
+    if record is not None:
+        url = record.url
+    elif reusable_local_backend(bs):
+        url = f"http://{bs.host}:{bs.port}{API_PREFIX}"
+    else:
+        return None
+    settings = _settings(base_url=url, api_key=bs.resolved_api_key(), on_behalf_of=on_behalf_of)
+    return Connection(settings, embedded_server_id(bs), True)
+
+
 @contextmanager
 def open_connection(base_url: str | None = None, on_behalf_of: str | None = None) -> Iterator[Connection]:
     """Yield the connection for one run (the single way in: runs, estimates, ``ftpipe jobs``/``chat``).
@@ -172,7 +215,7 @@ def open_connection(base_url: str | None = None, on_behalf_of: str | None = None
     from services.embedded import managed_backend, shared_backend
 
     bs = BackendSettings()
-    server_id = f"embedded:{bs.data_dir.expanduser().resolve()}"
+    server_id = embedded_server_id(bs)
     key = bs.resolved_api_key()
     # One ftpipe keeps for this data dir is leased; one someone serves by hand (`ftpipe backend serve`) is
     # used as it is.

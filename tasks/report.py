@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,21 @@ def reattach_summary(
             f"valid {valid_loss:.4f}" if train_loss is not None else f"{final}valid loss {valid_loss:.4f}"
         )
     return f"re-attached to {job_id} ({', '.join(parts)})"
+
+
+def unchanged_run_line(record: RunRecord, force_flag: str) -> str:
+    """The line an unchanged re-run prints over the recorded run's summary instead of running the flow.
+
+    E.g. ``unchanged since run tiny-chat-s42 of 2026-12-02 01:40 UTC (http://...): job ftjob-1 still succeeded,
+    nothing was run; --rerun runs the flow again``.
+    """
+    name = record.flow_run_name or record.job_id
+    when = record.finished_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    link = f" ({record.flow_run_url})" if record.flow_run_url else ""
+    return (
+        f"unchanged since run {name} of {when}{link}: job {record.job_id} still {record.status}, "
+        f"nothing was run; {force_flag} runs the flow again"
+    )
 
 
 # --------------------------------------------------------------------------------------------- metrics

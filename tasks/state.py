@@ -1,4 +1,5 @@
-"""Small JSON indexes in the local state dir: uploaded files by content hash, jobs by idempotency key.
+"""Small JSON indexes in the local state dir: uploaded files by content hash, jobs by idempotency key,
+finished runs by outcome digest.
 
 They make re-runs cheap (reuse a file id, reattach to a job after a crash). They are hints only: every
 entry is verified against the server before use, so a stale or deleted file is harmless.
@@ -20,6 +21,17 @@ import platformdirs
 
 UPLOADS_FILE = "uploads.json"
 JOBS_FILE = "jobs.json"
+FINISHED_RUNS_FILE = "finished-runs.json"
+_CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large datasets never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def default_state_dir() -> Path:
@@ -115,6 +127,12 @@ def uploads_index(state_dir: Path) -> JsonIndex:
 def jobs_index(state_dir: Path) -> JsonIndex:
     """``<state_dir>/jobs.json``: (server, end user, idempotency key) -> job id + flow run id."""
     return JsonIndex(state_dir / JOBS_FILE)
+
+
+def finished_runs_index(state_dir: Path) -> JsonIndex:
+    """``<state_dir>/finished-runs.json``: outcome digest -> a finished run's job, model and result.json
+    (``cli/rerun.py``: an unchanged ``ftpipe run`` is answered from it)."""
+    return JsonIndex(state_dir / FINISHED_RUNS_FILE)
 
 
 def scoped_key(server_id: str, on_behalf_of: str | None, key: str) -> str:

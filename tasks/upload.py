@@ -8,7 +8,6 @@ report no hash are matched by name and size alone, and the upload artifact says 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -22,9 +21,8 @@ from tasks import report, runtime
 from tasks.errors import UploadIntegrityError
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import api_task_options
-from tasks.state import JsonIndex, key_lock, scoped_key, uploads_index
+from tasks.state import JsonIndex, key_lock, scoped_key, sha256_file, uploads_index
 
-_CHUNK = 1024 * 1024
 # The server's file list can be long; matching is a fallback, so bound the scan.
 _MAX_LISTED = 10_000
 
@@ -41,15 +39,6 @@ class UploadedFile:
     how: str  # "index" | "server-list" | "uploaded"
     # True: the server's sha256 equals the local one; None: the server reports no hash (name + size only).
     sha256_verified: bool | None = None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large datasets never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def upload_name(path: Path, sha256: str) -> str:

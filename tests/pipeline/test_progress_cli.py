@@ -75,8 +75,10 @@ def test_plain_progress_off_a_terminal_then_one_line_on_re_attach(
     assert training[-1]["rest"].startswith("job ftjob-3  train loss 0.1667  valid loss 0.1250")
     assert "fine-tune result" in out and lines.index("fine-tune result") > lines.index(training[-1].string)
 
+    # --rerun: without it the unchanged re-run is answered from the state dir and no flow runs (tested in
+    # test_rerun.py); here the flow re-attaches.
     with use_connection(fake.connection()):
-        assert main(argv) == 0
+        assert main([*argv, "--rerun"]) == 0
     lines = capsys.readouterr().out.splitlines()
     (reattach,) = [line for line in lines if "re-attached" in line]
     assert re.fullmatch(
