@@ -51,6 +51,7 @@ BENCHMARKS = (
     Benchmark("upload", "upload_memory.py", ("--size-mb", "1024"), ("--quick",), 900),
     Benchmark("trainer", "trainer_throughput.py", ("--skip", "1"), ("--quick", "--skip", "1"), 1800),
     Benchmark("fast_start", "fast_start.py", (), ("--quick",), 2400),
+    Benchmark("eval_speed", "eval_speed.py", (), ("--quick",), 900),
     # ~0.5B Qwen2-shaped model with random weights + LoRA: a few steps each (a CPU step takes seconds).
     Benchmark(
         "trainer_lora",
