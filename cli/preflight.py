@@ -6,6 +6,7 @@ elsewhere (deployments), so these are an early answer, not the only guard.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +209,8 @@ def check_local_port() -> None:
         raise PreflightError((str(exc),), EXIT_FAILED) from None
 
 
-def preflight(params: FineTuneParams) -> None:
-    """All checks, cheapest first; raises ``PreflightError``."""
-    check_paths(params)
-    check_dataset(params)
+def check_server(params: FineTuneParams) -> None:
+    """The API side: the remote API answers and knows the model, or the embedded backend can be used."""
     from flows.backend_runtime import wants_remote
 
     if wants_remote(params.base_url):
@@ -222,3 +221,27 @@ def preflight(params: FineTuneParams) -> None:
     else:
         check_embedded_model(params.model)
         check_local_port()
+
+
+def preflight(params: FineTuneParams) -> None:
+    """All checks; raises ``PreflightError`` (a dataset problem first, as when they ran one after the other).
+
+    The server checks wait on the network while the dataset is validated on this thread, so they cost
+    about the longer of the two. Their thread is a daemon: a dataset error is reported without waiting
+    for an API that is slow to answer.
+    """
+    check_paths(params)
+    outcome: list[BaseException] = []
+
+    def server() -> None:
+        try:
+            check_server(params)
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=server, name="ftpipe-preflight", daemon=True)
+    thread.start()
+    check_dataset(params)
+    thread.join()
+    if outcome:
+        raise outcome[0]

@@ -139,6 +139,24 @@ def test_refused_key_says_check_the_key(
     assert lines == [f"ftpipe run: the API at {url} refused the key (401); check MKA1_API_KEY"]
 
 
+def test_a_bad_dataset_is_reported_before_a_refused_key(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    server: tuple[str, type[_Answer]],
+) -> None:
+    # The API is probed while the dataset is validated; the dataset's report still comes first, alone.
+    url, _ = server
+    monkeypatch.setenv("MKA1_BASE_URL", url)
+    monkeypatch.setenv("MKA1_API_KEY", "wrong")
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b'{"bad": 1}\nnot json\n')
+    code, lines = _run(capsys, "--train", str(train))
+    assert code == 1
+    assert lines[0] == "ftpipe run: dataset invalid; nothing was uploaded:"
+    assert not any("MKA1_API_KEY" in line for line in lines), lines
+
+
 def test_unknown_model_is_named_before_upload(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], server: tuple[str, type[_Answer]]
 ) -> None:
