@@ -10,7 +10,13 @@ embedded backend, in temp state/services/data/Prefect-home folders, with ``FTPIP
    finished-runs ledger without a flow (one GET of the job); its wall time, median of ``--reruns``, target
    < 3 s. Beside it, the same re-run forced through the flow (``--rerun``: it re-attaches to the finished
    job, uploads and trains nothing), with the services warm and, the baseline, with
-   ``FTPIPE_SERVICES_KEEP=false`` (a Prefect server started for the run, as before services were kept).
+   ``FTPIPE_SERVICES_KEEP=false`` (a Prefect server started for the run, as before services were kept);
+4. ``--warm-runs`` more jobs (other seeds: each trains) with everything warm, as a user's next runs are.
+
+For each job run it prints where the wall time went, from the run's own log timestamps (what the user sees):
+pre-flow (command start to "Beginning flow run": Python, imports, preflight, flow run creation), before
+training (validate, estimate, uploads, job create, queued, until the client sees "Training started"),
+training (until the client sees the job succeeded) and after training (metrics, smoke/eval, summary, exit).
 
     python bench/fast_start.py                    # the sample job as `ftpipe run datasets/customer-support`
     python bench/fast_start.py --quick --json out.json    # the sample data, 1 epoch, no eval stage
@@ -21,12 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from common import Row, add_common_args, row, write_rows
@@ -72,6 +80,35 @@ def _env(tmp: Path, keep: bool) -> dict[str, str]:
     return env
 
 
+# Prefect's console lines start "HH:MM:SS.mmm | LEVEL | ..." (local time); these mark the phases' ends.
+_LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|")
+_MARKS = (
+    ("pre-flow", "Beginning flow run"),
+    ("before training", "] Training started"),
+    ("training", " is succeeded"),
+)
+PHASES = (*(name for name, _ in _MARKS), "after training")
+
+
+def phase_seconds(output: str, started: datetime, ended: datetime) -> dict[str, float]:
+    """Seconds per phase of one run, from its log lines' timestamps (the first line holding each mark)."""
+    ends: list[datetime] = []
+    lines = output.splitlines()
+    for name, mark in _MARKS:
+        line = next((ln for ln in lines if mark in ln and _LOG_TIME.match(ln)), None)
+        if line is None:
+            raise SystemExit(f"no log line with {mark!r} ({name}) in the run's output")
+        m = _LOG_TIME.match(line)
+        assert m is not None
+        h, mi, sec, ms = (int(g) for g in m.groups())
+        at = started.replace(hour=h, minute=mi, second=sec, microsecond=ms * 1000)
+        if at < started - timedelta(hours=1):  # the run went past midnight
+            at += timedelta(days=1)
+        ends.append(at)
+    bounds = [started, *ends, ended]
+    return {name: (b - a).total_seconds() for name, a, b in zip(PHASES, bounds[:-1], bounds[1:], strict=True)}
+
+
 def _timed(argv: list[str], env: dict[str, str], console: Console) -> tuple[float, str]:
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -79,7 +116,31 @@ def _timed(argv: list[str], env: dict[str, str], console: Console) -> tuple[floa
     if proc.returncode != 0:
         console.print(proc.stdout[-2000:], proc.stderr[-3000:], markup=False)
         raise SystemExit(f"{shlex.join(argv)} exited {proc.returncode}")
-    return elapsed, proc.stdout
+    return elapsed, proc.stdout + proc.stderr
+
+
+def _job_run(argv: list[str], env: dict[str, str], console: Console) -> tuple[float, dict[str, float]]:
+    """Wall time of a run that trains, and its phases (printed)."""
+    started = datetime.now()
+    wall, output = _timed([*argv, "--progress", "plain"], env, console)
+    phases = phase_seconds(output, started, started + timedelta(seconds=wall))
+    console.print("  " + ", ".join(f"{name} {s:.1f}s" for name, s in phases.items()))
+    return wall, phases
+
+
+def _phase_rows(label: str, phases: dict[str, float], training_s: float) -> list[Row]:
+    return [
+        row("fast_start", f"{label}: {name}, s", s, unit="s", note="from the run's log timestamps")
+        for name, s in phases.items()
+    ] + [
+        row(
+            "fast_start",
+            f"{label}: everything but training, s",
+            sum(phases.values()) - training_s,
+            unit="s",
+            note="wall minus the job's own training time",
+        )
+    ]
 
 
 def _secs(values: list[float]) -> str:
@@ -110,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", type=Path, default=REPO / "datasets" / "customer-support")
     ap.add_argument("--reruns", type=int, default=3, help="re-runs to take the median of (default 3)")
     ap.add_argument("--run-args", default="", help="extra `ftpipe run` options, e.g. '--epochs 1'")
+    ap.add_argument(
+        "--warm-runs", type=int, default=1, help="jobs trained after the first, services warm (default 1)"
+    )
     add_common_args(ap)
     args = ap.parse_args(argv)
     console = Console(width=160)
@@ -119,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         env = _env(tmp, keep=True)
         out = tmp / "out"
-        cmd = [sys.executable, "-m", "cli", "run", str(args.dataset), "--output", str(out), *extra]
+
+        def command(output: Path) -> list[str]:
+            return [sys.executable, "-m", "cli", "run", str(args.dataset), "--output", str(output), *extra]
+
+        cmd = command(out)
         try:
             warm = subprocess.run(
                 [sys.executable, "-c", WARM_UP], env=env, capture_output=True, text=True, check=True
@@ -127,9 +195,27 @@ def main(argv: list[str] | None = None) -> int:
             backend_s, prefect_s = (float(x) for x in warm.stdout.split())
             console.print(f"services started: backend {backend_s:.1f}s, Prefect server {prefect_s:.1f}s")
 
-            wall, _ = _timed(cmd, env, console)
+            wall, phases = _job_run(cmd, env, console)
             training = _training_s(out)
             console.print(f"sample job: {wall:.1f}s command to summary, {training:.0f}s training")
+            phase_rows = _phase_rows("first job after the services start", phases, training)
+            for i in range(args.warm_runs):
+                warm_out = tmp / f"out-warm-{i}"
+                warm_cmd = [*command(warm_out), "--seed", str(1000 + i)]  # the last --seed wins
+                warm_wall, warm_phases = _job_run(warm_cmd, env, console)
+                warm_training = _training_s(warm_out)
+                console.print(f"warm job {i + 1}: {warm_wall:.1f}s, {warm_training:.0f}s training")
+                phase_rows.append(
+                    row(
+                        "fast_start",
+                        f"warm job {i + 1} command-to-summary vs training time",
+                        warm_wall,
+                        warm_training,
+                        unit="s",
+                        note="services, backend and its worker warm; another seed, so it trains",
+                    )
+                )
+                phase_rows += _phase_rows(f"warm job {i + 1}", warm_phases, warm_training)
 
             reruns = [_unchanged_rerun(cmd, env, console) for _ in range(args.reruns)]
             console.print("re-runs (unchanged: no flow): " + _secs(reruns))
@@ -182,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             row("fast_start", "embedded backend start-up, s (once, then kept)", backend_s, unit="s"),
             row("fast_start", "local Prefect server start-up, s (once, then kept)", prefect_s, unit="s"),
+            *phase_rows,
         ]
     write_rows(args.json, rows)
     for r in rows:
