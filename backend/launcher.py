@@ -99,6 +99,8 @@ class RunningBackend:
         return backend_env(self.settings, data_dir=self.data_dir, port=self.port, api_key=self.api_key)
 
     def _wait_healthy(self) -> None:
+        from client.tls import ssl_context
+
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         url = self.base_url + HEALTH_PATH
         while time.monotonic() < deadline:
@@ -109,7 +111,7 @@ class RunningBackend:
                 )
             try:
                 # Only our child's answer counts: another server already on the port would answer too.
-                if health_pid(httpx.get(url, timeout=1.0)) == self._proc.pid:
+                if health_pid(httpx.get(url, timeout=1.0, verify=ssl_context())) == self._proc.pid:
                     return
             except httpx.HTTPError:
                 pass

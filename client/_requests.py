@@ -31,6 +31,7 @@ from client.models import (
 )
 from client.redaction import install_log_redaction, register_secret
 from client.settings import ClientSettings
+from client.tls import ssl_context
 
 T = TypeVar("T")
 Order = Literal["asc", "desc"]
@@ -109,6 +110,7 @@ def client_kwargs(settings: ClientSettings, transport: Any = None) -> dict[str, 
         "headers": default_headers(settings),
         "timeout": default_timeout(settings),
         "follow_redirects": False,
+        "verify": ssl_context(),
     }
     if transport is not None:
         kwargs["transport"] = transport

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from client import ClientSettings, MKA1Client
 from client.errors import AuthenticationError, PermissionDeniedError
+from client.tls import ssl_context
 from contract.wire import API_PREFIX, HEALTH_PATH
 from tasks.errors import PipelineError
 
@@ -103,7 +104,7 @@ def _health(url: str) -> httpx.Response | str:
     why = ""
     for attempt in range(1, HEALTH_ATTEMPTS + 1):
         try:
-            return httpx.get(url, timeout=HEALTH_TIMEOUT_S)
+            return httpx.get(url, timeout=HEALTH_TIMEOUT_S, verify=ssl_context())
         except httpx.HTTPError as exc:
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if attempt < HEALTH_ATTEMPTS:

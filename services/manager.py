@@ -71,8 +71,10 @@ class Acquired:
 
 def is_healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S, pid: int | None = None) -> bool:
     """True when ``url`` answers 2xx (and, given ``pid``, its JSON names that server pid)."""
+    from client.tls import ssl_context
+
     try:
-        response = httpx.get(url, timeout=timeout_s)
+        response = httpx.get(url, timeout=timeout_s, verify=ssl_context())
     except httpx.HTTPError:
         return False
     if not response.is_success:
