@@ -1,8 +1,9 @@
 """Cancel the remote job when the flow run is cancelled or interrupted.
 
-Two paths reach here: the flow's own ``except`` around the wait (Ctrl-C, asyncio cancellation, Prefect's
-TerminationSignal) and Prefect's ``on_cancellation`` hook (cancel from the UI/CLI via a runner). Both find
-the job through ``jobs.json`` in the state dir, so the hook works even though it only sees the flow run.
+Three paths reach here: the flow's own ``except`` around the wait (Ctrl-C, asyncio cancellation, Prefect's
+TerminationSignal), its outer ``except`` for a Ctrl-C elsewhere after the job was created, and Prefect's
+``on_cancellation`` hook (cancel from the UI/CLI via a runner). The last two find the job through
+``jobs.json`` in the state dir (recorded as soon as the job exists), as the hook only sees the flow run.
 After Ctrl-C the flow ends in Prefect's Cancelled state (not Crashed) with `interrupted_message` as its
 message; calling the flow then raises Prefect's ``CancelledRun`` with that message.
 """
@@ -77,6 +78,48 @@ def jobs_of_flow_run(state_dir: Path, flow_run_id: str) -> list[str]:
     ]
 
 
+def cancel_jobs_of_flow_run(
+    params: FineTuneParams, flow_run_id: str, log: Any = _log
+) -> list[tuple[str, str | None]]:
+    """Cancel the unfinished jobs ``jobs.json`` records for ``flow_run_id``; each job id with the status the
+    server answered (None: not cancelled). Their entries get that status, so nothing cancels them twice."""
+    state_dir = params.state_dir or default_state_dir()
+    job_ids = jobs_of_flow_run(state_dir, flow_run_id)
+    if not job_ids:
+        return []
+    with (
+        open_connection(params.base_url, params.on_behalf_of) as conn,
+        MKA1Client(conn.settings, transport=conn.transport) as client,
+    ):
+        answered = {job_id: cancel_job(client, job_id, log) for job_id in job_ids}
+
+    def mark(entries: dict[str, Any]) -> None:
+        for entry in entries.values():
+            if isinstance(entry, dict) and answered.get(entry.get("job_id", "")) is not None:
+                entry["status"] = answered[entry["job_id"]]
+
+    jobs_index(state_dir).update(mark)
+    return list(answered.items())
+
+
+def interrupted_outside_the_wait(
+    params: FineTuneParams, flow_run_id: str | None, exc: KeyboardInterrupt
+) -> KeyboardInterrupt:
+    """Ctrl-C anywhere but the wait (which cancels its own job), e.g. just after the job was created: the job
+    this run recorded is cancelled here, and the interrupt names it (`Interrupted`)."""
+    if isinstance(exc, Interrupted) or flow_run_id is None:
+        return exc
+    try:
+        cancelled = cancel_jobs_of_flow_run(params, flow_run_id)
+    except Exception:
+        _log.exception("could not cancel the jobs of flow run %s", flow_run_id)
+        return exc
+    if not cancelled:
+        return exc
+    job_id, status = cancelled[0]
+    return Interrupted(job_id, status)
+
+
 def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_cancellation`` hook: cancel the jobs this flow run started or attached to."""
     try:
@@ -84,13 +127,4 @@ def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
     except Exception:
         _log.exception("cancellation hook: unreadable flow parameters; cannot find the job")
         return
-    state_dir = params.state_dir or default_state_dir()
-    job_ids = jobs_of_flow_run(state_dir, str(flow_run.id))
-    if not job_ids:
-        return
-    with (
-        open_connection(params.base_url, params.on_behalf_of) as conn,
-        MKA1Client(conn.settings, transport=conn.transport) as client,
-    ):
-        for job_id in job_ids:
-            cancel_job(client, job_id)
+    cancel_jobs_of_flow_run(params, str(flow_run.id))

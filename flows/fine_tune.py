@@ -26,7 +26,13 @@ from evaluation.evalset import EvalCase
 from evaluation.gate import DEFAULT_MIN_IMPROVEMENT
 from evaluation.selection import SelectBy
 from flows.backend_runtime import open_connection
-from flows.cancellation import Interrupted, cancel_job, interrupted_message, on_cancellation_hook
+from flows.cancellation import (
+    Interrupted,
+    cancel_job,
+    interrupted_message,
+    interrupted_outside_the_wait,
+    on_cancellation_hook,
+)
 from flows.eval_ahead import eval_ahead
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
@@ -174,8 +180,10 @@ def fine_tune(
         experiment.ended_without_success(exc.job_id, exc.status, str(exc))
         raise
     except KeyboardInterrupt as exc:
-        # Ctrl-C: the job was cancelled below (if one ran). Returning a Cancelled state is Prefect's way to end
-        # the run Cancelled rather than Crashed; the caller gets CancelledRun carrying the message.
+        # Ctrl-C: the job was cancelled below (if one ran), or here when the interrupt came outside the wait.
+        # Returning a Cancelled state is Prefect's way to end the run Cancelled rather than Crashed; the caller
+        # gets CancelledRun carrying the message.
+        exc = interrupted_outside_the_wait(params, current_flow_run.get_id(), exc)
         experiment.ended_without_success(experiment.job_id, "cancelled", "the flow run was interrupted")
         return Cancelled(message=interrupted_message(exc, experiment.job_id))  # type: ignore[return-value]
     except (asyncio.CancelledError, TerminationSignal):
@@ -269,12 +277,14 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
-            finished = wait_for_job_task(
-                client,
-                job_id,
-                params.poll_policy(embedded=conn.embedded),
-                on_events=ahead.observer(client, experiment.observe),
-                attached=handle.attached,
+            finished = runtime.unless_interrupted(
+                wait_for_job_task(
+                    client,
+                    job_id,
+                    params.poll_policy(embedded=conn.embedded),
+                    on_events=ahead.observer(client, experiment.observe),
+                    attached=handle.attached,
+                )
             )
         except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal) as exc:
             log.warning("flow interrupted while waiting: cancelling job %s", job_id)

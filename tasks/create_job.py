@@ -199,6 +199,8 @@ def create_job_task(
                 ),
                 idempotency_key=_request_key(client, key, fresh_if_dead),
             )
+            # Recorded at once: a Ctrl-C from here on finds (and cancels) it through jobs.json.
+            record_job(state_dir, server_id, obo, key, created, flow_run_id)
             job = keep_oldest(client, key, created, log)
             how = "created" if job.id == created.id else "deduplicated"
         record_job(state_dir, server_id, obo, key, job, flow_run_id)

@@ -6,9 +6,11 @@ scripts) they fall back to the stdlib logger and skip artifacts, so stage logic 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from prefect import artifacts as _artifacts
@@ -16,6 +18,8 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+P = ParamSpec("P")
+T = TypeVar("T")
 _FALLBACK = logging.getLogger("ftpipe.tasks")
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
 
@@ -27,6 +31,41 @@ def in_run() -> bool:
     except MissingContextError:
         return False
     return True
+
+
+def cancelled_on_interrupt(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A task body interrupted by Ctrl-C returns Prefect's Cancelled state (message: ``interrupted while
+    <what>``) instead of raising; outside a run the KeyboardInterrupt passes through.
+
+    Prefect records a task run that raises KeyboardInterrupt as Crashed; a returned state is how a Prefect 3
+    task ends Cancelled. The caller gets the state in place of the value: `unless_interrupted` turns it back
+    into the interrupt.
+    """
+
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def body(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                if not in_run():
+                    raise
+                from prefect.states import Cancelled
+
+                return cast(T, Cancelled(message=f"interrupted while {what}"))
+
+        return body
+
+    return wrap
+
+
+def unless_interrupted(value: T) -> T:
+    """``value``, or KeyboardInterrupt again when it is the Cancelled state of a `cancelled_on_interrupt` task."""
+    from prefect.states import State
+
+    if isinstance(value, State) and value.is_cancelled():
+        raise KeyboardInterrupt(value.message)
+    return value
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -110,6 +110,7 @@ def _echo(log: Any, job_id: str, event: FineTuningJobEvent) -> None:
 
 
 @task(name="wait-for-job", cache_policy=NO_CACHE, persist_result=False)
+@runtime.cancelled_on_interrupt("waiting for the job")  # Ctrl-C: the task run ends Cancelled, not Crashed
 def wait_for_job_task(
     client: MKA1Client,
     job_id: str,

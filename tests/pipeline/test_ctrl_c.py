@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from pydantic import SecretStr
 
@@ -209,5 +210,9 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: S
     assert prefect_url is not None
     with temporary_settings(updates={PREFECT_API_URL: prefect_url}), get_client(sync_client=True) as prefect:
         run = prefect.read_flow_run(entry["flow_run_id"])
+        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert run.state is not None and run.state.is_cancelled(), run.state
     assert run.state.message == f"interrupted: cancelled job {job_id}"
+    # The task run the Ctrl-C interrupted ends Cancelled as well, not Crashed.
+    (wait,) = [t for t in tasks if t.name.startswith("wait-for-job")]
+    assert wait.state is not None and wait.state.is_cancelled(), wait.state

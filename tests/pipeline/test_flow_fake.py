@@ -139,6 +139,42 @@ def test_keyboard_interrupt_cancels_remote_job(fake: FakeMKA1, dataset_dir: Path
     assert fake.count("POST", f"/fine_tuning/jobs/{job['id']}/cancel") == 1
     recorded = json.loads((tmp_path / "state" / JOBS_FILE).read_text())
     assert [e["status"] for e in recorded.values()] == ["cancelled"]
+    # The interrupted task run ends Cancelled too, not Crashed; the tasks before it Completed.
+    states = _task_run_states(state.state_details.flow_run_id)
+    assert states["wait-for-job"] == ("CANCELLED", "interrupted while waiting for the job")
+    assert states["create-job"][0] == "COMPLETED"
+
+
+def _task_run_states(flow_run_id: UUID | None) -> dict[str, tuple[str, str | None]]:
+    """Each task run of the flow run by task name (the run name less its suffix): state type and message."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {
+        run.name.rsplit("-", 1)[0]: (run.state.type.value, run.state.message) for run in runs if run.state
+    }
+
+
+@pytest.mark.parametrize("where", ["in create-job, after the POST", "between create-job and the wait"])
+def test_keyboard_interrupt_just_after_the_job_was_created_cancels_it(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    def interrupt(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    if where.startswith("in create-job"):
+        monkeypatch.setattr("tasks.create_job.keep_oldest", interrupt)
+    else:
+        monkeypatch.setattr("flows.experiment.ExperimentRun.job_created", interrupt)
+    fake.timeline = ["running"] * 50
+    with use_connection(fake.connection()):
+        state = fine_tune(**_params(dataset_dir, tmp_path).flow_arguments(), return_state=True)
+    (job,) = fake.jobs.values()
+    assert job["status"] == "cancelled"
+    assert state.is_cancelled() and state.message == f"interrupted: cancelled job {job['id']}"
+    recorded = json.loads((tmp_path / "state" / JOBS_FILE).read_text())
+    assert [(e["job_id"], e["status"]) for e in recorded.values()] == [(job["id"], "cancelled")]
 
 
 def test_keyboard_interrupt_before_the_job_ends_cancelled(
