@@ -101,6 +101,10 @@ def evaluation_summary_rows(report: EvaluationReport) -> list[tuple[str, str]]:
             else f" {report.selected.criterion}={report.selected.value:.4f}"
         )
         rows.append(("selected model", f"{report.selected.model}{value} ({report.selected.reason})"))
+    if report.calls or report.cached_answers:
+        rows.append(
+            ("eval answers", f"{report.calls} call(s), {report.cached_answers} answer(s) from the cache")
+        )
     verdict = {True: "passed", False: "failed: " + "; ".join(report.gate_failures), None: "nothing to check"}
     rows.append(("gate", verdict[report.gate_passed]))
     if report.promotion:

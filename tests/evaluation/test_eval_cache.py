@@ -181,3 +181,12 @@ def test_judge_grades_are_cached_only_for_an_immutable_judge(tmp_path: Path) -> 
         _evaluate(server, AnswerCache(state, EMBEDDED), tmp_path, models, judge_model="gpt-judge")
     # The answers come from the cache; a judge that may change under its name grades them again.
     assert server.models_asked().count("gpt-judge") == 4 and server.models_asked().count("ft:m") == 2
+
+
+def test_the_run_summary_says_how_many_answers_came_from_the_cache() -> None:
+    from evaluation.outcome import EvaluationReport
+    from evaluation.report import evaluation_summary_rows
+
+    rows = dict(evaluation_summary_rows(EvaluationReport(calls=3, cached_answers=12)))
+    assert rows["eval answers"] == "3 call(s), 12 answer(s) from the cache"
+    assert "eval answers" not in dict(evaluation_summary_rows(EvaluationReport()))
