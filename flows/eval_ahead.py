@@ -3,16 +3,16 @@ sees it saved, so after training only what is left (normally nothing, or the fin
 
 One worker thread asks the models one at a time, in the order they became known, each as an
 ``evaluate-model`` task run of the flow (it runs in a copy of the flow's context, as Prefect's own thread pool
-does). While the job trains it keeps fewer calls in flight (``TRAINING_CONCURRENCY``): the eval shares the
-server's CPU with the training it must not slow down. When the run ends without judging (the job failed or
-was cancelled, Ctrl-C), ``close`` cancels the calls in flight, the running task run ends Cancelled and the
-thread is joined before the connection closes.
+does). It keeps the run's eval concurrency while the job trains too: a server that batches a model's greedy
+requests (the embedded one, ``backend/generation.py``) answers 16 at once for little more than the cost of one,
+so fewer in flight would cost the CPU the training shares more per answer, not less. When the run ends without
+judging (the job failed or was cancelled, Ctrl-C), ``close`` cancels the calls in flight, the running task run
+ends Cancelled and the thread is joined before the connection closes.
 """
 
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -38,9 +38,6 @@ from tasks.progress import ProgressUpdate, publish
 if TYPE_CHECKING:
     from flows.judging import JudgePlan
 
-# Calls in flight while the job trains (the run's eval concurrency once it has ended). Measured on the sample
-# job (2 cores): see docs/performance.md.
-TRAINING_CONCURRENCY = 4
 # How long ``close`` waits for a cancelled worker (its calls are cancelled at once; this bounds a stuck one).
 CLOSE_TIMEOUT_S = 10.0
 
@@ -75,7 +72,6 @@ class EvalAhead:
         self._queued: dict[str, EvalModel] = {}
         self._answers: dict[str, ModelAnswers] = {}
         self._error: BaseException | None = None
-        self._training = True
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -137,17 +133,12 @@ class EvalAhead:
         while (model := self._queue.get()) is not None:
             if self._abort.is_set:
                 continue  # drain to the sentinel without asking
-            options = self.plan.options
-            if self._training:
-                options = dataclasses.replace(
-                    options, concurrency=min(options.concurrency, TRAINING_CONCURRENCY)
-                )
             try:
                 result: Any = evaluate_model_task(
                     self.settings,
                     model,
                     self.plan.sets,
-                    options=options,
+                    options=self.plan.options,
                     transport=self.transport,
                     cache=self.cache,
                     progress=self.progress,
@@ -167,7 +158,6 @@ class EvalAhead:
         """
         if self._thread is None:
             return {}
-        self._training = False
         left = [m for m in models if m.model not in self._answers]
         n_cases = sum(len(s.cases) for s in self.plan.sets)
         if left:
