@@ -66,6 +66,18 @@ def _in_process_server_running() -> bool:
     return bool(getattr(instance, "running", False))
 
 
+def server_port() -> int:
+    """A free loopback port for ftpipe's Prefect server, never the embedded backend's configured one (which is
+    free until a run starts the backend, after this server)."""
+    from backend.launcher import free_port
+    from backend.settings import BackendSettings
+
+    reserved = BackendSettings().port
+    while (port := free_port(LOOPBACK)) == reserved:
+        pass
+    return port
+
+
 def _server_env(keep: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.pop(API_ENV, None)
@@ -129,9 +141,7 @@ def prefect_api_for_run(command: str | None = None) -> Iterator[PrefectApi]:
     digest = _config_hash(settings.keep)
 
     def spec() -> manager.Spec:
-        from backend.launcher import free_port
-
-        port = free_port(LOOPBACK)
+        port = server_port()
         base = f"http://{LOOPBACK}:{port}"
         return manager.Spec(
             kind="prefect",

@@ -109,3 +109,20 @@ def test_a_killed_ftpipe_run_leaves_no_server_behind(
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_the_prefect_server_never_takes_the_backend_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's port is free while Prefect's server starts (the backend comes later in the run): the
+    server's port is chosen around it, as a random free port could otherwise be that one."""
+    import backend.launcher
+    from services.prefect_api import server_port
+
+    real = backend.launcher.free_port
+    backend_port = real()
+    offered = iter([backend_port, backend_port])
+    monkeypatch.setattr(
+        backend.launcher, "free_port", lambda host="127.0.0.1": next(offered, None) or real(host)
+    )
+    monkeypatch.setenv("FTPIPE_BACKEND_PORT", str(backend_port))
+    port = server_port()
+    assert port != backend_port and next(offered, None) is None  # both offers of the backend's port refused
