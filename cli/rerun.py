@@ -3,8 +3,9 @@
 A run that ended well (exit 0) is recorded in ``<state dir>/finished-runs.json`` under the digest of all
 that decides its outcome: the flow parameters it received (less the ones that only change how it waits or
 where it keeps its indexes), the sha256 of each input file as the flow resolves it (train, validation, eval,
-smoke), the API identity (the server id jobs.json uses, the end user) and the output folder. The same
-command again finds the entry, checks that result.json is the file it wrote and, with one GET, that the job
+smoke), the API identity (the server id jobs.json uses: the base URL of a remote API, the data dir of the
+embedded backend wherever it listens; and the end user) and the output folder. The same command again
+finds the entry, checks that result.json is the file it wrote and, with one GET, that the job
 still exists, succeeded and has the same fine-tuned model, then prints that run's summary.
 
 The output folder is part of the digest: a run writes its frames, plot and result.json there, so a re-run
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,8 @@ RESOLVED = frozenset(
         "output_dir",
     }
 )
+# The ledger keeps the most recently recorded runs; an older one's re-run runs the flow (and is recorded again).
+MAX_ENTRIES = 200
 # One quick look at the job: a slow or unreachable API is the flow's to report, under its own retries.
 LOOK_TIMEOUT_S = 5.0
 log = logging.getLogger(__name__)
@@ -126,9 +130,25 @@ def remember(params: FineTuneParams, key: str, record: RunRecord) -> None:
             flow_run_url=record.flow_run_url,
             recorded_at=datetime.now(UTC),
         )
-        finished_runs_index(_state_dir(params)).put(key, entry.model_dump(mode="json"))
+        finished_runs_index(_state_dir(params)).update(_recorded(key, entry))
     except Exception:  # the ledger only saves a later re-run time; the run itself succeeded
         log.debug("could not record the finished run in the state dir", exc_info=True)
+
+
+def _recorded(key: str, entry: FinishedRun) -> Callable[[dict[str, Any]], None]:
+    """Set ``key``, then drop the oldest entries beyond ``MAX_ENTRIES`` (unreadable ones first)."""
+
+    def change(data: dict[str, Any]) -> None:
+        data[key] = entry.model_dump(mode="json")
+
+        def recorded_at(k: str) -> str:  # ISO timestamps in UTC sort as text
+            value = data[k]
+            return str(value.get("recorded_at", "")) if isinstance(value, dict) else ""
+
+        for old in sorted(data, key=recorded_at)[: max(0, len(data) - MAX_ENTRIES)]:
+            del data[old]
+
+    return change
 
 
 def unchanged_run(params: FineTuneParams, key: str) -> tuple[FinishedRun, RunRecord] | None:

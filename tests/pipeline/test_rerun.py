@@ -255,3 +255,45 @@ def test_fresh_a_failed_smoke_check_or_a_promotion_never_take_the_shortcut(
         assert main(_argv(dataset_dir, tmp_path, "--no-eval")) == 1
     assert "unchanged since" not in capsys.readouterr().out
     assert len(json.loads(finished_runs_index(tmp_path / "state").path.read_text(encoding="utf-8"))) == 1
+
+
+def test_the_ledger_keeps_the_most_recent_runs(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from tasks.record import DatasetFile, RunRecord
+
+    ds = _full_dataset(tmp_path / "ds")
+    params = _params(str(ds), "--output", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"))
+    key = rerun.outcome_key(params)
+    assert key is not None
+    result = tmp_path / "out" / "result.json"
+    result.parent.mkdir()
+    result.write_text("{}", encoding="utf-8")
+    now = datetime.now(UTC)
+    record = RunRecord(
+        job_id="ftjob-1",
+        status="succeeded",
+        base_model="local:tiny-chat",
+        method="supervised",
+        fine_tuned_model="ft:1",
+        idempotency_key="k",
+        training=DatasetFile(
+            role="training", path=ds / "train.jsonl", sha256="0" * 64, bytes=1, examples=3, file_id="file-1"
+        ),
+        started_at=now,
+        finished_at=now,
+        duration_s=1.0,
+        output_dir=result.parent,
+        outputs={"result_json": result},
+    )
+    ledger = finished_runs_index(tmp_path / "state")
+    ledger.path.parent.mkdir(parents=True)
+    old = {f"old-{i:03d}": {"recorded_at": f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z"} for i in range(200)}
+    ledger.path.write_text(json.dumps({**old, "unreadable": 7}), encoding="utf-8")
+    rerun.remember(params, key, record)
+    kept = ledger.read()
+    assert len(kept) == rerun.MAX_ENTRIES == 200 and kept[key]["job_id"] == "ftjob-1"
+    # The unreadable entry and the oldest went; the newest old ones stayed.
+    assert "unreadable" not in kept and "old-000" not in kept and "old-001" in kept and "old-199" in kept
+    rerun.remember(params.model_copy(update={"seed": 7}), key, record)  # inputs changed since: not recorded
+    assert ledger.read() == kept
