@@ -54,8 +54,10 @@ RESOLVED = frozenset(
 )
 # The ledger keeps the most recently recorded runs; an older one's re-run runs the flow (and is recorded again).
 MAX_ENTRIES = 200
-# One quick look at the job: a slow or unreachable API is the flow's to report, under its own retries.
+# One quick look at the job: a slow or unreachable API is the flow's to report, under its own retries (an
+# address that does not answer costs at most the connect timeout before the preflight's own probe).
 LOOK_TIMEOUT_S = 5.0
+LOOK_CONNECT_TIMEOUT_S = 1.5
 log = logging.getLogger(__name__)
 
 
@@ -195,7 +197,7 @@ def _job_unchanged(params: FineTuneParams, entry: FinishedRun) -> bool:
     if conn is None:
         return False
     quick = conn.settings.model_copy(
-        update={"max_retries": 0, "timeout_s": LOOK_TIMEOUT_S, "connect_timeout_s": LOOK_TIMEOUT_S}
+        update={"max_retries": 0, "timeout_s": LOOK_TIMEOUT_S, "connect_timeout_s": LOOK_CONNECT_TIMEOUT_S}
     )
     try:
         with MKA1Client(quick, transport=conn.transport) as client:

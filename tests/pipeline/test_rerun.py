@@ -16,6 +16,7 @@ from cli.main import build_parser, main
 from cli.run import params_from_args
 from flows.backend_runtime import use_connection
 from flows.params import FineTuneParams
+from tasks.record import RunRecord
 from tasks.state import finished_runs_index
 from tests.pipeline.conftest import write_jsonl
 from tests.pipeline.fake_api import FakeMKA1
@@ -257,18 +258,17 @@ def test_fresh_a_failed_smoke_check_or_a_promotion_never_take_the_shortcut(
     assert len(json.loads(finished_runs_index(tmp_path / "state").path.read_text(encoding="utf-8"))) == 1
 
 
-def test_the_ledger_keeps_the_most_recent_runs(tmp_path: Path) -> None:
+def _recorded_run(tmp_path: Path, *options: str) -> tuple[FineTuneParams, str, RunRecord]:
+    """A run of ``options`` on a full dataset, recorded as finished (its result.json written)."""
     from datetime import UTC, datetime
 
-    from tasks.record import DatasetFile, RunRecord
+    from tasks.record import DatasetFile
 
     ds = _full_dataset(tmp_path / "ds")
-    params = _params(str(ds), "--output", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"))
+    out = tmp_path / "out"
+    params = _params(str(ds), "--output", str(out), "--state-dir", str(tmp_path / "state"), *options)
     key = rerun.outcome_key(params)
     assert key is not None
-    result = tmp_path / "out" / "result.json"
-    result.parent.mkdir()
-    result.write_text("{}", encoding="utf-8")
     now = datetime.now(UTC)
     record = RunRecord(
         job_id="ftjob-1",
@@ -283,17 +283,32 @@ def test_the_ledger_keeps_the_most_recent_runs(tmp_path: Path) -> None:
         started_at=now,
         finished_at=now,
         duration_s=1.0,
-        output_dir=result.parent,
-        outputs={"result_json": result},
+        output_dir=out,
+        outputs={"result_json": out / "result.json"},
     )
+    out.mkdir()
+    (out / "result.json").write_text(record.to_json(), encoding="utf-8")
+    rerun.remember(params, key, record)
+    return params, key, record
+
+
+def test_the_ledger_keeps_the_most_recent_runs(tmp_path: Path) -> None:
     ledger = finished_runs_index(tmp_path / "state")
     ledger.path.parent.mkdir(parents=True)
     old = {f"old-{i:03d}": {"recorded_at": f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z"} for i in range(200)}
     ledger.path.write_text(json.dumps({**old, "unreadable": 7}), encoding="utf-8")
-    rerun.remember(params, key, record)
+    params, key, record = _recorded_run(tmp_path)
     kept = ledger.read()
     assert len(kept) == rerun.MAX_ENTRIES == 200 and kept[key]["job_id"] == "ftjob-1"
     # The unreadable entry and the oldest went; the newest old ones stayed.
     assert "unreadable" not in kept and "old-000" not in kept and "old-001" in kept and "old-199" in kept
     rerun.remember(params.model_copy(update={"seed": 7}), key, record)  # inputs changed since: not recorded
     assert ledger.read() == kept
+
+
+def test_an_api_that_does_not_answer_means_the_flow_runs(tmp_path: Path) -> None:
+    from backend.launcher import free_port
+
+    params, key, _ = _recorded_run(tmp_path, "--base-url", f"http://127.0.0.1:{free_port()}/api/v1/llm")
+    assert finished_runs_index(tmp_path / "state").get(key) is not None
+    assert rerun.unchanged_run(params, key) is None  # connection refused: no answer, the flow reports it
