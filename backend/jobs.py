@@ -223,6 +223,7 @@ class JobService:
                 transition(
                     conn, job, "queued", ["Files validated, moving job to queued state", "Job enqueued"]
                 )
+        self.pool.notify()
 
     # transitions -----------------------------------------------------------------------------------
     def pause(self, owner: str, job_id: str) -> None:
@@ -250,6 +251,7 @@ class JobService:
                 action="resume",
                 changes={"resume": 1, "control": "continue"},
             )
+        self.pool.notify()
 
     def cancel(self, owner: str, job_id: str) -> None:
         """Cancel a job in any non-terminal state; a running worker notices within a step."""

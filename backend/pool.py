@@ -38,6 +38,8 @@ class WorkerPool:
         self.layout = layout
         self._ctx = mp.get_context("spawn")
         self._stop: MPEvent = self._ctx.Event()
+        # Set when a job becomes runnable: an idle worker claims it at once instead of at its next idle poll.
+        self._work: MPEvent = self._ctx.Event()
         self._procs: list[SpawnProcess] = []
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -61,6 +63,7 @@ class WorkerPool:
                 os.getpid(),
                 self._stop,
                 self.settings.max_steps_per_job,
+                self._work,
             ),
             name=f"ftpipe-worker-{index}",
         )
@@ -83,10 +86,15 @@ class WorkerPool:
                 self._procs[i] = self._spawn(i)
         db.close()
 
+    def notify(self) -> None:
+        """A job was queued: wake an idle worker to claim it."""
+        self._work.set()
+
     def stop(self) -> None:
         """Ask workers to stop (running jobs checkpoint and re-queue), then terminate stragglers."""
         self._stopping.set()
         self._stop.set()
+        self._work.set()  # idle workers wait on it: they see the stop at once
         log.info("asked %d worker(s) to stop: running jobs save a checkpoint and re-queue", len(self._procs))
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in self._procs:

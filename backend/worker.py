@@ -47,8 +47,13 @@ def worker_main(
     parent_pid: int,
     stop: MPEvent,
     max_steps: int | None = None,
+    work: MPEvent | None = None,
 ) -> None:
-    """Process entry point: loop claiming jobs until asked to stop or the API process disappears."""
+    """Process entry point: loop claiming jobs until asked to stop or the API process disappears.
+
+    An idle worker sleeps on ``work`` (set by the API process when a job is queued, and at shutdown) and
+    looks for jobs every ``IDLE_POLL_S`` regardless, so a lost wake-up costs at most that long.
+    """
     # A terminal's Ctrl-C reaches the whole foreground process group, workers included: the server alone
     # decides, and stops them through `stop` (checkpoint, re-queue) rather than a KeyboardInterrupt mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -60,10 +65,14 @@ def worker_main(
     db = Database(layout.db_path)
     from backend.trainer.train import train  # heavy import (torch): once per worker, before the first job
 
+    idle = work if work is not None else stop
     while not stop.is_set() and os.getppid() == parent_pid:
+        if work is not None:
+            # Cleared before the claim: a job queued after this line sets it again, so none is slept through.
+            work.clear()
         job = _claim(db)
         if job is None:
-            stop.wait(IDLE_POLL_S)
+            idle.wait(IDLE_POLL_S)
             continue
         _run(db, layout, job, metrics_every, parent_pid, stop, train, max_steps)
 
