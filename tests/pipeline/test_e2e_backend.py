@@ -127,8 +127,9 @@ def _scores(report: EvaluationReport) -> list[tuple[Any, ...]]:
 
 
 def test_flow_trains_and_rerun_creates_nothing(
-    backend: RunningBackend, small_dataset: Path, tmp_path: Path
+    backend: RunningBackend, small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("FTPIPE_EVAL_DURING_TRAINING", "all")  # every model judged as soon as it serves
     params = _params(small_dataset, tmp_path, "e2e-happy")
     state = fine_tune(**params.flow_arguments(), return_state=True)
     result = state.result()

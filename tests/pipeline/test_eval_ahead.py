@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.backend_runtime import Connection, use_connection
+from flows.eval_ahead import OVERLAP_SETTING
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tasks.record import RunRecord
@@ -108,7 +109,10 @@ def _base_and_checkpoints_answered(fake: TrainingFake) -> bool:
     return fake.in_flight == 0 and all(fake.asked_of(m) >= PROMPTS for m in models)
 
 
-def test_base_and_checkpoints_are_judged_while_the_job_trains(dataset_dir: Path, tmp_path: Path) -> None:
+def test_base_and_checkpoints_are_judged_while_the_job_trains(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OVERLAP_SETTING, "all")
     # The job cannot end before the base model and both checkpoints were answered: only an eval running
     # while the wait polls lets this run finish.
     fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
@@ -139,8 +143,9 @@ def test_base_and_checkpoints_are_judged_while_the_job_trains(dataset_dir: Path,
 
 
 def test_a_remote_api_gets_its_checkpoints_asked_after_training_with_the_same_report(
-    dataset_dir: Path, tmp_path: Path
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(OVERLAP_SETTING, "all")
     ahead = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
     ahead.hold = _base_and_checkpoints_answered
     overlapped = _run(ahead, dataset_dir, tmp_path / "a", seed=2)
@@ -173,7 +178,10 @@ async def _task_run_states(flow_run_id: Any) -> list[tuple[str, str]]:
     return sorted((r.name, r.state.type.value if r.state else "?") for r in runs)
 
 
-def test_a_failed_job_cancels_the_eval_in_flight(dataset_dir: Path, tmp_path: Path) -> None:
+def test_a_failed_job_cancels_the_eval_in_flight(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OVERLAP_SETTING, "all")
     fake = TrainingFake(timeline=["queued", "running", "running", "failed"], total_steps=2, block=True)
     fake.hold = lambda f: f.in_flight > 0  # fail while the base model's calls hang in flight
     started = time.monotonic()
@@ -187,3 +195,28 @@ def test_a_failed_job_cancels_the_eval_in_flight(dataset_dir: Path, tmp_path: Pa
     evals = [s for name, s in states if name.startswith("evaluate ")]
     assert evals and set(evals) == {"CANCELLED"}
     assert not [name for name, s in states if s in ("RUNNING", "PENDING", "SCHEDULED")]
+
+
+def test_by_default_the_embedded_backend_gets_only_the_last_checkpoint_judged_while_it_trains(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On the machine that trains, the base model and the earlier checkpoints would compete with the training:
+    # they wait for the job's end. The last-step checkpoint (training is over when it is saved) does not.
+    monkeypatch.delenv(OVERLAP_SETTING, raising=False)
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    fake.hold = lambda f: f.in_flight == 0 and f.asked_of(f"ft:{list(f.jobs)[-1]}:ckpt-2") >= PROMPTS
+    result = _run(fake, dataset_dir, tmp_path, seed=4)
+    jid = list(fake.jobs)[-1]
+    assert {s for m, s in fake.asked if m == f"ft:{jid}:ckpt-2"} == {"running"}
+    assert {s for m, s in fake.asked if m in ("local:micro-chat", f"ft:{jid}:ckpt-1")} == {"succeeded"}
+    assert fake.asked_of(str(result.fine_tuned_model)) == 0
+    assert result.evaluation is not None
+    assert [(m.role, m.step) for m in result.evaluation.models] == [
+        ("base", None),
+        ("checkpoint", 1),
+        ("fine-tuned", 2),
+    ]
+    monkeypatch.setenv(OVERLAP_SETTING, "off")
+    off = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    _run(off, dataset_dir, tmp_path / "off", seed=5)
+    assert {s for _, s in off.asked} == {"succeeded"}
