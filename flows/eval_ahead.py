@@ -233,8 +233,11 @@ def eval_ahead(
       each serves (a checkpoint's model id serves from the moment it is listed, ``backend/worker.py``).
     """
     mode = os.environ.get(OVERLAP_SETTING, "auto").strip().lower() or "auto"
-    if mode not in OVERLAP_MODES:
-        raise ValueError(f"{OVERLAP_SETTING}={mode!r}: use one of {', '.join(OVERLAP_MODES)}")
+    if mode not in OVERLAP_MODES:  # a tuning knob: a typo costs a warning, never the run
+        runtime.run_logger().warning(
+            "%s=%r is not one of %s; using auto", OVERLAP_SETTING, mode, ", ".join(OVERLAP_MODES)
+        )
+        mode = "auto"
     checkpoints: Literal["all", "last", "none"]
     if mode == "off":
         base_early, checkpoints = False, "none"
