@@ -87,6 +87,13 @@ def add_api(target: OptionTarget) -> None:
     field_option(target, "--on-behalf-of", model=fp, field="on_behalf_of", show_default=False, metavar="USER")
 
 
+def add_progress(target: OptionTarget) -> None:
+    """``--progress {auto,rich,plain,none}``: how a command that runs a flow shows its progress."""
+    from cli.progress_display import MODE_HELP, MODES
+
+    target.add_argument("--progress", choices=MODES, default="auto", help=MODE_HELP)
+
+
 def add_budget(p: argparse.ArgumentParser) -> None:
     """``--max-cost`` and ``--max-tokens``: stop before upload when the estimate is over either."""
     from estimate.budget import Budget

@@ -42,11 +42,6 @@ _PLAIN_STEP_EVERY = 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def add_progress_option(parser: Any) -> None:
-    """``--progress {auto,rich,plain,none}`` for a command that runs a flow."""
-    parser.add_argument("--progress", choices=MODES, default="auto", help=MODE_HELP)
-
-
 def run_link(url: str) -> str:
     """The first line of a run with a Prefect UI: its page (the server's own UI line says "Prefect UI")."""
     return f"Prefect run: {url}"
@@ -193,8 +188,9 @@ class PlainPresenter:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        prefix: str = "",
     ) -> None:
-        self.out, self.clock, self.wall = out, clock, wall
+        self.out, self.clock, self.wall, self.prefix = out, clock, wall, prefix
         self.state = ProgressState(started=clock())
         # What the last printed line showed: a new line is due when the stage moves past it.
         self._bucket: int | None = None
@@ -241,7 +237,7 @@ class PlainPresenter:
         return plain_text(f"{head}: " + "  ".join(tail))
 
     def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        print(self.prefix + line, file=self.out, flush=True)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -285,8 +281,9 @@ class RichPresenter:
     def __rich__(self) -> RenderableType:
         return self.render(self.clock())
 
-    def render(self, now: float) -> RenderableType:
-        """The region: bar line, then losses and the stage's message."""
+    def render(self, now: float, *, one_line: bool = False, reserve: int = 0) -> RenderableType:
+        """The region: bar line, then losses and the stage's message (``one_line``: the bar line and losses
+        only, ``reserve`` cells left of it for a name)."""
         from rich.progress_bar import ProgressBar
         from rich.spinner import Spinner
         from rich.table import Table
@@ -308,7 +305,10 @@ class RichPresenter:
         # The bar takes what the text leaves of the line (10 to 40 cells); a narrow terminal drops the words.
         for words in (("elapsed ", "eta "), ("", "eta ")):
             right = " ".join(f for f in [*fields, words[0] + elapsed, words[1] + left if left else ""] if f)
-            bar_width = self.console.width - len(s.label) - len(right) - 5  # mark and three separators
+            if one_line and s.losses_text():
+                right += "  " + s.losses_text()
+            # The mark and three separators, and whatever the caller puts left of the line.
+            bar_width = self.console.width - reserve - len(s.label) - len(right) - 5
             if bar_width >= 16:
                 break
         bar = ProgressBar(
@@ -321,6 +321,8 @@ class RichPresenter:
         for _ in range(4):
             top.add_column(no_wrap=True)
         top.add_row(mark, Text(s.label, style="bold"), bar, Text(right, style="dim"))
+        if one_line:
+            return top
         bottom = Text("  ", no_wrap=True, overflow="ellipsis")
         if s.losses_text():
             bottom.append(s.losses_text(), style="bold")
@@ -457,6 +459,104 @@ def route_console_logs(console: Console) -> Iterator[None]:
                 proxy_stream.flush()
 
 
+def _config_of_caller() -> str:
+    """The sweep config whose flow run published the update (listeners run in the publisher's thread); ""
+    for the sweep's own run."""
+    from prefect.context import FlowRunContext
+
+    from flows.sweep import config_of_run
+
+    ctx = FlowRunContext.get()
+    return config_of_run(ctx.flow_run.name if ctx is not None and ctx.flow_run is not None else None) or ""
+
+
+class PlainSweepPresenter:
+    """`PlainPresenter`'s lines for each config of a sweep, each line led by the config's name."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.configs: dict[str, PlainPresenter] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, update: ProgressUpdate) -> None:
+        name = _config_of_caller()
+        if name and update.stage == "run":
+            return  # the sweep's page is printed once; each config's run is linked from it in the UI
+        with self._lock:
+            if name not in self.configs:
+                self.configs[name] = PlainPresenter(self.out, prefix=f"{name}: " if name else "")
+            self.configs[name](update)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Nothing to set up or tear down for plain lines."""
+        yield
+
+
+class RichSweepPresenter:
+    """A live region with one line per config of a sweep (its stage, bar, counts, times and losses)."""
+
+    def __init__(self, console: Console, *, clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.live import Live
+
+        self.console, self.clock = console, clock
+        self.configs: dict[str, RichPresenter] = {}
+        self._lock = threading.Lock()
+        self.live = Live(
+            self,
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+
+    def __call__(self, update: ProgressUpdate) -> None:
+        name = _config_of_caller()
+        if not name:
+            if update.stage == "run" and update.ui_url:
+                from rich.text import Text
+
+                self.console.print(Text(run_link(update.ui_url)), soft_wrap=True)
+            return
+        with self._lock:
+            if name not in self.configs:
+                self.configs[name] = RichPresenter(self.console, clock=self.clock)
+            self.configs[name].state.apply(update, self.clock())
+        self.live.refresh()
+
+    def __rich__(self) -> RenderableType:
+        from rich.table import Table
+        from rich.text import Text
+
+        now = self.clock()
+        with self._lock:
+            configs = dict(self.configs)
+        width = max((len(name) for name in configs), default=0)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, width=width)
+        grid.add_column(no_wrap=True)
+        for name, presenter in configs.items():
+            grid.add_row(Text(name, style="bold"), presenter.render(now, one_line=True, reserve=width + 1))
+        return grid
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """The live region is up, with the console log handlers printing above it, while the block runs."""
+        with self.live, route_console_logs(self.console):
+            outcome: Literal["done", "failed", "interrupted"] = "failed"
+            try:
+                yield
+                outcome = "done"
+            except KeyboardInterrupt:
+                outcome = "interrupted"
+                raise
+            finally:
+                for presenter in self.configs.values():
+                    presenter.outcome = outcome
+                self.live.refresh()
+
+
 class _NoPresenter:
     def __call__(self, update: ProgressUpdate) -> None:
         return None
@@ -481,14 +581,15 @@ def make_console(mode: Mode) -> Console:
 
 
 @contextmanager
-def show_progress(mode: Mode, console: Console) -> Iterator[None]:
-    """Render every progress update published while the block runs, as ``mode`` says."""
-    presenter: PlainPresenter | RichPresenter | _NoPresenter
+def show_progress(mode: Mode, console: Console, *, per_config: bool = False) -> Iterator[None]:
+    """Render every progress update published while the block runs, as ``mode`` says (``per_config``: one
+    line per config of a sweep)."""
+    presenter: PlainPresenter | RichPresenter | PlainSweepPresenter | RichSweepPresenter | _NoPresenter
     resolved = resolve_mode(mode, console)
     if resolved == "rich":
-        presenter = RichPresenter(console)
+        presenter = RichSweepPresenter(console) if per_config else RichPresenter(console)
     elif resolved == "plain":
-        presenter = PlainPresenter(console.file)
+        presenter = PlainSweepPresenter(console.file) if per_config else PlainPresenter(console.file)
     else:
         presenter = _NoPresenter()
     # The presenters print the run's page (run_link); with none, Prefect's own line is the only one left.

@@ -27,7 +27,7 @@ from cli.common import (
     unit_float,
     usage_error,
 )
-from cli.options import add_api, add_budget, add_data_files, add_job_shape, field_option
+from cli.options import add_api, add_budget, add_data_files, add_job_shape, add_progress, field_option
 
 if TYPE_CHECKING:
     from flows.params import FineTuneParams
@@ -67,7 +67,6 @@ def register(sub: Any) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """``run``'s options; defaults and help come from the flow's parameter model."""
-    from cli.progress_display import add_progress_option
     from contract.hyperparameters import Beta, LearningRateMultiplier, Seed
     from flows.params import FineTuneParams as fp
 
@@ -180,7 +179,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     for flag, field in (("--poll-max-interval", "poll_max_interval_s"), ("--timeout", "wait_timeout_s")):
         field_option(out, flag, model=fp, field=field, type=positive_float, metavar="SECONDS")
     out.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
-    add_progress_option(out)
+    add_progress(out)
 
     add_api(p.add_argument_group("API"))
     add_budget(p)

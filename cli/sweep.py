@@ -1,4 +1,8 @@
-"""``ftpipe sweep``: run the ``fine-tune-sweep`` flow from a YAML/JSON file and print the comparison."""
+"""``ftpipe sweep``: run the ``fine-tune-sweep`` flow from a YAML/JSON file and print the comparison.
+
+Progress is shown as ``ftpipe run`` shows it, one line per config; Ctrl-C cancels every running config's job and
+ends in one line, exit 130.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ from typing import Any
 
 from cli.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     positive_int,
     prefect_env_defaults,
     quiet_prefect_logging,
     usage_error,
 )
-from cli.options import add_budget
+from cli.options import add_budget, add_progress
 
 PROG = "ftpipe sweep"
 
@@ -22,6 +27,7 @@ EPILOG = """examples:
   ftpipe sweep sweep.yaml
   ftpipe sweep sweep.yaml --max-concurrency 4 --task-runner dask --output runs/lr-sweep
   ftpipe sweep sweep.yaml --max-cost 20 --max-tokens 2000000 --quiet    (budget over all configs)
+  ftpipe sweep sweep.yaml --progress plain > sweep.log    (one line per config's stage and 5% of training)
 
 A sweep file holds `base` (fine-tune parameters), `configs` and/or `grid`; see deployments/README.md.
 """
@@ -64,19 +70,21 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="where config tasks run (default: thread)",
     )
     p.add_argument("--quiet", action="store_true", help="only warnings from Prefect's log")
+    add_progress(p)
     add_budget(p)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Load the file, apply the flags, run the sweep flow; 0 only if every config succeeded."""
     from pydantic import ValidationError
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from cli.progress_display import make_console
     from flows.params import error_lines
     from flows.sweep_config import SweepParams, load_sweep_file
 
-    console = Console()
+    console = make_console(args.progress)
     try:
         params = load_sweep_file(args.config)
         overrides = {
@@ -104,11 +112,25 @@ def sweep_command(args: argparse.Namespace) -> int:
         quiet_prefect_logging()
     prefect_env_defaults()
     # Prefect is imported only now: a bad sweep file is reported without starting it.
+    from cli.interrupt import quiet_interrupt
+    from cli.progress_display import show_progress
     from cli.services import prefect_for_command
     from flows import sweep as sweep_flow
 
-    with prefect_for_command(PROG, console):
-        state = sweep_flow.sweep(**params.flow_arguments(), return_state=True)
+    try:
+        with (
+            prefect_for_command(PROG, console),
+            show_progress(args.progress, console, per_config=True),
+            quiet_interrupt(),
+        ):
+            state = sweep_flow.sweep(**params.flow_arguments(), return_state=True)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the flow
+        console.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+    if state.is_cancelled():  # Ctrl-C: every running config cancelled its job (flows/sweep.py)
+        line = f"[yellow]{escape(state.message or 'interrupted')} (Prefect run marked Cancelled)[/yellow]"
+        console.print(line, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
     if not state.is_completed():
         console.print(f"[red]sweep failed:[/red] {sweep_flow.error_text(state)}")
         return EXIT_FAILED

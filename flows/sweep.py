@@ -3,8 +3,9 @@
 Each config becomes one ``sweep-config`` task that starts a ``fine-tune`` subflow run (or, with
 ``deployment`` set, a run of that deployment on a work pool), so every config is its own flow run in the UI.
 Concurrency comes from the task runner (a thread pool or Dask) plus optional limits; one failed config is
-reported in the comparison instead of failing the sweep. Inputs: ``flows.sweep_config``; comparison:
-``flows.sweep_report``.
+reported in the comparison instead of failing the sweep. Ctrl-C (which only the main thread sees) tells the
+configs' waits to stop as if it had reached them: each cancels its own job and ends Cancelled, and so does the
+sweep. Inputs: ``flows.sweep_config``; comparison: ``flows.sweep_report``.
 """
 
 # No ``from __future__ import annotations``: a served/pickled flow resolves its parameter annotations from
@@ -21,7 +22,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import State
+from prefect.states import Cancelled, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import ValidationError
 
@@ -51,7 +52,32 @@ from flows.sweep_report import (
 )
 from tasks import runtime
 from tasks.estimate import estimate_sweep_task
+from tasks.progress import ProgressUpdate, publish
 from tasks.record import RunRecord
+
+INTERRUPTED_BEFORE_START = "interrupted before it started"
+_CONFIG_RUN_PREFIX = "sweep-"
+
+
+def config_of_run(flow_run_name: str | None) -> str | None:
+    """The config a sweep's fine-tune run belongs to, from the run's name (None: not a config's run)."""
+    if flow_run_name and flow_run_name.startswith(_CONFIG_RUN_PREFIX):
+        return flow_run_name.removeprefix(_CONFIG_RUN_PREFIX)
+    return None
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: every running config cancelled its job; ``str()`` is the sweep's one line."""
+
+
+def interrupted_line(rows: list[SweepRow]) -> str:
+    """What an interrupted sweep did, in one line (``interrupted: cancelled job A (lr-1); cancelled job B (lr-2)``)."""
+    done = [
+        f"{row.error.removeprefix('interrupted: ')} ({row.name})"
+        for row in rows
+        if row.error and row.error.startswith("interrupted: ")
+    ]
+    return "interrupted: " + ("; ".join(done) if done else "no config had a running job")
 
 
 def error_text(state: State[Any]) -> str:
@@ -63,13 +89,14 @@ def error_text(state: State[Any]) -> str:
 
 
 def _run_subflow(row: SweepRow, params: FineTuneParams) -> SweepRow:
-    state = fine_tune.with_options(flow_run_name=f"sweep-{row.name}")(
+    state = fine_tune.with_options(flow_run_name=f"{_CONFIG_RUN_PREFIX}{row.name}")(
         **params.flow_arguments(), return_state=True
     )
     row.flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         return fill_from_result(row, state.result())
-    row.status, row.error = FAILED, error_text(state)
+    # An interrupted config's message says which job it cancelled (flows/cancellation.interrupted_message).
+    row.status, row.error = FAILED, state.message if state.is_cancelled() else error_text(state)
     return row
 
 
@@ -80,7 +107,7 @@ def _run_via_deployment(row: SweepRow, params: FineTuneParams, deployment: str, 
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: never the coroutine
         deployment,
         parameters=params.flow_arguments(json=True),
-        flow_run_name=f"sweep-{row.name}",
+        flow_run_name=f"{_CONFIG_RUN_PREFIX}{row.name}",
         timeout=timeout_s,
         as_subflow=True,
     )
@@ -140,6 +167,9 @@ def run_config_task(
     log = runtime.run_logger()
     if params is None:
         row.status, row.error = FAILED, setup_error or "invalid config"
+        return row
+    if runtime.interrupt_requested():
+        row.status, row.error = FAILED, INTERRUPTED_BEFORE_START
         return row
     if backend_env:
         # Dask worker processes find the sweep's embedded backend through the env (host/port/data dir only).
@@ -252,12 +282,26 @@ def sweep(
 ) -> SweepResult:
     """Fine-tune once per config (concurrently, each its own flow run), compare, and pick the best."""
     # locals() is exactly the arguments here; checked together (configs or a grid) before anything runs.
-    return _sweep(SweepParams.from_arguments(dict(locals())))
+    params = SweepParams.from_arguments(dict(locals()))
+    try:
+        return _sweep(params)
+    except SweepInterrupted as exc:
+        # As fine-tune does: a returned Cancelled state ends the run Cancelled, not Crashed.
+        return Cancelled(message=str(exc))  # type: ignore[return-value]
+    except KeyboardInterrupt:
+        return Cancelled(message="interrupted before any config started")  # type: ignore[return-value]
 
 
 def _sweep(params: SweepParams) -> SweepResult:
     started = time.monotonic()
     log = runtime.run_logger()
+    runtime.reset_interrupt()
+    flow_run_id = current_flow_run.get_id()
+    publish(
+        ProgressUpdate(
+            "run", "sweep started", flow_run_id=flow_run_id, ui_url=runtime.prefect_ui_url(flow_run_id)
+        )
+    )
     name = _sweep_name(params)
     output_dir = (params.output_dir or Path("runs") / f"sweep-{name}").expanduser().resolve()
     configs = params.all_configs()
@@ -314,7 +358,14 @@ def _sweep(params: SweepParams) -> SweepResult:
             )
             for row, child, error in prepared
         ]
-        rows = [f.result() for f in futures]
+        try:
+            rows = [f.result() for f in futures]
+        except KeyboardInterrupt:
+            # Ctrl-C reaches this (main) thread only. The configs' waits are told to stop as if it had reached
+            # them: each cancels its own job and ends Cancelled; configs not started yet do not start.
+            log.warning("sweep interrupted: cancelling the running configs' jobs")
+            runtime.interrupt_waits()
+            raise SweepInterrupted(interrupted_line([f.result() for f in futures])) from None
 
     result = report(rows, name, params.select_by, params.select_mode, output_dir, started=started)
     best_value = result.best.get(params.select_by) if result.best else None

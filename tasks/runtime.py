@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
@@ -66,6 +67,32 @@ def unless_interrupted(value: T) -> T:
     if isinstance(value, State) and value.is_cancelled():
         raise KeyboardInterrupt(value.message)
     return value
+
+
+# Set by a flow that was interrupted while other threads run its subflows (a sweep): their waits stop at once,
+# as if Ctrl-C had reached them, so each subflow cancels its own job and ends Cancelled.
+_INTERRUPT = threading.Event()
+
+
+def interrupt_waits() -> None:
+    """Every wait in this process stops as interrupted (`interrupted_sleep` raises KeyboardInterrupt)."""
+    _INTERRUPT.set()
+
+
+def reset_interrupt() -> None:
+    """Waits run normally again (a new sweep starts)."""
+    _INTERRUPT.clear()
+
+
+def interrupt_requested() -> bool:
+    """True after `interrupt_waits` (until `reset_interrupt`)."""
+    return _INTERRUPT.is_set()
+
+
+def interrupted_sleep(seconds: float) -> None:
+    """``time.sleep`` that ends early, raising KeyboardInterrupt, when `interrupt_waits` is called."""
+    if _INTERRUPT.wait(seconds):
+        raise KeyboardInterrupt("the flow that started this run was interrupted")
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

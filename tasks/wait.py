@@ -116,7 +116,7 @@ def wait_for_job_task(
     job_id: str,
     policy: PollPolicy | None = None,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = runtime.interrupted_sleep,
     clock: Callable[[], float] = time.monotonic,
     on_events: Callable[[FineTuningJob, list[FineTuningJobEvent]], None] | None = None,
     attached: bool = False,

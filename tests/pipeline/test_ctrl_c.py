@@ -216,3 +216,79 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: S
     # The task run the Ctrl-C interrupted ends Cancelled as well, not Crashed.
     (wait,) = [t for t in tasks if t.name.startswith("wait-for-job")]
     assert wait.state is not None and wait.state.is_cancelled(), wait.state
+
+
+def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cancelled(
+    given_backend: RunningBackend, tmp_path: Path
+) -> None:
+    """Two configs, one training and one queued behind it: Ctrl-C cancels both, in one line, exit 130."""
+    setup = _given(given_backend, tmp_path)
+    base = {
+        "dataset_dir": str(_dataset(tmp_path / "ds")),
+        "model": "local:micro-chat",
+        "n_epochs": 30,
+        "poll_interval_s": 0.3,
+        "evaluate": False,
+        "on_behalf_of": USER,
+    }
+    sweep_file = tmp_path / "sweep.json"
+    configs = [{"name": "s1", "seed": 1}, {"name": "s2", "seed": 2}]
+    sweep_file.write_text(json.dumps({"base": base, "configs": configs, "name": "ctrl-c"}), encoding="utf-8")
+    out = tmp_path / "terminal.txt"
+    argv = [sys.executable, "-m", "cli", "sweep", str(sweep_file), "--progress", "plain"]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=setup.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    served = setup.backend()
+    assert served is not None
+    try:
+
+        def both_jobs_one_running() -> list[str] | None:
+            with _client(served) as c:
+                jobs = list(c.jobs.list())
+            if len(jobs) == 2 and any(j.status == "running" for j in jobs):
+                return sorted(str(j.id) for j in jobs)
+            assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+            return None
+
+        with frozen_when(served, both_jobs_one_running, timeout=START_WITHIN_S) as job_ids:
+            shown = len(out.read_text(errors="replace").splitlines())
+            started = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                code = proc.wait(EXIT_WITHIN_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running {EXIT_WITHIN_S}s after Ctrl-C:\n{out.read_text()[-3000:]}")
+            took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    text = out.read_text(errors="replace")
+    after = [line for line in text.splitlines()[shown:] if line.strip()]
+    assert code == 130, text[-3000:]
+    assert took < EXIT_WITHIN_S
+    assert "Traceback" not in text, text[-3000:]
+    assert len(after) == 1, after
+    assert after[0].startswith("interrupted: ") and after[0].endswith(" (Prefect run marked Cancelled)")
+    with _client(served) as c:
+        assert {c.jobs.retrieve(j).status for j in job_ids} == {"cancelled"}
+    for job_id in job_ids:
+        assert f"cancelled job {job_id} (s" in after[0], after[0]
+
+    # The sweep's flow run (its message is the line) and both configs' runs are Cancelled in Prefect.
+    line = after[0].removesuffix(" (Prefect run marked Cancelled)")
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_flow_runs()
+    configs = {r.name: r.state for r in runs if r.name in ("sweep-s1", "sweep-s2")}
+    assert len(configs) == 2 and all(st is not None and st.is_cancelled() for st in configs.values()), configs
+    (sweep_run,) = [r for r in runs if r.state is not None and r.state.message == line]
+    assert sweep_run.state is not None and sweep_run.state.is_cancelled()

@@ -194,3 +194,54 @@ def test_the_run_page_is_printed_once_and_prefect_keeps_its_other_lines(
         assert " - View at http" in links[0]
     assert re.search(r"\| INFO +\| Flow run '[^']+' - Beginning flow run", out)  # Prefect's other lines stay
     assert "Finished in state Completed()" in out
+
+
+def _sweep_file(dataset_dir: Path, tmp_path: Path) -> Path:
+    import json
+
+    base = {
+        "dataset_dir": str(dataset_dir),
+        "model": "local:micro-chat",
+        "poll_interval_s": 0.01,
+        "poll_max_interval_s": 0.02,
+        "state_dir": str(tmp_path / "state"),
+        "evaluate": False,
+        "gate_min_improvement": None,
+    }
+    configs = [{"name": "a", "seed": 1}, {"name": "b", "seed": 2}]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"base": base, "configs": configs, "output_dir": str(tmp_path / "sw")}))
+    return path
+
+
+def test_sweep_plain_progress_one_line_per_config_stage(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.total_steps = 4
+    fake.timeline = ["queued", *["running"] * 4, "succeeded"]
+    argv = ["sweep", str(_sweep_file(dataset_dir, tmp_path)), "--progress", "plain", "--quiet"]
+    with use_connection(fake.connection()):
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out)
+    lines = out.splitlines()
+    # The sweep's page, once; the configs' runs are linked from it.
+    assert re.fullmatch(r"Prefect run: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", lines[0])
+    assert sum("/runs/flow-run/" in line for line in lines) == 1
+    for name in ("a", "b"):
+        mine = [m for line in lines if line.startswith(f"{name}: ") and (m := LINE.fullmatch(line[3:]))]
+        labels = [m["label"] for m in mine]
+        stages = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+        assert stages == [
+            "validate",
+            "estimate",
+            "upload",
+            "create",
+            "queued",
+            "training",
+            "succeeded",
+            "metrics",
+            "smoke",
+        ], labels
+        assert [m["counts"] for m in mine if m["label"] == "training"] == [f"{n}/4" for n in range(1, 5)]
+    assert "sweep" in out and "best by" in out  # the comparison table follows
