@@ -263,14 +263,22 @@ def run_command(args: argparse.Namespace) -> int:
     from flows.fine_tune import fine_tune
 
     hide_console_tracebacks()
+    from prefect import tags
+
     from cli.services import prefect_for_command
+    from flows.experiment import creation_tags
     from tasks.errors import BudgetExceeded, DatasetInvalid, GateFailed, JobFailed, PipelineError
     from tasks.record import RunRecord
     from tasks.report import run_summary_text
 
     console = make_console(args.progress)
     try:
-        with prefect_for_command(PROG, console), show_progress(args.progress, console), quiet_interrupt():
+        with (
+            prefect_for_command(PROG, console),
+            show_progress(args.progress, console),
+            quiet_interrupt(),
+            tags(*creation_tags(params)),  # set at creation, the flow need not add them in a round trip
+        ):
             result = fine_tune(**params.flow_arguments())
     except RunInterrupted as exc:  # Ctrl-C: the flow cancelled its job and ended Cancelled
         line = f"[yellow]{escape(str(exc))} (Prefect run marked Cancelled)[/yellow]"

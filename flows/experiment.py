@@ -8,13 +8,16 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.models import FineTuningJob, FineTuningJobEvent
 from tasks import runtime
 from tasks.record import RunRecord, TrackingRef
 from tracking.settings import TrackingTarget, resolve_target
 from tracking.tracker import Point, RunStatus, Tracker
+
+if TYPE_CHECKING:
+    from flows.params import FineTuneParams
 
 _log = logging.getLogger("ftpipe.experiment")
 _NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
@@ -55,6 +58,17 @@ def run_tags(model: str, method: str, dataset: str, deployment: str | None) -> d
     return tags
 
 
+def prefect_tags(tags: dict[str, str]) -> list[str]:
+    """``key:value`` strings: the form a Prefect flow run's tags take."""
+    return [f"{k}:{v}" for k, v in tags.items()]
+
+
+def creation_tags(params: FineTuneParams) -> list[str]:
+    """The tags ``ftpipe run`` creates its flow run with: the ones the flow adds itself (no deployment)."""
+    dataset = dataset_label(params.dataset_dir, params.train_path())
+    return prefect_tags(run_tags(params.model, params.method, dataset, None))
+
+
 def _tracking_url(target: TrackingTarget, experiment_id: str, run_id: str) -> str | None:
     # Only an MLflow server serves MLflow's UI at its root; a local store needs `mlflow ui` first.
     if target.is_local or target.token is not None:
@@ -66,12 +80,16 @@ def tag_prefect_run(flow_run_id: str | None, tags: dict[str, str]) -> None:
     """Add ``key:value`` tags to the current flow run (best effort: tags are a convenience)."""
     if not flow_run_id or not runtime.in_run():
         return
+    wanted = prefect_tags(tags)
+    from prefect.context import TagsContext
+
+    if set(wanted) <= TagsContext.get().current_tags:
+        return  # the run was created with them (`ftpipe run`): no round trip to the Prefect API
     try:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
-            wanted = [f"{k}:{v}" for k, v in tags.items()]
             merged = [*run.tags, *(t for t in wanted if t not in run.tags)]
             if merged != run.tags:
                 client.update_flow_run(flow_run_id, tags=merged)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,41 @@ def test_unreachable_tracking_server_warns_once_and_the_run_succeeds(
     assert record.status == "succeeded" and record.tracking is None
     warnings = [r.getMessage() for r in caplog.records if "tracking is off" in r.getMessage()]
     assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0]
+
+
+def test_a_run_created_with_its_tags_needs_no_tagging_round_trip(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ftpipe run` creates the flow run with the tags the flow would add (flows.experiment.creation_tags):
+    # the flow then reads and updates nothing; a run created without them (a deployment) still gets them.
+    from prefect import tags
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from flows.experiment import creation_tags
+
+    reads: list[Any] = []  # the flow's own reads (tag_prefect_run's), not the engine's
+    updates: list[Any] = []
+    read, update = SyncPrefectClient.read_flow_run, SyncPrefectClient.update_flow_run
+
+    def recording_read(self: SyncPrefectClient, flow_run_id: Any) -> Any:
+        if sys._getframe(1).f_code.co_name == "tag_prefect_run":
+            reads.append(flow_run_id)
+        return read(self, flow_run_id)
+
+    def recording_update(self: SyncPrefectClient, flow_run_id: Any, **kw: Any) -> Any:
+        updates.append(kw.get("tags"))
+        return update(self, flow_run_id, **kw)
+
+    monkeypatch.setattr(SyncPrefectClient, "read_flow_run", recording_read)
+    monkeypatch.setattr(SyncPrefectClient, "update_flow_run", recording_update)
+    params = _params(dataset_dir, tmp_path)
+    wanted = set(creation_tags(params))
+    assert wanted == {"model:local:micro-chat", "method:supervised", f"dataset:{dataset_dir.name}"}
+    with use_connection(fake.connection()), tags(*creation_tags(params)):
+        state = fine_tune(**params.flow_arguments(), return_state=True)
+    assert reads == [] and updates == []
+    assert wanted <= set(asyncio.run(_flow_run(state.state_details.flow_run_id)).tags)
+    with use_connection(fake.connection()):
+        other = _params(dataset_dir, tmp_path, metadata={"run": "deployed"})
+        fine_tune(**other.flow_arguments(), return_state=True)
+    assert len(reads) == 1 and len(updates) == 1 and wanted <= set(updates[0])
