@@ -94,9 +94,12 @@ def outcome_key(params: FineTuneParams) -> str | None:
             )
         }
         server_id, on_behalf_of = server_identity(params.base_url, params.on_behalf_of)
+        # The default, runs/<job id>, is relative to where the command runs.
+        output = (
+            params.output_dir.resolve() if params.output_dir else Path.cwd().resolve() / "runs" / "<job id>"
+        )
     except (OSError, ValueError):  # a missing file, an invalid MKA1_* setting: the flow path names it
         return None
-    output = params.output_dir.resolve() if params.output_dir else Path.cwd().resolve() / "runs" / "<job id>"
     payload: dict[str, Any] = {
         "ledger_version": LEDGER_VERSION,
         "params": params.model_dump(mode="json", exclude=set(NOT_OUTCOME | RESOLVED)),
