@@ -365,7 +365,11 @@ def _sweep(params: SweepParams) -> SweepResult:
             # them: each cancels its own job and ends Cancelled; configs not started yet do not start.
             log.warning("sweep interrupted: cancelling the running configs' jobs")
             runtime.interrupt_waits()
-            raise SweepInterrupted(interrupted_line([f.result() for f in futures])) from None
+            try:
+                rows = [f.result() for f in futures]
+            finally:
+                runtime.reset_interrupt()  # this process's later runs wait normally
+            raise SweepInterrupted(interrupted_line(rows)) from None
 
     result = report(rows, name, params.select_by, params.select_mode, output_dir, started=started)
     best_value = result.best.get(params.select_by) if result.best else None

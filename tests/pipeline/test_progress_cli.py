@@ -245,3 +245,22 @@ def test_sweep_plain_progress_one_line_per_config_stage(
         ], labels
         assert [m["counts"] for m in mine if m["label"] == "training"] == [f"{n}/4" for n in range(1, 5)]
     assert "sweep" in out and "best by" in out  # the comparison table follows
+
+
+def test_sweep_rich_progress_a_row_per_config(
+    fake: FakeMKA1, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyte
+
+    argv = ["sweep", str(_sweep_file(dataset_dir, tmp_path)), "--progress", "rich", "--quiet"]
+    with use_connection(fake.connection()):
+        assert main(argv) == 0
+    screen = pyte.HistoryScreen(160, 60, history=5000)
+    screen.set_mode(pyte.modes.LNM)
+    pyte.Stream(screen).feed(capsys.readouterr().out)
+    rows = ["".join(c.data for c in row.values()) for row in screen.history.top] + screen.display
+    lines = [row.rstrip() for row in rows if row.strip()]
+    # The region's last frame: one line per config, each finished (smoke checks done) with its losses.
+    bars = [line for line in lines if "━" in line and line.split()[0] in ("a", "b")]
+    assert sorted(line.split()[0] for line in bars) == ["a", "b"], lines
+    assert all(re.search(r"✓ smoke .*100%.*train loss", line) for line in bars), bars
