@@ -161,6 +161,8 @@ while stack:
 on_cpu = all(t.device.type == "cpu" for t in flat)
 checks.append(("state tensors all on CPU", on_cpu, f"{len(flat)} tensors; cuda_rng saved: {'cuda_rng' in raw}"))
 os.environ[DEVICE_ENV] = "cpu"
+# The CPU side is the fp32 reference (a host CPU with AMX would otherwise train under bf16 autocast too).
+os.environ["FTPIPE_TRAINER_PRECISION"] = "fp32"
 cpu_rec = Recorder()
 status = train(replace(moved_job, resume=True), cpu_rec).status
 cpu_diff = max(abs(losses(full)[s] - v) for s, v in losses(cpu_rec).items())
@@ -174,6 +176,7 @@ checks.append(("device vs CPU losses", dev_rel < REL_TOL, f"max relative diff {d
 model, _, _ = load_for_inference(full.checkpoints[0][2])
 checks.append(("checkpoint loads on CPU", all(p.device.type == "cpu" for p in model.parameters()), ""))
 os.environ[DEVICE_ENV] = str(device)
+os.environ.pop("FTPIPE_TRAINER_PRECISION")
 
 assert out.final_model_dir is not None
 gen = Generator()
