@@ -228,9 +228,11 @@ def _resolve_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
     prefect_env_defaults()
     from cli.errors import CommandError
+    from cli.services import prefect_for_command
     from evaluation.champion import PrefectVariables, read_champion, variable_name
 
-    record = read_champion(PrefectVariables(), args.champion)
+    with prefect_for_command(f"{PROG} --champion"):  # as `ftpipe models champion` reads it
+        record = read_champion(PrefectVariables(), args.champion)
     if record is None:
         raise CommandError(
             f"no champion named {args.champion!r} (Prefect Variable {variable_name(args.champion)} is unset)"

@@ -53,6 +53,15 @@ def models_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return usage_error(f"{PROG} champion", str(exc))
     prefect_env_defaults()
+    from cli.services import prefect_for_command
+
+    # Champions are Prefect Variables: read through ftpipe's Prefect server (or the user's), never through a
+    # temporary one Prefect would start on a random port of 8000-9000 (where the embedded backend may listen).
+    with prefect_for_command(f"{PROG} champion"):
+        return _show_champion(args)
+
+
+def _show_champion(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 

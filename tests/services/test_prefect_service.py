@@ -126,3 +126,29 @@ def test_the_prefect_server_never_takes_the_backend_port(monkeypatch: pytest.Mon
     monkeypatch.setenv("FTPIPE_BACKEND_PORT", str(backend_port))
     port = server_port()
     assert port != backend_port and next(offered, None) is None  # both offers of the backend's port refused
+
+
+def test_models_champion_reads_through_ftpipes_prefect_server(
+    services_env: ServicesEnv, tmp_path: Path
+) -> None:
+    """Without PREFECT_API_URL the champion is read through ftpipe's per-run server (a free port chosen around
+    the backend's), not a temporary server Prefect starts itself on a random port of 8000-9000."""
+    from services.registry import PREFECT_SERVICE, ServiceDir
+
+    env = {**services_env.env(), "FTPIPE_SERVICES_KEEP": "false", "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "models", "champion", "nobody"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no champion named 'nobody'" in proc.stdout
+    assert "Starting temporary server" not in proc.stdout + proc.stderr
+    assert (
+        "started by ftpipe models champion"
+        in ServiceDir(services_env.root, PREFECT_SERVICE).log_path.read_text()
+    )
