@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -63,27 +61,18 @@ class GenerationService:
         self._closed = False
         self._warming: Future[Any] | None = None
 
-    def warm(self) -> Future[None] | None:
-        """Import the generation stack (torch, transformers) now, on a background thread at the lowest CPU
-        priority.
+    def warm(self) -> Future[Any] | None:
+        """Load the generation stack (torch, transformers) on the generation thread now, in the background.
 
         Called when a job is created: its run asks the fine-tuned model for smoke answers as soon as training
         ends, and would otherwise wait for these imports then (seconds; ~10 s on a loaded 2-core machine).
-        At normal priority the import slowed the job's own first steps on a 2-core machine by more than it
-        saved; niced, it only uses what training leaves idle (in the worst case it completes at the first
-        request, as without it). Idempotent; None once the service is closed.
+        Idempotent; None once the service is closed.
         """
         with self._lock:
             if self._closed:
                 return None
             if self._warming is None:
-                self._warming = Future()
-                threading.Thread(
-                    target=_import_generation_stack,
-                    args=(self._warming,),
-                    name="ftpipe-generate-warm",
-                    daemon=True,
-                ).start()
+                self._warming = self._executor.submit(self._gen)
             return self._warming
 
     def _gen(self) -> Any:
@@ -190,15 +179,3 @@ class GenerationService:
             self._queues.clear()
             self._arrived.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _import_generation_stack(done: Future[None]) -> None:
-    # Linux nices a single thread by its id; elsewhere (or when refused) it imports at normal priority.
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    try:
-        import backend.trainer.generate  # noqa: F401
-    except BaseException as exc:  # surfaces again, with its message, at the first real request
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
