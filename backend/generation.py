@@ -59,21 +59,6 @@ class GenerationService:
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
         self._closed = False
-        self._warming: Future[Any] | None = None
-
-    def warm(self) -> Future[Any] | None:
-        """Load the generation stack (torch, transformers) on the generation thread now, in the background.
-
-        Called when a job is created: its run asks the fine-tuned model for smoke answers as soon as training
-        ends, and would otherwise wait for these imports then (seconds; ~10 s on a loaded 2-core machine).
-        Idempotent; None once the service is closed.
-        """
-        with self._lock:
-            if self._closed:
-                return None
-            if self._warming is None:
-                self._warming = self._executor.submit(self._gen)
-            return self._warming
 
     def _gen(self) -> Any:
         if self._generator is None:

@@ -30,9 +30,7 @@ async def create_job(
     jobs = ctx.state.jobs
 
     async def create() -> dict[str, Any]:
-        job = job_object(await asyncio.to_thread(jobs.create, ctx.owner, body))
-        ctx.state.generation.warm()  # answers for the new model are asked for when training ends
-        return job
+        return job_object(await asyncio.to_thread(jobs.create, ctx.owner, body))
 
     return await create_once(
         ctx.db,

@@ -109,15 +109,3 @@ def test_closed_service_refuses_new_work() -> None:
     service.close()
     with pytest.raises(RuntimeError, match="shut down"):
         asyncio.run(service.generate(_req("m", "q")))
-
-
-def test_warm_builds_the_generator_once_in_the_background_and_not_after_close() -> None:
-    service = GenerationService()
-    warming = service.warm()
-    assert warming is not None and service.warm() is warming  # one warm-up however many jobs are created
-    generator = warming.result(timeout=300)
-    assert generator is not None and service._gen() is generator  # requests use the generator it loaded
-    service.close()
-    fresh = GenerationService()
-    fresh.close()
-    assert fresh.warm() is None  # a job created while the backend shuts down is not refused over it
