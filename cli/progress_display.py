@@ -470,6 +470,12 @@ def _config_of_caller() -> str:
     return config_of_run(ctx.flow_run.name if ctx is not None and ctx.flow_run is not None else None) or ""
 
 
+def _sweep_interrupted() -> bool:
+    from tasks.runtime import interrupt_requested
+
+    return interrupt_requested()
+
+
 class PlainSweepPresenter:
     """`PlainPresenter`'s lines for each config of a sweep, each line led by the config's name."""
 
@@ -479,6 +485,8 @@ class PlainSweepPresenter:
         self._lock = threading.Lock()
 
     def __call__(self, update: ProgressUpdate) -> None:
+        if _sweep_interrupted():
+            return  # after Ctrl-C the configs still cancel their jobs; the sweep ends in one line
         name = _config_of_caller()
         if name and update.stage == "run":
             return  # the sweep's page is printed once; each config's run is linked from it in the UI
@@ -512,6 +520,8 @@ class RichSweepPresenter:
         )
 
     def __call__(self, update: ProgressUpdate) -> None:
+        if _sweep_interrupted():
+            return  # after Ctrl-C the configs still cancel their jobs; the sweep ends in one line
         name = _config_of_caller()
         if not name:
             if update.stage == "run" and update.ui_url:

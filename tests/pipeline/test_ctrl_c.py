@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness"
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "datasets" / "customer-support"
 USER = "ctrl-c"
+SWEEP_USER = "ctrl-c-sweep"
 EXIT_WITHIN_S = 10.0
 START_WITHIN_S = 300.0  # generous: Prefect, validation, upload and a worker's first step on a loaded machine
 
@@ -138,8 +139,8 @@ def _dataset(d: Path) -> Path:
     return d
 
 
-def _client(served: Served) -> MKA1Client:
-    return MKA1Client(ClientSettings(base_url=served.base_url, api_key=served.api_key, on_behalf_of=USER))
+def _client(served: Served, user: str = USER) -> MKA1Client:
+    return MKA1Client(ClientSettings(base_url=served.base_url, api_key=served.api_key, on_behalf_of=user))
 
 
 def _wait(what: str, fn: Callable[[], object], proc: subprocess.Popen[bytes], out: Path) -> None:
@@ -229,7 +230,7 @@ def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cance
         "n_epochs": 30,
         "poll_interval_s": 0.3,
         "evaluate": False,
-        "on_behalf_of": USER,
+        "on_behalf_of": SWEEP_USER,  # its own end user: the other tests' jobs on this backend are not listed
     }
     sweep_file = tmp_path / "sweep.json"
     configs = [{"name": "s1", "seed": 1}, {"name": "s2", "seed": 2}]
@@ -251,7 +252,7 @@ def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cance
     try:
 
         def both_jobs_one_running() -> list[str] | None:
-            with _client(served) as c:
+            with _client(served, SWEEP_USER) as c:
                 jobs = list(c.jobs.list())
             if len(jobs) == 2 and any(j.status == "running" for j in jobs):
                 return sorted(str(j.id) for j in jobs)
@@ -279,7 +280,7 @@ def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cance
     assert "Traceback" not in text, text[-3000:]
     assert len(after) == 1, after
     assert after[0].startswith("interrupted: ") and after[0].endswith(" (Prefect run marked Cancelled)")
-    with _client(served) as c:
+    with _client(served, SWEEP_USER) as c:
         assert {c.jobs.retrieve(j).status for j in job_ids} == {"cancelled"}
     for job_id in job_ids:
         assert f"cancelled job {job_id} (s" in after[0], after[0]
