@@ -210,6 +210,18 @@ OVERLAP_SETTING = "FTPIPE_EVAL_DURING_TRAINING"
 OVERLAP_MODES = ("auto", "all", "off")
 
 
+def machine_has_room(load: float | None = None, cores: int | None = None) -> bool:
+    """Whether this machine's load leaves room for eval beside an embedded trainer using half its cores."""
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:  # no load average on this platform: assume a busy machine, as before
+        return False
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # The trainer's share plus half a core of slack for this run's own client and the server's bookkeeping.
+    return cores >= 2 and load < cores - max(1, cores // 2) + 0.5
+
+
 @contextmanager
 def eval_ahead(
     plan: JudgePlan,
@@ -225,12 +237,15 @@ def eval_ahead(
     - a remote API trains elsewhere, so its base model is asked at once; its checkpoints wait for the job to
       succeed: neither the wire contract nor MKA1's SDK promise that a checkpoint serves before (OpenAI's
       do not);
-    - the embedded backend answers on the machine that trains, and does so in the same torch thread pools: on
-      the sample job (2 cores, load 8-13) judging the base model and the checkpoints during training stretched
-      training from 113 s to 397 s and the eval from 156 s to 458 s, 498 s in all against 299 s sequentially.
-      So by default only the checkpoint of the last step is asked at once (it holds the fine-tuned weights,
-      and training is over when it is saved); ``all`` asks the base model and every checkpoint as soon as
-      each serves (a checkpoint's model id serves from the moment it is listed, ``backend/worker.py``).
+    - the embedded backend answers on the machine that trains. Its trainer takes half the cores
+      (``backend.trainer.train.configure_threads``), so on an otherwise idle machine the other half is free:
+      judged beside training, the sample job took 56 s and 67 s against 86 s and 81 s judged after it
+      (2 cores, idle, eval 33-47 s of answers). On a busy machine the same overlap competes with the
+      training (2 cores at load 8-13: 498 s in all against 299 s). So ``auto`` asks the base model and every
+      checkpoint as each serves when the 1-minute load average leaves the trainer's share free
+      (``machine_has_room``), else only the checkpoint of the last step (it holds the fine-tuned weights, and
+      training is over when it is saved); ``all`` always asks everything early (a checkpoint's model id
+      serves from the moment it is listed, ``backend/worker.py``).
     """
     mode = os.environ.get(OVERLAP_SETTING, "auto").strip().lower() or "auto"
     if mode not in OVERLAP_MODES:  # a tuning knob: a typo costs a warning, never the run
@@ -244,7 +259,16 @@ def eval_ahead(
     elif not embedded:
         base_early, checkpoints = True, "none"
     else:
-        base_early, checkpoints = (True, "all") if mode == "all" else (False, "last")
+        early = mode == "all" or machine_has_room()
+        base_early, checkpoints = (True, "all") if early else (False, "last")
+        runtime.run_logger().info(
+            "eval during training (%s=%s): %s",
+            OVERLAP_SETTING,
+            mode,
+            "the base model and each checkpoint as it is saved"
+            if early
+            else "only the last checkpoint (this machine is busy; the rest after training)",
+        )
     ahead = EvalAhead(plan, settings, transport, cache, base_early=base_early, checkpoints=checkpoints)
     try:
         yield ahead

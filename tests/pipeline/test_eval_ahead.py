@@ -16,8 +16,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from flows import eval_ahead as eval_ahead_module
 from flows.backend_runtime import Connection, use_connection
-from flows.eval_ahead import OVERLAP_SETTING
+from flows.eval_ahead import OVERLAP_SETTING, machine_has_room
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tasks.record import RunRecord
@@ -200,9 +201,10 @@ def test_a_failed_job_cancels_the_eval_in_flight(
 def test_by_default_the_embedded_backend_gets_only_the_last_checkpoint_judged_while_it_trains(
     dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # On the machine that trains, the base model and the earlier checkpoints would compete with the training:
-    # they wait for the job's end. The last-step checkpoint (training is over when it is saved) does not.
+    # On a busy machine that trains, the base model and the earlier checkpoints would compete with the
+    # training: they wait for the job's end. The last-step checkpoint (training is over when it is saved) does not.
     monkeypatch.delenv(OVERLAP_SETTING, raising=False)
+    monkeypatch.setattr(eval_ahead_module, "machine_has_room", lambda: False)
     fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
     fake.hold = lambda f: f.in_flight == 0 and f.asked_of(f"ft:{list(f.jobs)[-1]}:ckpt-2") >= PROMPTS
     result = _run(fake, dataset_dir, tmp_path, seed=4)
@@ -220,3 +222,33 @@ def test_by_default_the_embedded_backend_gets_only_the_last_checkpoint_judged_wh
     off = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
     _run(off, dataset_dir, tmp_path / "off", seed=5)
     assert {s for _, s in off.asked} == {"succeeded"}
+
+
+def test_auto_judges_everything_during_training_when_the_machine_has_room(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The embedded trainer takes half the cores; with the other half idle, auto behaves as "all".
+    monkeypatch.delenv(OVERLAP_SETTING, raising=False)
+    monkeypatch.setattr(eval_ahead_module, "machine_has_room", lambda: True)
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    fake.hold = _base_and_checkpoints_answered
+    result = _run(fake, dataset_dir, tmp_path, seed=6)
+    assert all(status != "succeeded" for _, status in fake.asked)
+    assert result.evaluation is not None and result.evaluation.calls == 3 * PROMPTS
+
+
+@pytest.mark.parametrize(
+    ("load", "cores", "room"),
+    [
+        (1.0, 2, True),  # idle 2-core machine: this run's own client, and one core free for the eval
+        (1.6, 2, False),  # another busy process: the eval would take the trainer's core
+        (8.0, 2, False),
+        (0.0, 1, False),  # one core: the trainer's
+        (4.4, 16, True),
+        (8.6, 16, False),
+    ],
+)
+def test_machine_has_room_leaves_the_trainer_its_half_of_the_cores(
+    load: float, cores: int, room: bool
+) -> None:
+    assert machine_has_room(load, cores) is room
