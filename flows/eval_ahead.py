@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from backend.trainer.threads import trainer_threads, usable_cores
 from client import ClientSettings, MKA1Client
 from client.models import FineTuningJob, FineTuningJobEvent
 from evaluation.results import EvalModel
@@ -211,15 +212,14 @@ OVERLAP_MODES = ("auto", "all", "off")
 
 
 def machine_has_room(load: float | None = None, cores: int | None = None) -> bool:
-    """Whether this machine's load leaves room for eval beside an embedded trainer using half its cores."""
+    """Whether this machine's load leaves room for eval beside the embedded trainer's share of its cores."""
     try:
         load = os.getloadavg()[0] if load is None else load
     except OSError:  # no load average on this platform: assume a busy machine, as before
         return False
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores() if cores is None else cores
     # The trainer's share plus half a core of slack for this run's own client and the server's bookkeeping.
-    return cores >= 2 and load < cores - max(1, cores // 2) + 0.5
+    return cores >= 2 and load < cores - trainer_threads(cores) + 0.5
 
 
 @contextmanager
@@ -238,7 +238,7 @@ def eval_ahead(
       succeed: neither the wire contract nor MKA1's SDK promise that a checkpoint serves before (OpenAI's
       do not);
     - the embedded backend answers on the machine that trains. Its trainer takes half the cores
-      (``backend.trainer.train.configure_threads``), so on an otherwise idle machine the other half is free:
+      (``backend.trainer.threads.trainer_threads``), so on an otherwise idle machine the other half is free:
       judged beside training, the sample job took 56 s and 67 s against 86 s and 81 s judged after it
       (2 cores, idle, eval 33-47 s of answers). On a busy machine the same overlap competes with the
       training (2 cores at load 8-13: 498 s in all against 299 s). So ``auto`` asks the base model and every

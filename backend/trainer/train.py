@@ -9,7 +9,6 @@ index_add/atomics): losses agree to roughly 1e-2, not bit for bit.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from backend.trainer.modeling import LoadedModel, load_for_training, load_traina
 from backend.trainer.packing import packing_enabled, supports_packing
 from backend.trainer.spec import TrainingCallbacks, TrainingError, TrainingOutcome, TrainingSpec
 from backend.trainer.state import Progress, load_latest_state, save_state
+from backend.trainer.threads import trainer_threads
 
 VALID_SAMPLE_SIZE = 32
 EVAL_BATCH_SIZE = 16
@@ -50,18 +50,11 @@ MAX_WARMUP_STEPS = 20
 MIN_LR_FRACTION = 0.1
 GRAD_CLIP = 1.0
 WEIGHT_DECAY = 0.01
-THREADS_ENV = "FTPIPE_TRAINER_THREADS"
 
 
 def configure_threads() -> int:
-    """Set torch's intra-op threads: $FTPIPE_TRAINER_THREADS, else half the usable cores (at least 1).
-
-    Half, because the server and other jobs share the machine and an oversubscribed OpenMP pool is far
-    slower (measured ~10x on 2 busy cores) than one thread fewer; a tiny model gains little from more.
-    """
-    env = os.environ.get(THREADS_ENV, "").strip()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = int(env) if env.isdigit() and int(env) > 0 else max(1, cores // 2)
+    """Set torch's intra-op threads to the trainer's share (``backend.trainer.threads.trainer_threads``)."""
+    n = trainer_threads()
     torch.set_num_threads(n)
     return n
 

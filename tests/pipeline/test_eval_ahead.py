@@ -252,3 +252,11 @@ def test_machine_has_room_leaves_the_trainer_its_half_of_the_cores(
     load: float, cores: int, room: bool
 ) -> None:
     assert machine_has_room(load, cores) is room
+
+
+def test_machine_has_room_counts_the_trainer_threads_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # FTPIPE_TRAINER_THREADS=2 on 2 cores: the trainer takes both, so even an idle machine has no core to spare.
+    monkeypatch.setenv("FTPIPE_TRAINER_THREADS", "2")
+    assert machine_has_room(0.5, 2) is False
+    monkeypatch.setenv("FTPIPE_TRAINER_THREADS", "1")
+    assert machine_has_room(1.0, 2) is True
