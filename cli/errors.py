@@ -1,6 +1,7 @@
 """The CLI's one error boundary: a failure a user can cause or meet becomes one short message and an exit code.
 
-Exit codes: 0 ok, 1 failure, 2 usage (bad option, missing file), 130 interrupted. A traceback is shown only with
+Exit codes: 0 ok, 1 failure, 2 usage (bad option, missing file), 130 interrupted. When stdout's reader goes away
+(``| head``) the command stops quietly with 1, as rich's console does for its output. A traceback is shown only with
 ``--debug`` or ``FTPIPE_DEBUG=1``; without it an unexpected error is still one line that says how to see more.
 """
 
@@ -79,18 +80,51 @@ def _request_url(exc: BaseException) -> str | None:
     return str(url.copy_with(query=None)) if hasattr(url, "copy_with") else str(url)
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on the write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still buffered stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (replaced in tests): nothing to flush at exit
+        pass
+
+
 def guarded(prog: str, handler: Callable[[], int]) -> int:
     """Run ``handler`` inside the boundary; print one ``prog: error: ...`` line for what escapes it."""
     try:
-        return handler()
+        code = handler()
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at interpreter exit
+        return code
     except SystemExit:
         raise
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            return _report(prog, exc)  # another pipe or socket broke: a failure like any other
+        _discard_stdout()
+        return EXIT_FAILED
     except BaseException as exc:  # noqa: BLE001 - the boundary: every escape is reported, not re-raised
-        if debug_enabled():
-            raise
-        message, code = describe(exc)
-        if code == EXIT_INTERRUPTED:
-            print(f"{prog}: interrupted", file=sys.stderr)
-        else:
-            print(f"{prog}: error: {message}", file=sys.stderr)
-        return code
+        return _report(prog, exc)
+
+
+def _report(prog: str, exc: BaseException) -> int:
+    if debug_enabled():
+        raise exc
+    message, code = describe(exc)
+    if code == EXIT_INTERRUPTED:
+        print(f"{prog}: interrupted", file=sys.stderr)
+    else:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    return code

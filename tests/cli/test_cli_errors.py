@@ -224,3 +224,45 @@ def test_embedded_model_folder_outside_the_roots_is_refused_before_upload(
     code, lines = _run(capsys, str(SAMPLE), "--model", f"local:{tmp_path}")
     assert code == 1
     assert len(lines) == 1 and "FTPIPE_BACKEND_LOCAL_MODEL_ROOTS" in lines[0], lines
+
+
+def _pipe_stdout(monkeypatch: pytest.MonkeyPatch, reader_gone: bool) -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    if reader_gone:
+        os.close(read_end)
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write_end, "w", buffering=1))
+
+
+def test_a_closed_output_pipe_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ftpipe jobs list | head -1``: no 'error: BrokenPipeError' line, exit 1 (as rich's console does)."""
+    from cli.errors import guarded
+
+    _pipe_stdout(monkeypatch, reader_gone=True)
+
+    def lists() -> int:
+        for n in range(10):
+            print(f"job {n}")
+        return 0
+
+    assert guarded("ftpipe jobs", lists) == 1
+    assert capsys.readouterr().err == ""
+    print("after the pipe broke")  # stdout now points at /dev/null: the exit's flush stays quiet
+
+
+def test_another_broken_pipe_is_still_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A BrokenPipeError from a socket or child process, with stdout fine, is a failure like any other."""
+    from cli.errors import guarded
+
+    _pipe_stdout(monkeypatch, reader_gone=False)
+
+    def breaks() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert guarded("ftpipe run", breaks) == 1
+    assert "error: BrokenPipeError" in capsys.readouterr().err
