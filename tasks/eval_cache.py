@@ -4,25 +4,31 @@ An entry is one greedy ``store: false`` Responses call: scoped by the server (it
 end user and the model id, and keyed by the hash of the whole request body less the model (the case's
 messages, ``max_output_tokens``, ``temperature``, ``instructions``), so a changed case, output cap or judge
 rubric is simply another key. Only model ids that always name the same weights are cached (``cacheable``).
-One JSON file per scope (``<state dir>/eval-cache/<hash>.json``), merged under a key lock and replaced
+One JSON file per scope (``<state dir>/eval-cache/<hash>.json``), merged under its lock and replaced
 atomically (``tasks.state``); a missing, corrupt or foreign file reads as empty, so the cache can only save
-calls, never break a run.
+calls, never break a run. Every fine-tune adds a few model ids (its checkpoints), so the folder keeps the
+``CACHE_KEEP`` most recently used scopes (a read counts as a use: a base model asked by every run stays).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from client.models import ResponseCreateRequest
-from tasks.state import JsonIndex, key_lock, scoped_key
+from tasks.state import JsonIndex, scoped_key
 
 CACHE_DIR = "eval-cache"
 # Bump when what an entry means changes (e.g. the request shape), so old files are ignored, not misread.
 CACHE_FORMAT = 1
+# About 40 KB per model id answered on the sample's 105 prompts: ~12 MB at most.
+CACHE_KEEP = 300
 _EMBEDDED_PREFIX = "embedded:"
 
 
@@ -106,7 +112,11 @@ class AnswerCache:
         scope = self._scope(model)
         if scope is None:
             return None
-        data = self._index(scope).read()
+        index = self._index(scope)
+        data = index.read()
+        if data:
+            with contextlib.suppress(OSError):  # the pruning's "recently used": a stale stamp costs nothing
+                os.utime(index.path)
         entries = data.get("answers")
         # A file not written for this scope (or unreadable) holds nothing to trust.
         if data.get("scope") != scope or not isinstance(entries, dict):
@@ -116,8 +126,8 @@ class AnswerCache:
     def store(self, model: str, answers: dict[str, CachedAnswer]) -> None:
         """Add ``answers`` (by ``request_key``) to ``model``'s entries; a model that is never cached is skipped.
 
-        Read-merge-write under the scope's key lock, so concurrent runs of the same model keep each other's
-        entries; the file is replaced atomically.
+        Read-merge-write under the file's lock, so concurrent runs of the same model keep each other's
+        entries; the file is replaced atomically. Then the least recently used scopes beyond ``CACHE_KEEP`` go.
         """
         scope = self._scope(model)
         if scope is None or not answers:
@@ -127,9 +137,36 @@ class AnswerCache:
             k: {"text": a.text, "output_tokens": a.output_tokens, "latency_s": a.latency_s}
             for k, a in answers.items()
         }
-        with key_lock(self.state_dir, "eval-cache|" + scope):
-            data = index.read()
+
+        def merge(data: dict[str, Any]) -> None:
             current = data.get("answers") if data.get("scope") == scope else None
-            if data.get("scope") != scope:
-                index.put("scope", scope)  # first: answers are never read without their scope beside them
-            index.put("answers", {**(current if isinstance(current, dict) else {}), **new})
+            data.clear()
+            data.update(scope=scope, answers={**(current if isinstance(current, dict) else {}), **new})
+
+        index.update(merge)
+        prune(self.state_dir / CACHE_DIR, CACHE_KEEP)
+
+
+def prune(folder: Path, keep: int) -> list[Path]:
+    """Delete the cache files of ``folder`` beyond the ``keep`` most recently used; the deleted ones.
+
+    A file whose lock another process holds (a run storing into it right now) is skipped, not waited for.
+    """
+    try:
+        files = [(p.stat().st_mtime, p) for p in folder.glob("*.json")]
+    except OSError:
+        return []
+    if len(files) <= keep:
+        return []
+    gone: list[Path] = []
+    for _, path in sorted(files, reverse=True)[keep:]:
+        lock_path = path.with_suffix(path.suffix + ".lock")
+        try:
+            with open(lock_path, "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+                lock_path.unlink(missing_ok=True)
+        except OSError:  # held (BlockingIOError) or already gone: left for the next prune
+            continue
+        gone.append(path)
+    return gone

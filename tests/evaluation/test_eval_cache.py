@@ -190,3 +190,48 @@ def test_the_run_summary_says_how_many_answers_came_from_the_cache() -> None:
     rows = dict(evaluation_summary_rows(EvaluationReport(calls=3, cached_answers=12)))
     assert rows["eval answers"] == "3 call(s), 12 answer(s) from the cache"
     assert "eval answers" not in dict(evaluation_summary_rows(EvaluationReport()))
+
+
+def test_the_cache_keeps_the_most_recently_used_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run adds model ids (its checkpoints): the folder is bounded, and a model read since stays."""
+    import os
+    import time
+
+    import tasks.eval_cache as eval_cache
+
+    monkeypatch.setattr(eval_cache, "CACHE_KEEP", 3)
+    cache = AnswerCache(tmp_path, EMBEDDED)
+    answer = {"k": eval_cache.CachedAnswer("hi", 1, 0.1)}
+    models = [f"ft:local:tiny-chat:local:{n:012d}" for n in range(5)]
+    for n, model in enumerate(models[:3]):
+        cache.store(model, answer)
+        path = cache._index(cache._scope(model) or "").path
+        os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))  # stored in this order, long ago
+    assert cache.load(models[0]) == answer  # read now: the most recently used
+    cache.store(models[3], answer)
+    cache.store(models[4], answer)
+    kept = [m for m in models if cache.load(m)]
+    assert kept == [models[0], models[3], models[4]]
+    assert sorted(p.suffix for p in (tmp_path / CACHE_DIR).iterdir()) == [".json"] * 3 + [".lock"] * 3
+
+
+def test_pruning_skips_a_file_another_run_is_writing(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    from tasks.eval_cache import prune
+
+    folder = tmp_path / CACHE_DIR
+    folder.mkdir()
+    old, new = folder / "old.json", folder / "new.json"
+    old.write_text("{}")
+    time.sleep(0.01)
+    new.write_text("{}")
+    with open(folder / "old.json.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert prune(folder, 1) == []
+        assert old.exists()
+    assert prune(folder, 1) == [old]
+    assert not old.exists() and new.exists()
