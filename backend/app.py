@@ -54,13 +54,14 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     db.init_schema()
     remove_leftovers(layout, db)
     apply_base_model_cache_dir(settings.base_model_cache_dir)
+    jobs = JobService(settings, layout, db)
     state = BackendState(
         settings=settings,
         layout=layout,
         db=db,
         api_key=settings.resolved_api_key(),
-        jobs=JobService(settings, layout, db),
-        generation=GenerationService(),
+        jobs=jobs,
+        generation=GenerationService(jobs.training_workers),
     )
 
     @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from backend.trainer.threads import generation_threads
+
+log = logging.getLogger("backend.generation")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class GenerationService:
     one request, so concurrent callers (an eval stage, several users) are served several times faster.
     Sampling, streaming and no-truncation requests run alone (a seeded sample stays reproducible; a stream
     gets its own deltas).
+
+    The thread runs torch on the cores the training workers leave free (``generation_threads``): all of them
+    while nothing trains. ``training_workers`` says how many workers train; it is asked when a generation
+    starts and again every THREADS_RECHECK_S between decoding steps, so a job that starts or ends mid-batch
+    changes the count within that time.
     """
 
     MAX_BATCH = 64
@@ -51,10 +61,13 @@ class GenerationService:
     # the wait the first of them would run alone and the rest in a second batch.
     GATHER_GAP_S = 0.01
     GATHER_MAX_S = 0.05
+    THREADS_RECHECK_S = 0.25
 
-    def __init__(self) -> None:
+    def __init__(self, training_workers: Callable[[], int] | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
         self._generator: Any = None
+        self._training_workers = training_workers or (lambda: 0)
+        self._threads_fitted = float("-inf")  # monotonic time of the last fit (generation thread only)
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
@@ -67,7 +80,24 @@ class GenerationService:
             self._generator = Generator()
         return self._generator
 
+    def _fit_threads(self, *, recheck: bool = False) -> None:
+        """Set the generation thread's torch threads to the cores free now (``recheck``: unless fitted lately)."""
+        t = time.monotonic()
+        if recheck and t - self._threads_fitted < self.THREADS_RECHECK_S:
+            return
+        self._threads_fitted = t
+        try:
+            n = generation_threads(self._training_workers())
+        except Exception:  # e.g. SQLite busy: the fewest threads rather than oversubscribed cores
+            log.debug("could not count the training workers", exc_info=True)
+            n = 1
+        self._gen().use_threads(n)
+
+    def _recheck_threads(self) -> None:
+        self._fit_threads(recheck=True)
+
     def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
+        self._fit_threads()
         result = self._gen().generate(
             req.model_ref,
             req.messages,
@@ -78,6 +108,7 @@ class GenerationService:
             seed=req.seed,
             truncate=req.truncate,
             on_text=on_text,
+            before_step=self._recheck_threads,
         )
         return GenerationOutput(
             text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens
@@ -116,9 +147,11 @@ class GenerationService:
             if len(batch) == 1:
                 outputs = [self._generate(batch[0][0], None)]
             else:
+                self._fit_threads()
                 results = self._gen().generate_greedy_batch(
                     batch[0][0].model_ref,
                     [BatchItem(r.messages, r.instructions, r.max_output_tokens) for r, _ in batch],
+                    before_step=self._recheck_threads,
                 )
                 outputs = [GenerationOutput(r.text, r.input_tokens, r.output_tokens) for r in results]
         except BaseException as exc:

@@ -58,6 +58,11 @@ class JobService:
         self.pool.stop()
         self._validator.shutdown(wait=False, cancel_futures=True)
 
+    def training_workers(self) -> int:
+        """Workers training now or about to: a queued job is claimed at once by an idle worker, so it counts."""
+        row = self.db.one("SELECT COUNT(*) FROM jobs WHERE status IN ('running', 'queued')")
+        return min(self.settings.worker_concurrency, int(row[0]) if row is not None else 0)
+
     def recover(self) -> None:
         """Re-queue jobs a dead backend left running; re-validate jobs left validating."""
         self.pool.wait_for_orphans(self.db)

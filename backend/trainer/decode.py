@@ -43,6 +43,7 @@ _NEUTRAL_GENERATION_FIELDS = frozenset(
 )
 
 OnTokens = Callable[[int, list[int]], None]
+BeforeStep = Callable[[], None]
 
 
 def lean_unsupported(model: Any) -> str | None:
@@ -80,6 +81,10 @@ def _generation_settings(model: Any) -> set[str]:
     }
 
 
+def _nothing() -> None:
+    pass
+
+
 class LeanDecoder:
     """Greedy decoding for one loaded model of a mirrored type (see ``lean_unsupported``)."""
 
@@ -105,6 +110,7 @@ class LeanDecoder:
         *,
         on_tokens: OnTokens | None = None,
         sync_every: int | None = None,
+        before_step: BeforeStep | None = None,
     ) -> list[list[int]]:
         """Each row's new tokens: up to its own ``max_new``, through its first ``stop`` token if any.
 
@@ -112,6 +118,7 @@ class LeanDecoder:
         ``on_tokens(row, ids)`` gets each row's tokens as they are read back. The host reads tokens back
         every ``sync_every`` steps (default: every step on the CPU, where it costs nothing; every 8 on an
         accelerator); a row that ended in between just runs a few steps more, its extra tokens unused.
+        ``before_step()`` runs before the prefill and each step (the server re-fits its thread count there).
         """
         from transformers import DynamicCache
 
@@ -126,7 +133,9 @@ class LeanDecoder:
         # As generate derives them: a padded slot gets position 0 (masked anyway).
         position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         out: list[list[int]] = [[] for _ in range(n)]
+        pace = before_step or _nothing
         with torch.inference_mode():
+            pace()
             cache = DynamicCache(config=self.model.config)
             first = self.model(
                 input_ids=ids,
@@ -173,6 +182,7 @@ class LeanDecoder:
                         rows = [rows[j] for j in keep]
                         ended = [False] * len(rows)
                 position = position + 1
+                pace()
                 # Like generate's mask: None (plain attention) unless a row has padding.
                 step_mask = attend[:, None, None, : length + 1] if any(padded[r] for r in rows) else None
                 logits = self._step(token, position, step_mask, keys, values, length)

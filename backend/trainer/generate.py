@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from backend.trainer.chat import ChatFormat
-from backend.trainer.decode import LeanDecoder, lean_unsupported
+from backend.trainer.decode import BeforeStep, LeanDecoder, lean_unsupported
 from backend.trainer.device import prepare_device, resolve_device
 from backend.trainer.modeling import load_for_inference
 from backend.trainer.spec import ContextTooLong
@@ -96,15 +96,23 @@ class Generator:
     Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA). Greedy replies use
     the lean decoder (`backend.trainer.decode`, same tokens, far less overhead per token) where it mirrors the
     model, else HF ``generate``, as sampled replies always do; ``lean=False`` forces ``generate`` (benchmarks).
+    Starts on the trainer's share of the cores (``configure_threads``); the server moves it with `use_threads`.
     """
 
     def __init__(self, cache_size: int = 4, *, lean: bool = True) -> None:
         self.cache_size = max(1, cache_size)
         self.lean = lean
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        configure_threads()
+        self.threads = configure_threads()
         self.device = resolve_device()
         prepare_device(self.device)
+
+    def use_threads(self, n: int) -> None:
+        """Run on ``n`` intra-op threads from now on; call it on the thread that generates (OpenMP keeps the
+        count per thread)."""
+        if n != self.threads:
+            torch.set_num_threads(n)
+            self.threads = n
 
     def _get(self, model_ref: str | Path) -> _Entry:
         key = str(model_ref)
@@ -140,11 +148,13 @@ class Generator:
         seed: int | None = None,
         truncate: bool = True,
         on_text: Callable[[str], None] | None = None,
+        before_step: BeforeStep | None = None,
     ) -> GenerationResult:
         """Reply to `messages` (instructions become a leading system message); greedy when temperature is 0/None.
 
         ``on_text`` receives the reply in pieces as it is generated; ``truncate=False`` raises
-        `ContextTooLong` instead of dropping the oldest prompt tokens.
+        `ContextTooLong` instead of dropping the oldest prompt tokens; ``before_step`` runs before each
+        decoding step of the lean decoder.
         """
         entry = self._get(model_ref)
         prompt, max_new = self._prompt(entry, messages, instructions, max_output_tokens, truncate)
@@ -154,7 +164,9 @@ class Generator:
         deltas = _TextDeltas(tok, stop, on_text) if on_text is not None else None
         if not sample and entry.decoder is not None:
             on_tokens = None if deltas is None else (lambda _row, ids: deltas.add(ids))
-            [new] = entry.decoder.greedy([prompt], [max_new], stop, pad, on_tokens=on_tokens)
+            [new] = entry.decoder.greedy(
+                [prompt], [max_new], stop, pad, on_tokens=on_tokens, before_step=before_step
+            )
             result = self._reply(entry, new, stop, len(prompt))
             if deltas is not None:
                 deltas.send(result.text)
@@ -186,18 +198,22 @@ class Generator:
             deltas.send(result.text)
         return result
 
-    def generate_greedy_batch(self, model_ref: str | Path, items: list[BatchItem]) -> list[GenerationResult]:
+    def generate_greedy_batch(
+        self, model_ref: str | Path, items: list[BatchItem], *, before_step: BeforeStep | None = None
+    ) -> list[GenerationResult]:
         """Greedy replies to several chats of one model in one left-padded batch (lean decoder or ``generate``).
 
         Each row gets what ``generate`` would give it alone: greedy decoding of a row does not depend on the
         others (padding is masked, positions start at each row's first token), and a row that wants fewer
-        tokens is cut at its own limit.
+        tokens is cut at its own limit. ``before_step`` runs before each step of the lean decoder.
         """
         entry = self._get(model_ref)
         stop, pad = self._stops(entry)
         prompts = [self._prompt(entry, i.messages, i.instructions, i.max_output_tokens) for i in items]
         if entry.decoder is not None:
-            news = entry.decoder.greedy([p for p, _ in prompts], [n for _, n in prompts], stop, pad)
+            news = entry.decoder.greedy(
+                [p for p, _ in prompts], [n for _, n in prompts], stop, pad, before_step=before_step
+            )
             return [self._reply(entry, new, stop, len(p)) for new, (p, _) in zip(news, prompts, strict=True)]
         width = max(len(p) for p, _ in prompts)
         ids = torch.tensor(

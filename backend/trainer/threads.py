@@ -22,3 +22,13 @@ def trainer_threads(cores: int | None = None) -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, (usable_cores() if cores is None else cores) // 2)
+
+
+def generation_threads(training_workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for the server's generation: the cores the training workers leave free (at least 1).
+
+    All usable cores when no worker trains; never more than are free, since an oversubscribed pool costs far
+    more than a thread fewer.
+    """
+    cores = usable_cores() if cores is None else cores
+    return max(1, cores - max(0, training_workers) * trainer_threads(cores))

@@ -1,16 +1,19 @@
-"""GenerationService: concurrent greedy requests for one model are answered in batches, in order."""
+"""GenerationService: concurrent greedy requests for one model are answered in batches, in order, on the
+cores the training workers leave free."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backend.generation import GenerationRequest, GenerationService
 from backend.trainer.generate import BatchItem, GenerationResult
+from backend.trainer.threads import THREADS_ENV, generation_threads, usable_cores
 
 
 class StubGenerator:
@@ -21,6 +24,10 @@ class StubGenerator:
         self.singles: list[tuple[str, float | None]] = []
         self.fail_model = fail_model
         self.threads: set[str] = set()
+        self.torch_threads: list[int] = []  # what use_threads set, per call
+
+    def use_threads(self, n: int) -> None:
+        self.torch_threads.append(n)
 
     def _echo(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None) -> GenerationResult:
         return GenerationResult(f"{model}:{messages[-1]['content']}", 1, max_tokens or 0)
@@ -33,7 +40,9 @@ class StubGenerator:
         self.singles.append((str(model_ref), kw.get("temperature")))
         return self._echo(str(model_ref), messages, kw.get("max_output_tokens"))
 
-    def generate_greedy_batch(self, model_ref: Any, items: list[BatchItem]) -> list[GenerationResult]:
+    def generate_greedy_batch(
+        self, model_ref: Any, items: list[BatchItem], *, before_step: Any = None
+    ) -> list[GenerationResult]:
         self.threads.add(threading.current_thread().name)
         if str(model_ref) == self.fail_model:
             raise FileNotFoundError("weights gone")
@@ -109,3 +118,135 @@ def test_closed_service_refuses_new_work() -> None:
     service.close()
     with pytest.raises(RuntimeError, match="shut down"):
         asyncio.run(service.generate(_req("m", "q")))
+
+
+@pytest.mark.parametrize(
+    ("training", "cores", "trainer_env", "expected"),
+    [
+        (0, 2, None, 2),  # nothing trains: every core
+        (1, 2, None, 1),  # the trainer's half of two
+        (2, 2, None, 1),  # two trainers hold both: still one, never none
+        (1, 8, None, 4),
+        (3, 8, None, 1),
+        (0, 1, None, 1),
+        (1, 4, "3", 1),  # a trainer the user set to 3 threads leaves one of four
+        (0, 4, "3", 4),
+    ],
+)
+def test_generation_threads_are_the_cores_training_leaves_free(
+    monkeypatch: pytest.MonkeyPatch, training: int, cores: int, trainer_env: str | None, expected: int
+) -> None:
+    if trainer_env is None:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(THREADS_ENV, trainer_env)
+    assert generation_threads(training, cores) == expected
+
+
+def test_each_batch_runs_on_the_cores_free_when_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    training = [0]
+    service = GenerationService(lambda: training[0])
+    stub = StubGenerator()
+    service._generator = stub
+
+    async def burst(n: int) -> None:
+        await asyncio.gather(*(service.generate(_req("m", f"q{i}")) for i in range(n)))
+
+    async def main() -> None:
+        await burst(4)
+        training[0] = 1
+        await burst(4)
+        training[0] = 0
+        await service.generate(_req("m", "hot", 0.7))  # a sampled request alone fits them too
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+    free = usable_cores()
+    assert stub.torch_threads[0] == free and stub.torch_threads[-1] == free
+    assert generation_threads(1) in stub.torch_threads
+
+
+def test_an_unknown_training_state_means_one_thread() -> None:
+    def broken() -> int:
+        raise RuntimeError("database is locked")
+
+    service = GenerationService(broken)
+    stub = StubGenerator()
+    service._generator = stub
+    try:
+        asyncio.run(service.generate(_req("m", "q")))
+    finally:
+        service.close()
+    assert stub.torch_threads == [1]
+
+
+def _insert_job(app: Any, status: str) -> None:
+    app.state.backend.db.execute(
+        "INSERT INTO jobs (id, owner, created_at, model, base_model_ref, status, training_file,"
+        " method_type, hyperparameters, seed) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (f"ftjob_{status}", "owner", 0, "m", "m", status, "file-x", "supervised", "{}", 1),
+    )
+
+
+def test_a_real_batch_uses_every_core_while_nothing_trains_and_refits_mid_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from backend.app import create_app
+    from backend.settings import BackendSettings
+    from backend.trainer.decode import LeanDecoder
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    app = create_app(BackendSettings(data_dir=tmp_path, api_key="k"))  # no lifespan: no worker starts
+    service: GenerationService = app.state.backend.generation
+    service.THREADS_RECHECK_S = 0.0
+    seen: list[int] = []  # torch threads of the generation thread at each decoding step
+    real_step = LeanDecoder._step
+
+    def step(self: LeanDecoder, *args: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        if len(seen) == 3:  # a job is queued mid-batch: the next steps leave its worker the trainer's share
+            _insert_job(app, "queued")
+        return real_step(self, *args)
+
+    monkeypatch.setattr(LeanDecoder, "_step", step)
+    reqs = [
+        GenerationRequest(
+            "local:micro-chat", [{"role": "user", "content": "hi " * i}], None, 8, None, None, None
+        )
+        for i in range(1, 5)
+    ]
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(service.generate(r) for r in reqs))
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        service.close()
+    assert len(outs) == 4 and all(o.output_tokens >= 1 for o in outs)
+    assert seen[0] == usable_cores()
+    assert seen[-1] == generation_threads(1) and len(seen) > 3
+
+
+def test_training_workers_count_running_and_queued_jobs_up_to_the_pool(tmp_path: Path) -> None:
+    from backend.app import create_app
+    from backend.settings import BackendSettings
+
+    app = create_app(BackendSettings(data_dir=tmp_path, api_key="k", worker_concurrency=2))
+    jobs = app.state.backend.jobs
+    for status in ("succeeded", "paused", "failed", "cancelled", "validating_files"):
+        _insert_job(app, status)
+    assert jobs.training_workers() == 0
+    _insert_job(app, "running")
+    assert jobs.training_workers() == 1
+    _insert_job(app, "queued")
+    app.state.backend.db.execute(
+        "INSERT INTO jobs (id, owner, created_at, model, base_model_ref, status, training_file,"
+        " method_type, hyperparameters, seed) VALUES ('ftjob_q2','owner',0,'m','m','queued','f','supervised','{}',1)"
+    )
+    assert jobs.training_workers() == 2  # three waiting or training, two workers
