@@ -104,11 +104,23 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     field_option(judge, "--promote-as", model=fp, field="promote_as", show_default=False, metavar="NAME")
     field_option(judge, "--judge-model", model=fp, field="judge_model", show_default=False, metavar="ID")
-    for flag, field in (
-        ("--eval-max-output-tokens", "eval_max_output_tokens"),
-        ("--eval-concurrency", "eval_concurrency"),
-    ):
-        field_option(judge, flag, model=fp, field=field, type=positive_int, metavar="N")
+    field_option(
+        judge,
+        "--eval-max-output-tokens",
+        model=fp,
+        field="eval_max_output_tokens",
+        type=positive_int,
+        metavar="N",
+    )
+    field_option(
+        judge,
+        "--eval-concurrency",
+        model=fp,
+        field="eval_concurrency",
+        show_default=False,
+        type=positive_int,
+        metavar="N",
+    )
 
     job = p.add_argument_group("job")
     add_job_shape(job)

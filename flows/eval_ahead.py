@@ -4,8 +4,9 @@ them saved (which ones: ``eval_ahead``), so after training only what is left is 
 One worker thread asks the models one at a time, in the order they became known, each as an
 ``evaluate-model`` task run of the flow (it runs in a copy of the flow's context, as Prefect's own thread pool
 does). It keeps the run's eval concurrency while the job trains too: a server that batches a model's greedy
-requests (the embedded one, ``backend/generation.py``) answers 16 at once for little more than the cost of one,
-so fewer in flight would cost the CPU the training shares more per answer, not less. When the run ends without
+requests (the embedded one, ``backend/generation.py``) answers a batch at once for little more than the cost
+of one, so fewer in flight would cost the CPU the training shares more per answer, not less. ``plan`` (its
+options) is resolved for the server here: judge with ``EvalAhead.plan``. When the run ends without
 judging (the job failed or was cancelled, Ctrl-C), ``close`` cancels the calls in flight, the running task run
 ends Cancelled and the thread is joined before the connection closes.
 """
@@ -269,6 +270,8 @@ def eval_ahead(
             if early
             else "only the last checkpoint (this machine is busy; the rest after training)",
         )
+    # The eval concurrency the run left unset becomes the server's (a full batch on the embedded backend).
+    plan = plan.for_server(embedded=embedded)
     ahead = EvalAhead(plan, settings, transport, cache, base_early=base_early, checkpoints=checkpoints)
     try:
         yield ahead

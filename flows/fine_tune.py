@@ -153,7 +153,7 @@ def fine_tune(
     promote_as: str | None = _P["promote_as"],
     judge_model: str | None = _P["judge_model"],
     eval_max_output_tokens: int = _P["eval_max_output_tokens"],
-    eval_concurrency: int = _P["eval_concurrency"],
+    eval_concurrency: int | None = _P["eval_concurrency"],
     poll_interval_s: float | None = _P["poll_interval_s"],
     poll_max_interval_s: float = _P["poll_max_interval_s"],
     wait_timeout_s: float = _P["wait_timeout_s"],
@@ -321,7 +321,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         judged = None
         if job.fine_tuned_model and judge_plan.sets:
             judged = judge_run(
-                plan=judge_plan,
+                plan=ahead.plan,  # the eval concurrency resolved for this server
                 settings=conn.settings,
                 transport=conn.transport,
                 base_model=job.model or params.model,

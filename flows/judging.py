@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +64,10 @@ class JudgePlan:
         return self.eval_set.fingerprint(
             score_version=SCORE_VERSION, max_output_tokens=self.options.max_output_tokens
         )
+
+    def for_server(self, *, embedded: bool) -> JudgePlan:
+        """This plan with its eval concurrency resolved for the server asked (`EvalOptions.for_server`)."""
+        return replace(self, options=self.options.for_server(embedded=embedded))
 
     @property
     def sets(self) -> list[EvalSet]:

@@ -148,7 +148,13 @@ class FineTuneParams(Hyperparameters, FlowParameters):
     eval_max_output_tokens: int = Field(
         default=96, ge=1, le=wire.MAX_OUTPUT_TOKENS_CAP, description="Answer length of each eval/smoke prompt"
     )
-    eval_concurrency: int = Field(default=16, ge=1, le=64, description="Eval calls in flight at once")
+    eval_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Eval calls in flight at once (default: 64 on the embedded backend, which answers them as "
+        "one batch; 16 on a remote API)",
+    )
     output_dir: Path | None = Field(
         default=None, description="Where frames and plots go (default runs/<job id>)"
     )

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +45,10 @@ from tasks.retry_policy import API_RETRIES, api_task_options
 T = TypeVar("T")
 
 JUDGE_MAX_OUTPUT_TOKENS = 16
+# Eval calls in flight when the run sets none: a remote API's rate limits allow this many; the embedded backend
+# answers a whole batch of greedy requests (backend.generation.GenerationService.MAX_BATCH) in one pass, so it
+# is asked that many at once (`EvalOptions.for_server`).
+REMOTE_EVAL_CONCURRENCY = 16
 # Rounds of asking a model the prompts still unanswered after the client's in-place retries: the budget the
 # stage's task retries had, without re-asking what was already answered.
 ASK_ROUNDS = API_RETRIES + 1
@@ -55,9 +59,23 @@ class EvalOptions:
     """How the stage asks: output cap, parallel calls, optional judge model, rows in the side-by-side."""
 
     max_output_tokens: int = 96
-    concurrency: int = 16
+    concurrency: int | None = None  # None: as the server suits (`for_server`)
     judge_model: str | None = None
     side_by_side: int = 5
+
+    @property
+    def in_flight(self) -> int:
+        """Calls in flight: the concurrency set, else a remote API's default."""
+        return self.concurrency or REMOTE_EVAL_CONCURRENCY
+
+    def for_server(self, *, embedded: bool) -> EvalOptions:
+        """These options with an unset concurrency resolved: one full batch of the embedded backend, else the
+        remote default; a concurrency that was set stays."""
+        if self.concurrency is not None:
+            return self
+        from backend.generation import GenerationService
+
+        return replace(self, concurrency=GenerationService.MAX_BATCH if embedded else REMOTE_EVAL_CONCURRENCY)
 
 
 @dataclass(frozen=True)
@@ -173,7 +191,7 @@ class _Asker:
     ) -> None:
         self.client = client
         self.options = options
-        self.sem = asyncio.Semaphore(max(1, options.concurrency))
+        self.sem = asyncio.Semaphore(max(1, options.in_flight))
         self.progress = progress
         self.cache = cache
         self.calls = 0
@@ -456,7 +474,7 @@ def evaluate_task(
         len(models),
         n_cases,
         ", ".join(f"{s.kind}: {s.source}" for s in sets),
-        opts.concurrency,
+        opts.in_flight,
         f"; {len(models) - len(missing)} already answered" if len(missing) < len(models) else "",
     )
     started = time.monotonic()

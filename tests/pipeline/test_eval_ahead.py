@@ -260,3 +260,22 @@ def test_machine_has_room_counts_the_trainer_threads_the_user_set(monkeypatch: p
     assert machine_has_room(0.5, 2) is False
     monkeypatch.setenv("FTPIPE_TRAINER_THREADS", "1")
     assert machine_has_room(1.0, 2) is True
+
+
+@pytest.mark.parametrize(
+    ("embedded", "given", "in_flight"),
+    [(True, None, 64), (False, None, 16), (True, 4, 4), (False, 32, 32)],
+)
+def test_an_unset_eval_concurrency_is_a_full_batch_on_the_embedded_backend_and_16_remote(
+    dataset_dir: Path, tmp_path: Path, embedded: bool, given: int | None, in_flight: int
+) -> None:
+    from backend.generation import GenerationService
+    from flows.fine_tune import _judge_plan
+
+    plan = _judge_plan(_params(dataset_dir, tmp_path, eval_concurrency=given))
+    assert plan.options.concurrency == given  # unresolved until the server is known
+    fake = TrainingFake(timeline=["queued", "succeeded"])
+    with eval_ahead_module.eval_ahead(plan, fake.settings(), None, None, embedded=embedded) as ahead:
+        assert ahead.plan.options.in_flight == in_flight
+        assert ahead.plan.sets == plan.sets
+    assert GenerationService.MAX_BATCH == 64  # the parameter's description promises 64: one full batch
