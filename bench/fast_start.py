@@ -125,6 +125,10 @@ def _job_run(argv: list[str], env: dict[str, str], console: Console) -> tuple[fl
     wall, output = _timed([*argv, "--progress", "plain"], env, console)
     phases = phase_seconds(output, started, started + timedelta(seconds=wall))
     console.print("  " + ", ".join(f"{name} {s:.1f}s" for name, s in phases.items()))
+    # Each model's eval time ("<model> (<role>): N answer(s) in X s, ..."): the after-training phase's core.
+    for line in output.splitlines():
+        if " answer(s) in " in line and _LOG_TIME.match(line):
+            console.print("  eval: " + line.rsplit(" - ", 1)[-1], markup=False, highlight=False)
     return wall, phases
 
 
