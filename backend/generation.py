@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.trainer.threads import generation_threads
+from backend.trainer.threads import OtherLoad, generation_threads, trainer_threads
 
 log = logging.getLogger("backend.generation")
 
@@ -49,10 +49,11 @@ class GenerationService:
     Sampling, streaming and no-truncation requests run alone (a seeded sample stays reproducible; a stream
     gets its own deltas).
 
-    The thread runs torch on the cores the training workers leave free (``generation_threads``): all of them
-    while nothing trains. ``training_workers`` says how many workers train; it is asked when a generation
-    starts and again every THREADS_RECHECK_S between decoding steps, so a job that starts or ends mid-batch
-    changes the count within that time.
+    The thread runs torch on the cores that neither the training workers nor other processes hold
+    (``generation_threads``): all of them on an otherwise idle machine while nothing trains. ``training_workers``
+    says how many workers train and ``OtherLoad`` measures the rest; both are asked when a generation starts
+    and again every THREADS_RECHECK_S between decoding steps, so a job or a busy neighbour that starts or ends
+    mid-batch changes the count within that time.
     """
 
     MAX_BATCH = 64
@@ -68,6 +69,7 @@ class GenerationService:
         self._generator: Any = None
         self._training_workers = training_workers or (lambda: 0)
         self._threads_fitted = float("-inf")  # monotonic time of the last fit (generation thread only)
+        self._others = OtherLoad()
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
@@ -87,10 +89,19 @@ class GenerationService:
             return
         self._threads_fitted = t
         try:
-            n = generation_threads(self._training_workers())
+            training = self._training_workers()
         except Exception:  # e.g. SQLite busy: the fewest threads rather than oversubscribed cores
             log.debug("could not count the training workers", exc_info=True)
-            n = 1
+            self._gen().use_threads(1)
+            return
+        others = self._others.sample(training * trainer_threads())
+        # Until the machine's other load is measured (the first 0.25 s after an idle spell, or never where
+        # /proc/stat is missing), the share a training worker would leave: the old, safe count.
+        n = (
+            generation_threads(max(training, 1))
+            if others is None
+            else generation_threads(training, others=others)
+        )
         self._gen().use_threads(n)
 
     def _recheck_threads(self) -> None:

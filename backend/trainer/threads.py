@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from collections.abc import Collection
 
 THREADS_ENV = "FTPIPE_TRAINER_THREADS"
 
@@ -24,11 +27,73 @@ def trainer_threads(cores: int | None = None) -> int:
     return max(1, (usable_cores() if cores is None else cores) // 2)
 
 
-def generation_threads(training_workers: int, cores: int | None = None) -> int:
-    """Intra-op threads for the server's generation: the cores the training workers leave free (at least 1).
+def generation_threads(training_workers: int, cores: int | None = None, others: float = 0.0) -> int:
+    """Intra-op threads for the server's generation: the cores neither the training workers nor other
+    processes (``others``: cores they kept busy lately) hold, at least 1.
 
-    All usable cores when no worker trains; never more than are free, since an oversubscribed pool costs far
-    more than a thread fewer.
+    A core another process keeps 40% busy or more counts as taken: an OpenMP thread that has to share a core
+    makes every other thread wait at each of the step's many barriers (measured on 2 cores at load ~3.5: a
+    decoding step 21 ms on 1 thread, 196 ms on 2), so a thread fewer is always the safer side.
     """
     cores = usable_cores() if cores is None else cores
-    return max(1, cores - max(0, training_workers) * trainer_threads(cores))
+    taken = max(0, training_workers) * trainer_threads(cores) + math.floor(max(0.0, others) + 0.6)
+    return max(1, cores - taken)
+
+
+def busy_cpu_seconds(cpus: Collection[int] | None = None) -> float | None:
+    """CPU seconds ``cpus`` (default: those this process may run on) spent busy since boot, from /proc/stat;
+    None where it cannot be read (not Linux)."""
+    wanted = set(cpus) if cpus is not None else _affinity()
+    try:
+        with open("/proc/stat", "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    ticks = 0
+    found = False
+    for line in lines:
+        if not line.startswith(b"cpu") or line[3:4] in (b" ", b""):
+            continue
+        name, *fields = line.split()
+        if wanted is not None and int(name[3:]) not in wanted:
+            continue
+        values = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+        ticks += sum(values) - values[3] - values[4]
+        found = True
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def _affinity() -> set[int] | None:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+class OtherLoad:
+    """Cores other processes kept busy between two calls: the busy CPU time of this process's cores minus its
+    own CPU time and the known workers' expected share; called on the thread that decides, a few times a second.
+    """
+
+    MIN_WINDOW_S = 0.1  # shorter windows hold too few clock ticks (100 per second per core)
+    STALE_S = 2.0  # an older sample says little about now
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None  # monotonic, busy CPU s, own CPU s
+        self._estimate: float | None = None
+
+    def sample(self, workers_cores: float) -> float | None:
+        """Cores others used since the previous call (``workers_cores`` of it are known workers', not counted);
+        None when unknown: the first call, one after a long gap, or no /proc/stat."""
+        now, own = time.monotonic(), time.process_time()
+        busy = busy_cpu_seconds()
+        if busy is None:
+            self._last = self._estimate = None
+            return None
+        last = self._last
+        if last is not None and now - last[0] < self.MIN_WINDOW_S:
+            return self._estimate
+        self._last = (now, busy, own)
+        if last is None or now - last[0] > self.STALE_S:
+            self._estimate = None
+            return None
+        wall = now - last[0]
+        self._estimate = max(0.0, (busy - last[1]) - (own - last[2])) / wall - workers_cores
+        return max(0.0, self._estimate)

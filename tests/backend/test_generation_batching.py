@@ -1,5 +1,5 @@
 """GenerationService: concurrent greedy requests for one model are answered in batches, in order, on the
-cores the training workers leave free."""
+cores that the training workers and other processes leave free."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from backend.generation import GenerationRequest, GenerationService
+from backend.trainer import threads
 from backend.trainer.generate import BatchItem, GenerationResult
-from backend.trainer.threads import THREADS_ENV, generation_threads, usable_cores
+from backend.trainer.threads import THREADS_ENV, OtherLoad, generation_threads, usable_cores
 
 
 class StubGenerator:
@@ -53,6 +54,17 @@ class StubGenerator:
 
 def _req(model: str, text: str, temperature: float | None = None) -> GenerationRequest:
     return GenerationRequest(model, [{"role": "user", "content": text}], None, 7, temperature, None, None)
+
+
+class FixedLoad(OtherLoad):
+    """Other processes keep ``cores`` busy (None: not measured yet)."""
+
+    def __init__(self, cores: float | None) -> None:
+        super().__init__()
+        self.cores = cores
+
+    def sample(self, workers_cores: float) -> float | None:
+        return self.cores
 
 
 def test_concurrent_greedy_requests_are_batched_per_model() -> None:
@@ -121,32 +133,77 @@ def test_closed_service_refuses_new_work() -> None:
 
 
 @pytest.mark.parametrize(
-    ("training", "cores", "trainer_env", "expected"),
+    ("training", "cores", "others", "trainer_env", "expected"),
     [
-        (0, 2, None, 2),  # nothing trains: every core
-        (1, 2, None, 1),  # the trainer's half of two
-        (2, 2, None, 1),  # two trainers hold both: still one, never none
-        (1, 8, None, 4),
-        (3, 8, None, 1),
-        (0, 1, None, 1),
-        (1, 4, "3", 1),  # a trainer the user set to 3 threads leaves one of four
-        (0, 4, "3", 4),
+        (0, 2, 0.0, None, 2),  # nothing trains, nothing else runs: every core
+        (0, 2, 0.2, None, 2),  # a client's bookkeeping leaves the core free
+        (0, 2, 0.5, None, 1),  # a neighbour half-using a core takes it
+        (0, 2, 1.7, None, 1),
+        (1, 2, 0.0, None, 1),  # the trainer's half of two
+        (2, 2, 0.0, None, 1),  # two trainers hold both: still one, never none
+        (1, 8, 0.0, None, 4),
+        (1, 8, 2.5, None, 1),
+        (3, 8, 0.0, None, 1),
+        (0, 1, 0.0, None, 1),
+        (1, 4, 0.0, "3", 1),  # a trainer the user set to 3 threads leaves one of four
+        (0, 4, 0.0, "3", 4),
     ],
 )
-def test_generation_threads_are_the_cores_training_leaves_free(
-    monkeypatch: pytest.MonkeyPatch, training: int, cores: int, trainer_env: str | None, expected: int
+def test_generation_threads_are_the_cores_training_and_others_leave_free(
+    monkeypatch: pytest.MonkeyPatch,
+    training: int,
+    cores: int,
+    others: float,
+    trainer_env: str | None,
+    expected: int,
 ) -> None:
     if trainer_env is None:
         monkeypatch.delenv(THREADS_ENV, raising=False)
     else:
         monkeypatch.setenv(THREADS_ENV, trainer_env)
-    assert generation_threads(training, cores) == expected
+    assert generation_threads(training, cores, others) == expected
+
+
+def test_other_load_is_the_busy_time_not_this_process_or_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"wall": 100.0, "own": 5.0, "busy": 50.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(threads, "busy_cpu_seconds", lambda: clock["busy"])
+    load = OtherLoad()
+    assert load.sample(0.0) is None  # nothing to compare with yet
+
+    def after(wall: float, own: float, busy: float, workers: float) -> float | None:
+        clock["wall"] += wall
+        clock["own"] += own
+        clock["busy"] += busy
+        return load.sample(workers)
+
+    # 0.5 s: the cores were busy 1.4 s, 0.9 of it this process, 0.25 a worker's expected share.
+    assert after(0.5, 0.9, 1.4, 0.5) == pytest.approx(0.5)
+    assert after(0.05, 0.1, 0.1, 0.0) == pytest.approx(0.5)  # too short a window: the last estimate
+    assert after(0.5, 1.0, 1.0, 0.0) == pytest.approx(0.0)  # this process alone
+    assert after(3.0, 0.0, 3.0, 0.0) is None  # after a long gap: not known
+    monkeypatch.setattr(threads, "busy_cpu_seconds", lambda: None)
+    assert after(0.5, 0.0, 0.0, 0.0) is None  # no /proc/stat
+
+
+def test_busy_cpu_seconds_reads_this_machine() -> None:
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat")
+    first = threads.busy_cpu_seconds()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # keep a core busy
+        pass
+    second = threads.busy_cpu_seconds()
+    assert first is not None and second is not None and second - first >= 0.1
+    assert threads.busy_cpu_seconds(cpus=[]) is None
 
 
 def test_each_batch_runs_on_the_cores_free_when_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
     training = [0]
     service = GenerationService(lambda: training[0])
+    service._others = FixedLoad(0.0)
     stub = StubGenerator()
     service._generator = stub
 
@@ -167,6 +224,23 @@ def test_each_batch_runs_on_the_cores_free_when_it_starts(monkeypatch: pytest.Mo
     free = usable_cores()
     assert stub.torch_threads[0] == free and stub.torch_threads[-1] == free
     assert generation_threads(1) in stub.torch_threads
+
+
+@pytest.mark.parametrize(("others", "expected"), [(None, "share"), (1.5, 1), (0.0, "all")])
+def test_a_busy_or_unmeasured_machine_gets_fewer_threads(
+    monkeypatch: pytest.MonkeyPatch, others: float | None, expected: Any
+) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    service = GenerationService(lambda: 0)
+    service._others = FixedLoad(others)
+    stub = StubGenerator()
+    service._generator = stub
+    try:
+        asyncio.run(service.generate(_req("m", "q")))
+    finally:
+        service.close()
+    want = {"share": generation_threads(1), "all": usable_cores()}.get(expected, expected)
+    assert stub.torch_threads == [want]
 
 
 def test_an_unknown_training_state_means_one_thread() -> None:
@@ -191,7 +265,7 @@ def _insert_job(app: Any, status: str) -> None:
     )
 
 
-def test_a_real_batch_uses_every_core_while_nothing_trains_and_refits_mid_batch(
+def test_a_real_batch_uses_every_core_of_an_idle_machine_and_refits_mid_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
@@ -204,6 +278,7 @@ def test_a_real_batch_uses_every_core_while_nothing_trains_and_refits_mid_batch(
     app = create_app(BackendSettings(data_dir=tmp_path, api_key="k"))  # no lifespan: no worker starts
     service: GenerationService = app.state.backend.generation
     service.THREADS_RECHECK_S = 0.0
+    service._others = FixedLoad(0.0)  # an idle machine (this one is shared while tests run)
     seen: list[int] = []  # torch threads of the generation thread at each decoding step
     real_step = LeanDecoder._step
 
