@@ -37,13 +37,13 @@ from flows.eval_ahead import eval_ahead
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
+from flows.preload import preload
 from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.errors import GateFailed, JobFailed
 from tasks.estimate import estimate_task
 from tasks.eval_cache import AnswerCache
 from tasks.evaluate import EvalOptions
-from tasks.metrics import collect_metrics_task
 from tasks.progress import ProgressUpdate, publish
 from tasks.record import DatasetFile, RunRecord
 from tasks.state import default_state_dir
@@ -230,29 +230,35 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             AnswerCache(state_dir, conn.server_id, conn.settings.on_behalf_of),
             embedded=conn.embedded,
         ) as ahead,
+        preload() as preloader,
     ):
         log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
-        # Before any upload: over budget, the run stops here (BudgetExceeded) with nothing sent.
-        estimate = estimate_task(
-            client,
-            train_path,
-            model=params.model,
-            method=params.method,
-            n_epochs=params.n_epochs,
-            batch_size=params.batch_size,
-            embedded=conn.embedded,
-            budget=params.budget(),
+        budget = params.budget()
+        estimating: dict[str, Any] = {
+            "model": params.model,
+            "method": params.method,
+            "n_epochs": params.n_epochs,
+            "batch_size": params.batch_size,
+            "embedded": conn.embedded,
+            "budget": budget,
+        }
+        # With a budget, before any upload: over it, the run stops here (BudgetExceeded) with nothing sent.
+        # Without one the estimate only informs (and the estimate-vs-actual record), so it is made beside the
+        # uploads and the training (a first count loads the model's tokenizer: seconds) and joined after them.
+        estimate_run = (
+            None if budget.is_set else estimate_task.submit(client, train_path, announce=False, **estimating)
         )
-        train_up = upload_file_task(
-            client, train_path, state_dir=state_dir, server_id=conn.server_id, role="training"
-        )
-        val_up = (
-            upload_file_task(
-                client, validation_path, state_dir=state_dir, server_id=conn.server_id, role="validation"
+        estimate = estimate_task(client, train_path, **estimating) if budget.is_set else None
+        # Both files at once: each is a hash, a lookup and maybe an upload, mostly waiting on the server.
+        uploads = {
+            role: upload_file_task.submit(
+                client, path, state_dir=state_dir, server_id=conn.server_id, role=role
             )
-            if validation_path is not None
-            else None
-        )
+            for role, path in (("training", train_path), ("validation", validation_path))
+            if path is not None
+        }
+        train_up = uploads["training"].result()
+        val_up = uploads["validation"].result() if "validation" in uploads else None
         spec = JobSpec(
             model=params.model,
             training_file=train_up.file_id,
@@ -274,6 +280,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         job_id = handle.job.id
         experiment.job_created(job_id)
         ahead.start(handle.job.model or params.model)
+        preloader.start()  # the flow only polls while the job trains
         obo = client.settings.on_behalf_of
         finished: FineTuningJob | None = None
         try:
@@ -310,8 +317,12 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             except Exception:
                 log.debug("could not refresh job %s status in the state dir", job_id)
         job = finished
+        if estimate_run is not None:
+            estimate = estimate_run.result()
 
         output_dir = params.output_dir or Path("runs") / job_id
+        from tasks.metrics import collect_metrics_task  # with pandas: not a cost of the flow's start
+
         metrics = collect_metrics_task(client, job_id, output_dir)
         vs_actual = (
             compare(estimate, job.trained_tokens, measured_training_seconds(client, job))

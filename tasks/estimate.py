@@ -28,13 +28,16 @@ def estimate_task(
     batch_size: int | str = "auto",
     embedded: bool,
     budget: Budget,
+    announce: bool = True,
 ) -> JobEstimate | None:
     """Estimate the job and publish it; raise ``BudgetExceeded`` when it does not fit ``budget``.
 
-    Without a budget an estimate that cannot be made is a warning (None), not a failure.
+    Without a budget an estimate that cannot be made is a warning (None), not a failure. ``announce``: show
+    it as the run's stage (not when it is made beside the uploads and the training, whose stages show).
     """
     log = runtime.run_logger()
-    publish(ProgressUpdate("estimate", f"counting the tokens of {Path(train_path).name} for {model}"))
+    if announce:
+        publish(ProgressUpdate("estimate", f"counting the tokens of {Path(train_path).name} for {model}"))
     try:
         # No calibration run here: it would add seconds to every first run on a model; the job history
         # (this server's last jobs on the model) gives the duration from the second run on.

@@ -15,10 +15,9 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
@@ -30,7 +29,6 @@ from client.errors import APIError
 from client.models import InputMessage, ResponseCreateRequest
 from client.retry import is_transient
 from evaluation.evalset import EvalCase, EvalSet
-from evaluation.frame import eval_frame, summarize
 from evaluation.judge import judge_prompt, parse_grade
 from evaluation.report import score_line, side_by_side_markdown, summary_rows
 from evaluation.results import EvalModel, ModelSummary
@@ -41,6 +39,9 @@ from tasks.errors import EvaluationFailed
 from tasks.eval_cache import AnswerCache, CachedAnswer, request_key
 from tasks.progress import ProgressUpdate, publish
 from tasks.retry_policy import API_RETRIES, api_task_options
+
+if TYPE_CHECKING:  # pandas loads with the frame, not with the flow (``ftpipe run``'s start does not pay it)
+    import pandas as pd
 
 T = TypeVar("T")
 
@@ -494,6 +495,8 @@ def evaluate_task(
     duration = sum(a.duration_s for a in given)
     calls = sum(a.calls for a in given)
     cached = sum(a.cached for a in given)
+    from evaluation.frame import eval_frame, summarize
+
     frame = eval_frame([row for m in models for row in _as(m, answered[m.model].rows)])
     summaries = summarize(frame, models)
     final = next(m.model for m in models if m.role == "fine-tuned")

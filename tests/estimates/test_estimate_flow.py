@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +103,27 @@ def test_sweep_checks_the_sum_over_its_configs_before_launching_any(dataset: Pat
         state.result()
     assert info.value.line.startswith(f"over budget: estimate {6 * one_epoch:,} trained tokens over 3 jobs")
     assert fake.files == {} and fake.jobs == {}
+
+
+def test_without_a_budget_the_estimate_is_made_beside_the_uploads_and_still_recorded(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.estimate
+
+    fake = FakeMKA1()
+    made = tasks.estimate.estimate_job
+
+    def after_the_job_exists(*args: Any, **kwargs: Any) -> Any:
+        # Made before the upload (as a budget needs), this would wait for a job that is never created.
+        deadline = time.monotonic() + 30
+        while fake.count("POST", "/fine_tuning/jobs") == 0:
+            assert time.monotonic() < deadline, "the estimate held up the uploads and the job"
+            time.sleep(0.01)
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.estimate, "estimate_job", after_the_job_exists)
+    with use_connection(fake.connection()):
+        record = fine_tune(**_params(dataset, tmp_path).flow_arguments())
+    tokens = count_tokens(dataset / "train.jsonl", MODEL, "supervised", 2).tokens
+    assert record.estimate is not None and record.estimate.estimated_tokens == tokens
+    assert record.estimate.actual_tokens == record.trained_tokens

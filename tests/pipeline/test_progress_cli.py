@@ -58,9 +58,9 @@ def test_plain_progress_off_a_terminal_then_one_line_on_re_attach(
     progress = [m for m in map(LINE.fullmatch, lines) if m]
     labels = [m["label"] for m in progress]
     stages = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
+    # No "estimate": without a budget it is made beside the uploads and the training, not as a stage.
     assert stages == [
         "validate",
-        "estimate",
         "upload",
         "create",
         "queued",
@@ -232,9 +232,8 @@ def test_sweep_plain_progress_one_line_per_config_stage(
         mine = [m for line in lines if line.startswith(f"{name}: ") and (m := LINE.fullmatch(line[3:]))]
         labels = [m["label"] for m in mine]
         stages = [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
-        assert stages == [
+        assert stages == [  # no "estimate" stage: a config without a budget estimates beside its uploads
             "validate",
-            "estimate",
             "upload",
             "create",
             "queued",
