@@ -81,9 +81,10 @@ def tag_prefect_run(flow_run_id: str | None, tags: dict[str, str]) -> None:
     if not flow_run_id or not runtime.in_run():
         return
     wanted = prefect_tags(tags)
-    from prefect.context import TagsContext
+    from prefect.context import FlowRunContext
 
-    if set(wanted) <= TagsContext.get().current_tags:
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None and set(wanted) <= set(ctx.flow_run.tags):
         return  # the run was created with them (`ftpipe run`): no round trip to the Prefect API
     try:
         from prefect.client.orchestration import get_client

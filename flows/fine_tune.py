@@ -173,7 +173,8 @@ def fine_tune(
         model=params.model, flow_run_id=current_flow_run.get_id(), warn=runtime.run_logger().warning
     )
     try:
-        return _fine_tune(params, experiment)
+        with runtime.untagged_task_runs():
+            return _fine_tune(params, experiment)
     except GateFailed:
         raise  # the job succeeded and its tracked run is already finished; only the model was rejected
     except JobFailed as exc:
