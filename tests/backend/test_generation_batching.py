@@ -109,6 +109,27 @@ def test_a_burst_arriving_while_idle_is_one_batch() -> None:
     assert stub.batches == [("m", 6)] and not stub.singles  # without the wait: 1 alone, then the rest
 
 
+def test_callers_answered_together_come_back_as_one_batch() -> None:
+    service = GenerationService()
+    stub = StubGenerator()
+    service._generator = stub
+    service.GATHER_GAP_S, service.RETURN_WAIT_S = 0.01, 2.0  # generous: the test machine may be busy
+
+    async def caller(i: int) -> None:
+        await service.generate(_req("m", f"first {i}"))
+        await asyncio.sleep(0.04 * i)  # back one by one, further apart than the gather gap
+        await service.generate(_req("m", f"again {i}"))
+
+    async def main() -> None:
+        await asyncio.gather(*(caller(i) for i in range(5)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+    assert stub.batches == [("m", 5), ("m", 5)] and not stub.singles
+
+
 def test_a_failed_batch_fails_its_requests_only() -> None:
     service = GenerationService()
     service._generator = StubGenerator(fail_model="gone")
