@@ -1,7 +1,7 @@
 """Greedy answers to an eval set, as the eval stage asks for them: HF generate vs the lean decoder.
 
 Usage: python bench/eval_speed.py [--model local:tiny-chat [--model /path/to/fine-tuned/dir ...]]
-           [--eval datasets/customer-support/eval.jsonl] [--batch 16] [--max-output-tokens 96] [--quick]
+           [--eval datasets/customer-support/eval.jsonl] [--batch 16] [--max-output-tokens 96] [--threads N] [--quick]
 Both paths get the same batches: the prompts sorted by length (as tasks/evaluate.py sends them) in groups of
 --batch (the eval concurrency; the backend answers concurrent greedy requests as one batch), through
 ``Generator(lean=False)`` (HF ``generate``) and ``Generator()`` (``backend.trainer.decode``). Tokens/s counts
@@ -20,6 +20,7 @@ from pathlib import Path
 from common import Row, add_common_args, row, write_rows
 
 from backend.trainer.generate import BatchItem, GenerationResult, Generator
+from backend.trainer.threads import usable_cores
 from evaluation.evalset import load_eval_file
 
 DEFAULT_EVAL = Path(__file__).resolve().parents[1] / "datasets" / "customer-support" / "eval.jsonl"
@@ -54,18 +55,27 @@ def main() -> int:
     ap.add_argument("--eval", type=Path, default=DEFAULT_EVAL, help="eval set (JSONL)")
     ap.add_argument("--batch", type=int, default=16, help="requests answered together (the eval concurrency)")
     ap.add_argument("--max-output-tokens", type=int, default=96)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=usable_cores(),
+        help="torch threads (default: every usable core, as the server answers on an otherwise idle machine)",
+    )
     add_common_args(ap)
     args = ap.parse_args()
     models: list[str] = args.model or ["local:tiny-chat"]
     items = eval_items(args.eval, args.max_output_tokens, 32 if args.quick else None)
     load = os.getloadavg()
     print(
-        f"{len(items)} prompts from {args.eval}, batches of {args.batch}, max {args.max_output_tokens} tokens"
+        f"{len(items)} prompts from {args.eval}, batches of {args.batch}, max {args.max_output_tokens} tokens,"
+        f" {args.threads} torch thread(s)"
     )
     print("load average at start: " + " / ".join(f"{x:.2f}" for x in load) + " (1 / 5 / 15 min)")
     rows: list[Row] = []
     same_all = True
     hf, lean = Generator(cache_size=1, lean=False), Generator(cache_size=1)
+    for gen in (hf, lean):
+        gen.use_threads(args.threads)
     print(f"{'model':<40} {'path':<10} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
     for model in models:
         timed = {}
@@ -82,7 +92,7 @@ def main() -> int:
             f"  lean / generate: {timed['lean'][1] / timed['generate'][1]:.2f}x, identical answers {same}/{len(items)}"
         )
         label = Path(model).name if "/" in model else model
-        note = f"{len(items)} prompts, batch {args.batch}, load {load[0]:.1f}"
+        note = f"{len(items)} prompts, batch {args.batch}, {args.threads} thread(s), load {load[0]:.1f}"
         rows.append(
             row("eval_speed", f"generate tokens/s ({label})", timed["generate"][1], unit="tok/s", note=note)
         )
