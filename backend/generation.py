@@ -102,7 +102,11 @@ class GenerationService:
             log.debug("could not count the training workers", exc_info=True)
             self._gen().use_threads(1)
             return
-        others = self._others.sample(training * trainer_threads())
+        try:
+            others = self._others.sample(training * trainer_threads())
+        except Exception:  # an unusual /proc/stat (gVisor, odd kernels): measured as unknown, never a failure
+            log.debug("could not measure the other load", exc_info=True)
+            others = None
         # Until the machine's other load is measured (the first 0.25 s after an idle spell, or never where
         # /proc/stat is missing), the share a training worker would leave: the old, safe count.
         n = (

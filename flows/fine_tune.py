@@ -5,12 +5,15 @@
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled
@@ -50,6 +53,26 @@ from tasks.state import default_state_dir
 from tasks.upload import UploadedFile, upload_file_task
 from tasks.validate import ValidationSummary, validate_dataset_task
 from tasks.wait import wait_for_job_task
+
+# How long a failed or interrupted run waits for the uploads/estimate still running beside it (Ctrl-C target:
+# exit within a few seconds).
+SETTLE_TIMEOUT_S = 5.0
+
+
+@contextmanager
+def settled_on_error(
+    futures: list[PrefectFuture[Any]], timeout_s: float = SETTLE_TIMEOUT_S
+) -> Iterator[None]:
+    """On an error or Ctrl-C in the block, wait (at most ``timeout_s``) for ``futures`` still running, so they
+    finish before the client they use is closed instead of failing on it (one more error line each)."""
+    try:
+        yield
+    except BaseException:
+        pending = [f for f in futures if f.state.is_running() or f.state.is_pending()]
+        if pending:
+            with suppress(BaseException):  # a second Ctrl-C ends the wait, never the original error
+                wait(pending, timeout=timeout_s)
+        raise
 
 
 def _judge_plan(params: FineTuneParams) -> JudgePlan:
@@ -220,6 +243,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         params=_known_params(params, train_path, validation_path),
     )
 
+    background: list[PrefectFuture[Any]] = []  # task runs beside the flow thread that use the client
     with (
         open_connection(params.base_url, params.on_behalf_of) as conn,
         MKA1Client(conn.settings, transport=conn.transport) as client,
@@ -232,6 +256,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             embedded=conn.embedded,
         ) as ahead,
         preload() as preloader,
+        settled_on_error(background),  # exits first: a failed run waits for them before the client closes
     ):
         log.info("using %s API at %s", "embedded" if conn.embedded else "remote", conn.settings.base_url)
         budget = params.budget()
@@ -249,6 +274,8 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         estimate_run = (
             None if budget.is_set else estimate_task.submit(client, train_path, announce=False, **estimating)
         )
+        if estimate_run is not None:
+            background.append(estimate_run)
         estimate = estimate_task(client, train_path, **estimating) if budget.is_set else None
         # Both files at once: each is a hash, a lookup and maybe an upload, mostly waiting on the server.
         uploads = {
@@ -258,6 +285,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             for role, path in (("training", train_path), ("validation", validation_path))
             if path is not None
         }
+        background.extend(uploads.values())
         train_up = uploads["training"].result()
         val_up = uploads["validation"].result() if "validation" in uploads else None
         spec = JobSpec(
@@ -319,7 +347,10 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
                 log.debug("could not refresh job %s status in the state dir", job_id)
         job = finished
         if estimate_run is not None:
-            estimate = estimate_run.result()
+            try:
+                estimate = estimate_run.result()
+            except Exception as exc:  # it only informs: the trained model must not be lost over it
+                log.warning("no estimate for this run (%s: %s)", type(exc).__name__, exc)
 
         output_dir = params.output_dir or Path("runs") / job_id
         from tasks.metrics import collect_metrics_task  # with pandas: not a cost of the flow's start

@@ -26,6 +26,10 @@ AFTER_TRAINING = (
     "evaluation.frame",
 )
 
+# How long a run that stops early still waits for the imports in progress (a module half imported at exit is
+# harmless to a daemon thread; the wait only keeps its log lines in order).
+INTERRUPTED_JOIN_S = 0.5
+
 _log = logging.getLogger(__name__)
 
 
@@ -49,10 +53,10 @@ class Preload:
             except Exception:  # the import where the module is used raises it where it matters
                 _log.debug("could not preload %s", name, exc_info=True)
 
-    def join(self) -> None:
+    def join(self, timeout_s: float | None = None) -> None:
         """Wait for the imports (seconds at most), so none is left running when the process exits."""
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout_s)
 
 
 @contextmanager
@@ -61,5 +65,8 @@ def preload(modules: tuple[str, ...] = AFTER_TRAINING) -> Iterator[Preload]:
     loader = Preload(modules)
     try:
         yield loader
-    finally:
-        loader.join()
+    except BaseException:
+        # A failed or interrupted run (Ctrl-C) must not wait out the imports: the thread is a daemon.
+        loader.join(INTERRUPTED_JOIN_S)
+        raise
+    loader.join()

@@ -11,8 +11,27 @@ THREADS_ENV = "FTPIPE_TRAINER_THREADS"
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU cores this process may run on: its affinity, capped by a cgroup CPU quota (``docker --cpus``, a
+    Kubernetes CPU limit), which the affinity does not show: threads beyond it are throttled, not run."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs this process's cgroup may use (quota / period), or None without a quota (or off Linux)."""
+    try:
+        with open(f"{root}/cpu.max") as f:  # cgroup v2: "max 100000" or "200000 100000"
+            quota, period = f.read().split()[:2]
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open(f"{root}/cpu/cpu.cfs_quota_us") as fq, open(f"{root}/cpu/cpu.cfs_period_us") as fp:
+            q, per = int(fq.read()), int(fp.read())
+        return q / per if q > 0 and per > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def trainer_threads(cores: int | None = None) -> int:

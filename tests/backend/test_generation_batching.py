@@ -120,12 +120,20 @@ def test_callers_answered_together_come_back_as_one_batch() -> None:
         await asyncio.sleep(0.04 * i)  # back one by one, further apart than the gather gap
         await service.generate(_req("m", f"again {i}"))
 
+    # The first round only sets the scene: its drain waits until all five are queued, however busy the machine.
+    gate = threading.Event()
+    service._executor.submit(gate.wait)
+
     async def main() -> None:
-        await asyncio.gather(*(caller(i) for i in range(5)))
+        callers = [asyncio.ensure_future(caller(i)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(*callers)
 
     try:
         asyncio.run(main())
     finally:
+        gate.set()
         service.close()
     assert stub.batches == [("m", 5), ("m", 5)] and not stub.singles
 
@@ -346,3 +354,26 @@ def test_training_workers_count_running_and_queued_jobs_up_to_the_pool(tmp_path:
         " method_type, hyperparameters, seed) VALUES ('ftjob_q2','owner',0,'m','m','queued','f','supervised','{}',1)"
     )
     assert jobs.training_workers() == 2  # three waiting or training, two workers
+
+
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker --cpus=2` on a big host: the affinity shows every host core, the quota says 2."""
+    import os
+
+    from backend.trainer import threads
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads.cgroup_cpu_quota(str(tmp_path)) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_cpu_quota(str(tmp_path)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_quota(str(v1)) == 2.0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 1.5)
+    assert threads.usable_cores() == 2
+    assert threads.generation_threads(0) == 2
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
+    assert threads.usable_cores() == 64

@@ -127,3 +127,20 @@ def test_without_a_budget_the_estimate_is_made_beside_the_uploads_and_still_reco
     tokens = count_tokens(dataset / "train.jsonl", MODEL, "supervised", 2).tokens
     assert record.estimate is not None and record.estimate.estimated_tokens == tokens
     assert record.estimate.actual_tokens == record.trained_tokens
+
+
+def test_without_a_budget_a_failed_estimate_costs_the_record_nothing_else(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made beside the training, an estimate that breaks (an unwritable state dir, a tokenizer that will not
+    load) must not fail a run whose model was trained: the record just has no estimate."""
+    import tasks.estimate
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", "token-counts.json")
+
+    monkeypatch.setattr(tasks.estimate, "estimate_job", broken)
+    with use_connection(FakeMKA1().connection()):
+        record = fine_tune(**_params(dataset, tmp_path).flow_arguments())
+    assert record.status == "succeeded" and record.fine_tuned_model
+    assert record.estimate is None
