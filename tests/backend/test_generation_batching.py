@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,27 @@ class FixedLoad(OtherLoad):
         return self.cores
 
 
-def test_concurrent_greedy_requests_are_batched_per_model() -> None:
-    service = GenerationService()
+def _stubbed(
+    training_workers: Callable[[], int] | None = None, **timing: float
+) -> tuple[GenerationService, StubGenerator]:
+    """A service answering through a ``StubGenerator``, with ``timing`` overriding its gather/return waits."""
+    service = GenerationService(training_workers)
     stub = StubGenerator()
     service._generator = stub
+    for name, value in timing.items():
+        setattr(service, name, value)
+    return service, stub
+
+
+def _answer_one(service: GenerationService) -> None:
+    try:
+        asyncio.run(service.generate(_req("m", "q")))
+    finally:
+        service.close()
+
+
+def test_concurrent_greedy_requests_are_batched_per_model() -> None:
+    service, stub = _stubbed()
 
     async def main() -> list[Any]:
         reqs = [_req("m1" if i % 3 else "m2", f"q{i}") for i in range(30)] + [_req("m1", "hot", 0.8)]
@@ -89,10 +107,8 @@ def test_concurrent_greedy_requests_are_batched_per_model() -> None:
 
 
 def test_a_burst_arriving_while_idle_is_one_batch() -> None:
-    service = GenerationService()
-    stub = StubGenerator()
-    service._generator = stub
-    service.GATHER_GAP_S, service.GATHER_MAX_S = 0.25, 2.0  # generous: the test machine may be busy
+    # Generous: the test machine may be busy.
+    service, stub = _stubbed(GATHER_GAP_S=0.25, GATHER_MAX_S=2.0)
 
     async def one(i: int) -> Any:
         await asyncio.sleep(0.03 * i)  # requests trickle in, as concurrent HTTP calls do
@@ -110,10 +126,7 @@ def test_a_burst_arriving_while_idle_is_one_batch() -> None:
 
 
 def test_callers_answered_together_come_back_as_one_batch() -> None:
-    service = GenerationService()
-    stub = StubGenerator()
-    service._generator = stub
-    service.GATHER_GAP_S, service.RETURN_WAIT_S = 0.01, 2.0  # generous: the test machine may be busy
+    service, stub = _stubbed(GATHER_GAP_S=0.01, RETURN_WAIT_S=2.0)  # generous: the test machine may be busy
 
     async def caller(i: int) -> None:
         await service.generate(_req("m", f"first {i}"))
@@ -260,14 +273,9 @@ def test_a_busy_or_unmeasured_machine_gets_fewer_threads(
     monkeypatch: pytest.MonkeyPatch, others: float | None, expected: Any
 ) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    service = GenerationService(lambda: 0)
+    service, stub = _stubbed(lambda: 0)
     service._others = FixedLoad(others)
-    stub = StubGenerator()
-    service._generator = stub
-    try:
-        asyncio.run(service.generate(_req("m", "q")))
-    finally:
-        service.close()
+    _answer_one(service)
     want = {"share": generation_threads(1), "all": usable_cores()}.get(expected, expected)
     assert stub.torch_threads == [want]
 
@@ -276,13 +284,8 @@ def test_an_unknown_training_state_means_one_thread() -> None:
     def broken() -> int:
         raise RuntimeError("database is locked")
 
-    service = GenerationService(broken)
-    stub = StubGenerator()
-    service._generator = stub
-    try:
-        asyncio.run(service.generate(_req("m", "q")))
-    finally:
-        service.close()
+    service, stub = _stubbed(broken)
+    _answer_one(service)
     assert stub.torch_threads == [1]
 
 

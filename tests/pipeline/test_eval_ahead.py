@@ -23,6 +23,7 @@ from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tasks.record import RunRecord
 from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
+from tests.pipeline.flow_params import micro_chat_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 PROMPTS = 10 + 1  # the dataset's validation-derived eval cases + its smoke prompt
@@ -85,16 +86,7 @@ class _Transport(httpx.MockTransport):
 
 
 def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
-    return FineTuneParams(
-        dataset_dir=dataset_dir,
-        model="local:micro-chat",
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        poll_interval_s=0.01,
-        poll_max_interval_s=0.02,
-        wait_timeout_s=30,
-        **kw,
-    )
+    return micro_chat_params(dataset_dir, tmp_path, **{"wait_timeout_s": 30, **kw})
 
 
 def _run(

@@ -16,21 +16,13 @@ from flows.params import FineTuneParams
 from tasks.errors import EvalSetInvalid, GateFailed
 from tasks.record import RunRecord
 from tests.pipeline.fake_api import FakeMKA1
+from tests.pipeline.flow_params import micro_chat_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
-    return FineTuneParams(
-        dataset_dir=dataset_dir,
-        model="local:micro-chat",
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        poll_interval_s=0.01,
-        poll_max_interval_s=0.02,
-        wait_timeout_s=60,
-        **kw,
-    )
+    return micro_chat_params(dataset_dir, tmp_path, **kw)
 
 
 def test_eval_scores_base_checkpoints_and_final_and_promotes(

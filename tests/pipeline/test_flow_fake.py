@@ -34,23 +34,14 @@ from tasks.state import JOBS_FILE
 from tasks.upload import sha256_file, upload_file_task
 from tests.pipeline.conftest import write_jsonl
 from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
+from tests.pipeline.flow_params import micro_chat_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 SECRET = "sk-fake-secret-key"
 
 
 def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
-    return FineTuneParams(
-        dataset_dir=dataset_dir,
-        model="local:micro-chat",
-        suffix="t",
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        poll_interval_s=0.01,
-        poll_max_interval_s=0.02,
-        wait_timeout_s=60,
-        **kw,
-    )
+    return micro_chat_params(dataset_dir, tmp_path, **{"suffix": "t", **kw})
 
 
 async def _artifacts_and_logs(flow_run_id: UUID) -> tuple[list[Any], list[Any], Any]:

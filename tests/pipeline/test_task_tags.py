@@ -14,23 +14,15 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from flows.backend_runtime import use_connection
 from flows.fine_tune import fine_tune
-from flows.params import FineTuneParams
 from tests.pipeline.fake_api import FakeMKA1
+from tests.pipeline.flow_params import micro_chat_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 TAGS = ("ftpipe-test:untagged-a", "ftpipe-test:untagged-b")
 
 
 def _params(dataset_dir: Path, tmp_path: Path) -> dict[str, Any]:
-    return FineTuneParams(
-        dataset_dir=dataset_dir,
-        model="local:micro-chat",
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        poll_interval_s=0.01,
-        poll_max_interval_s=0.02,
-        evaluate=False,
-    ).flow_arguments()
+    return micro_chat_params(dataset_dir, tmp_path, evaluate=False).flow_arguments()
 
 
 async def _flow_run_tags(flow_run_id: Any) -> list[str]:

@@ -17,6 +17,7 @@ from flows.backend_runtime import use_connection
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tests.pipeline.fake_api import FakeMKA1
+from tests.pipeline.flow_params import micro_chat_params
 from tracking.settings import TrackingSettings, resolve_target
 from tracking.tracker import experiment_id, open_client
 
@@ -24,19 +25,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _params(dataset_dir: Path, tmp_path: Path, **kw: Any) -> FineTuneParams:
-    return FineTuneParams(
-        dataset_dir=dataset_dir,
-        model="local:micro-chat",
-        suffix="bot",
-        seed=7,
-        n_epochs=2,
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        poll_interval_s=0.01,
-        poll_max_interval_s=0.02,
-        wait_timeout_s=60,
-        **kw,
-    )
+    return micro_chat_params(dataset_dir, tmp_path, **{"suffix": "bot", "seed": 7, "n_epochs": 2, **kw})
 
 
 def _track_to(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
