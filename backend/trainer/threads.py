@@ -50,7 +50,7 @@ def generation_threads(training_workers: int, cores: int | None = None, others: 
     """Intra-op threads for the server's generation: the cores neither the training workers nor other
     processes (``others``: cores they kept busy lately) hold, at least 1.
 
-    A core another process keeps 40% busy or more counts as taken: an OpenMP thread that has to share a core
+    Other processes' busy time of 0.4 of a core or more counts as a core taken: an OpenMP thread that has to share a core
     makes every other thread wait at each of the step's many barriers (measured on 2 cores at load ~3.5: a
     decoding step 21 ms on 1 thread, 196 ms on 2), so a thread fewer is always the safer side.
     """
