@@ -271,12 +271,12 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
         # With a budget, before any upload: over it, the run stops here (BudgetExceeded) with nothing sent.
         # Without one the estimate only informs (and the estimate-vs-actual record), so it is made beside the
         # uploads and the training (a first count loads the model's tokenizer: seconds) and joined after them.
-        estimate_run = (
-            None if budget.is_set else estimate_task.submit(client, train_path, announce=False, **estimating)
-        )
-        if estimate_run is not None:
+        estimate, estimate_run = None, None
+        if budget.is_set:
+            estimate = estimate_task(client, train_path, **estimating)
+        else:
+            estimate_run = estimate_task.submit(client, train_path, announce=False, **estimating)
             background.append(estimate_run)
-        estimate = estimate_task(client, train_path, **estimating) if budget.is_set else None
         # Both files at once: each is a hash, a lookup and maybe an upload, mostly waiting on the server.
         uploads = {
             role: upload_file_task.submit(

@@ -1,4 +1,5 @@
-"""How many intra-op threads the trainer takes: one home, free of torch, so the flow can read it too."""
+"""How many intra-op threads the trainer and the server's generation take: one home, free of torch, so the flow
+can read it too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ THREADS_ENV = "FTPIPE_TRAINER_THREADS"
 def usable_cores() -> int:
     """CPU cores this process may run on: its affinity, capped by a cgroup CPU quota (``docker --cpus``, a
     Kubernetes CPU limit), which the affinity does not show: threads beyond it are throttled, not run."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    affinity = _affinity()
+    cores = len(affinity) if affinity is not None else (os.cpu_count() or 1)
     quota = cgroup_cpu_quota()
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
@@ -50,8 +52,8 @@ def generation_threads(training_workers: int, cores: int | None = None, others: 
     """Intra-op threads for the server's generation: the cores neither the training workers nor other
     processes (``others``: cores they kept busy lately) hold, at least 1.
 
-    Other processes' busy time of 0.4 of a core or more counts as a core taken: an OpenMP thread that has to share a core
-    makes every other thread wait at each of the step's many barriers (measured on 2 cores at load ~3.5: a
+    Other processes' busy time of 0.4 of a core or more counts as a core taken: an OpenMP thread that has to
+    share a core makes every other thread wait at each of the step's many barriers (measured on 2 cores at load ~3.5: a
     decoding step 21 ms on 1 thread, 196 ms on 2), so a thread fewer is always the safer side.
     """
     cores = usable_cores() if cores is None else cores
