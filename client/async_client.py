@@ -43,10 +43,18 @@ class AsyncMKA1Client:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_connections: int | None = None,
     ) -> None:
+        """``max_connections``: open (and kept-alive) connections, for callers with more requests in flight
+        than httpx's default pool (100 open, 20 kept) holds; ignored with a ``transport``."""
         self.settings = settings if settings is not None else ClientSettings()
         self._sleep = sleep  # tests pass a recorder instead of waiting out the backoff
-        self._http = httpx.AsyncClient(**req.client_kwargs(self.settings, transport))
+        kwargs = req.client_kwargs(self.settings, transport)
+        if max_connections is not None:
+            kwargs["limits"] = httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+        self._http = httpx.AsyncClient(**kwargs)
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.responses = AsyncResponses(self)

@@ -151,9 +151,9 @@ class FineTuneParams(Hyperparameters, FlowParameters):
     eval_concurrency: int | None = Field(
         default=None,
         ge=1,
-        le=64,
-        description="Eval calls in flight at once (default: 64 on the embedded backend, which answers them as "
-        "one batch; 16 on a remote API)",
+        le=256,
+        description="Eval calls in flight at once (default: 128 on the embedded backend, which answers them in "
+        "batches of 64; 16 on a remote API)",
     )
     output_dir: Path | None = Field(
         default=None, description="Where frames and plots go (default runs/<job id>)"

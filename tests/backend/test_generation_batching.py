@@ -151,6 +151,32 @@ def test_callers_answered_together_come_back_as_one_batch() -> None:
     assert stub.batches == [("m", 5), ("m", 5)] and not stub.singles
 
 
+def test_a_backlog_beyond_one_batch_goes_next_without_the_return_wait() -> None:
+    # 100 requests queued at once (an eval stage with every prompt in flight): a full batch, then at once the
+    # 36 left; waiting RETURN_WAIT_S for the first batch's callers would only delay those already queued.
+    service, stub = _stubbed(RETURN_WAIT_S=5.0)
+    gate = threading.Event()
+    service._executor.submit(gate.wait)
+    n = GenerationService.MAX_BATCH + 36
+
+    async def main() -> tuple[list[Any], float]:
+        asked = [asyncio.ensure_future(service.generate(_req("m", f"q{i}"))) for i in range(n)]
+        await asyncio.sleep(0.05)
+        released = time.monotonic()
+        gate.set()
+        outs = await asyncio.gather(*asked)
+        return outs, time.monotonic() - released
+
+    try:
+        outs, took = asyncio.run(main())
+    finally:
+        gate.set()
+        service.close()
+    assert [o.text for o in outs] == [f"m:q{i}" for i in range(n)]
+    assert stub.batches == [("m", GenerationService.MAX_BATCH), ("m", 36)]
+    assert took < 2.5  # the return wait alone would be 5 s
+
+
 def test_a_failed_batch_fails_its_requests_only() -> None:
     service = GenerationService()
     service._generator = StubGenerator(fail_model="gone")

@@ -298,3 +298,13 @@ def test_no_key_and_no_obo_sends_neither_header(mode: str, api: FakeAPI) -> None
     assert "x-on-behalf-of" not in api.last.headers
     assert api.last.url.path == "/v1/files/f1"  # trailing slash in base_url is harmless
     assert api.last.headers["user-agent"] == USER_AGENT
+
+
+def test_the_async_client_keeps_a_connection_per_call_in_flight_when_asked() -> None:
+    # The eval stage has up to 128 calls in flight on the embedded backend: httpx's default pool (100 open,
+    # 20 kept alive) would hold the last ones back until the first answers came, and reconnect each round.
+    from client.async_client import AsyncMKA1Client
+
+    settings = ClientSettings(base_url="http://127.0.0.1:9/v1", api_key="k")
+    pool = AsyncMKA1Client(settings, max_connections=128)._http._transport._pool  # type: ignore[attr-defined]
+    assert (pool._max_connections, pool._max_keepalive_connections) == (128, 128)

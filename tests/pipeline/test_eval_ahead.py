@@ -256,9 +256,9 @@ def test_machine_has_room_counts_the_trainer_threads_the_user_set(monkeypatch: p
 
 @pytest.mark.parametrize(
     ("embedded", "given", "in_flight"),
-    [(True, None, 64), (False, None, 16), (True, 4, 4), (False, 32, 32)],
+    [(True, None, 128), (False, None, 16), (True, 4, 4), (False, 32, 32)],
 )
-def test_an_unset_eval_concurrency_is_a_full_batch_on_the_embedded_backend_and_16_remote(
+def test_an_unset_eval_concurrency_is_two_batches_on_the_embedded_backend_and_16_remote(
     dataset_dir: Path, tmp_path: Path, embedded: bool, given: int | None, in_flight: int
 ) -> None:
     from backend.generation import GenerationService
@@ -270,4 +270,5 @@ def test_an_unset_eval_concurrency_is_a_full_batch_on_the_embedded_backend_and_1
     with eval_ahead_module.eval_ahead(plan, fake.settings(), None, None, embedded=embedded) as ahead:
         assert ahead.plan.options.in_flight == in_flight
         assert ahead.plan.sets == plan.sets
-    assert GenerationService.MAX_BATCH == 64  # the parameter's description promises 64: one full batch
+    # The parameter's description promises 128 in flight, answered in batches of 64.
+    assert GenerationService.MAX_BATCH == 64
