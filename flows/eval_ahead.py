@@ -14,6 +14,7 @@ ends Cancelled and the thread is joined before the connection closes.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import queue
 import threading
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from backend.trainer.threads import trainer_threads, usable_cores
+from backend.trainer.threads import OtherLoad, trainer_threads, usable_cores
 from client import ClientSettings, MKA1Client
 from client.models import FineTuningJob, FineTuningJobEvent
 from evaluation.results import EvalModel
@@ -212,15 +213,56 @@ OVERLAP_SETTING = "FTPIPE_EVAL_DURING_TRAINING"
 OVERLAP_MODES = ("auto", "all", "off")
 
 
-def machine_has_room(load: float | None = None, cores: int | None = None) -> bool:
-    """Whether this machine's load leaves room for eval beside the embedded trainer's share of its cores."""
+class LoadProbe:
+    """Cores that other processes keep busy, measured from the probe's start (the flow's) to ``read`` (the eval
+    decision): what the machine does now, where the 1-minute load average still holds a run that just ended."""
+
+    def __init__(self) -> None:
+        self._load = OtherLoad(stale_s=math.inf)  # one span, from the start to the read: any length measures
+        self._sample()
+
+    def read(self) -> float | None:
+        """Cores busy in other processes since the start (this one's CPU time left out); None when unknown:
+        no /proc/stat, or too short a span for the clock ticks to say."""
+        return self._sample()
+
+    def _sample(self) -> float | None:
+        try:
+            return self._load.sample(0.0)
+        except Exception:  # an unusual /proc/stat (gVisor, odd kernels): unknown, never a failed run
+            return None
+
+
+def machine_has_room(
+    others: float | None = None, *, load: float | None = None, cores: int | None = None
+) -> bool:
+    """Whether the cores the embedded trainer's share and other processes leave free hold one for eval.
+
+    ``others``: cores other processes kept busy lately (``LoadProbe``); where unknown, the 1-minute load
+    average (``load``, read when not given), which also counts this run and lags by a minute.
+    """
+    cores = usable_cores() if cores is None else cores
+    free = cores - trainer_threads(cores)
+    if others is not None:
+        # One core for the eval, with half a core of slack for the local servers' bookkeeping (the Prefect
+        # server answering this flow's start counts among the others: 0.2 of a core, measured).
+        return cores >= 2 and others <= free - 0.5
     try:
         load = os.getloadavg()[0] if load is None else load
     except OSError:  # no load average on this platform: assume a busy machine, as before
         return False
-    cores = usable_cores() if cores is None else cores
     # The trainer's share plus half a core of slack for this run's own client and the server's bookkeeping.
-    return cores >= 2 and load < cores - trainer_threads(cores) + 0.5
+    return cores >= 2 and load < free + 0.5
+
+
+def _load_text(others: float | None) -> str:
+    cores = usable_cores()
+    if others is not None:
+        return f"other processes kept {others:.2f} of {cores} cores busy"
+    try:
+        return f"1-minute load {os.getloadavg()[0]:.2f} on {cores} cores"
+    except OSError:
+        return f"no load figure on this platform, {cores} cores"
 
 
 @contextmanager
@@ -231,6 +273,7 @@ def eval_ahead(
     cache: AnswerCache | None,
     *,
     embedded: bool,
+    others: float | None = None,
 ) -> Iterator[EvalAhead]:
     """An ``EvalAhead`` whose work left when the block ends (the run failed before judging) is abandoned.
 
@@ -243,7 +286,8 @@ def eval_ahead(
       judged beside training, the sample job took 56 s and 67 s against 86 s and 81 s judged after it
       (2 cores, idle, eval 33-47 s of answers). On a busy machine the same overlap competes with the
       training (2 cores at load 8-13: 498 s in all against 299 s). So ``auto`` asks the base model and every
-      checkpoint as each serves when the 1-minute load average leaves the trainer's share free
+      checkpoint as each serves when the cores other processes keep busy (``others``, a ``LoadProbe`` read
+      since the flow started; else the 1-minute load average) leave a core beside the trainer's share
       (``machine_has_room``), else only the checkpoint of the last step (it holds the fine-tuned weights, and
       training is over when it is saved); ``all`` always asks everything early (a checkpoint's model id
       serves from the moment it is listed, ``backend/worker.py``).
@@ -260,15 +304,16 @@ def eval_ahead(
     elif not embedded:
         base_early, checkpoints = True, "none"
     else:
-        early = mode == "all" or machine_has_room()
+        early = mode == "all" or machine_has_room(others)
         base_early, checkpoints = (True, "all") if early else (False, "last")
         runtime.run_logger().info(
-            "eval during training (%s=%s): %s",
+            "eval during training (%s=%s): %s (%s)",
             OVERLAP_SETTING,
             mode,
             "the base model and each checkpoint as it is saved"
             if early
             else "only the last checkpoint (this machine is busy; the rest after training)",
+            _load_text(others),
         )
     # The eval concurrency the run left unset becomes the server's (a full batch on the embedded backend).
     plan = plan.for_server(embedded=embedded)

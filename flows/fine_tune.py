@@ -36,7 +36,7 @@ from flows.cancellation import (
     interrupted_outside_the_wait,
     on_cancellation_hook,
 )
-from flows.eval_ahead import eval_ahead
+from flows.eval_ahead import LoadProbe, eval_ahead
 from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
@@ -219,6 +219,7 @@ def fine_tune(
 
 
 def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
+    load = LoadProbe()  # what other processes keep busy, until the eval-during-training decision
     started = time.monotonic()
     started_at = datetime.now(UTC)
     log = runtime.run_logger()
@@ -244,6 +245,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
     )
 
     background: list[PrefectFuture[Any]] = []  # task runs beside the flow thread that use the client
+    others = load.read()  # before the connection, whose backend may be starting (its start-up is not a load)
     with (
         open_connection(params.base_url, params.on_behalf_of) as conn,
         MKA1Client(conn.settings, transport=conn.transport) as client,
@@ -254,6 +256,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             conn.transport,
             AnswerCache(state_dir, conn.server_id, conn.settings.on_behalf_of),
             embedded=conn.embedded,
+            others=others,
         ) as ahead,
         preload() as preloader,
         settled_on_error(background),  # exits first: a failed run waits for them before the client closes

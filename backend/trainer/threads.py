@@ -96,7 +96,10 @@ class OtherLoad:
     MIN_WINDOW_S = 0.1  # shorter windows hold too few clock ticks (100 per second per core)
     STALE_S = 2.0  # an older sample says little about now
 
-    def __init__(self) -> None:
+    def __init__(self, stale_s: float | None = None) -> None:
+        """``stale_s``: the longest window still measured (default STALE_S; a caller measuring one given span,
+        e.g. from a flow's start to a decision, passes ``math.inf``)."""
+        self.stale_s = self.STALE_S if stale_s is None else stale_s
         self._last: tuple[float, float, float] | None = None  # monotonic, busy CPU s, own CPU s
         self._estimate: float | None = None
 
@@ -112,7 +115,7 @@ class OtherLoad:
         if last is not None and now - last[0] < self.MIN_WINDOW_S:
             return self._estimate
         self._last = (now, busy, own)
-        if last is None or now - last[0] > self.STALE_S:
+        if last is None or now - last[0] > self.stale_s:
             self._estimate = None
             return None
         wall = now - last[0]

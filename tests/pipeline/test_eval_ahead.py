@@ -16,9 +16,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from backend.trainer import threads
 from flows import eval_ahead as eval_ahead_module
 from flows.backend_runtime import Connection, use_connection
-from flows.eval_ahead import OVERLAP_SETTING, machine_has_room
+from flows.eval_ahead import OVERLAP_SETTING, LoadProbe, machine_has_room
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
 from tasks.record import RunRecord
@@ -196,7 +197,8 @@ def test_by_default_the_embedded_backend_gets_only_the_last_checkpoint_judged_wh
     # On a busy machine that trains, the base model and the earlier checkpoints would compete with the
     # training: they wait for the job's end. The last-step checkpoint (training is over when it is saved) does not.
     monkeypatch.delenv(OVERLAP_SETTING, raising=False)
-    monkeypatch.setattr(eval_ahead_module, "machine_has_room", lambda: False)
+    # Other processes keep 3 of 4 cores busy (the trainer takes 2): busy, whatever the load average says.
+    _machine(monkeypatch, cores=4, others=3.0, loadavg=0.0)
     fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
     fake.hold = lambda f: f.in_flight == 0 and f.asked_of(f"ft:{list(f.jobs)[-1]}:ckpt-2") >= PROMPTS
     result = _run(fake, dataset_dir, tmp_path, seed=4)
@@ -219,9 +221,10 @@ def test_by_default_the_embedded_backend_gets_only_the_last_checkpoint_judged_wh
 def test_auto_judges_everything_during_training_when_the_machine_has_room(
     dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The embedded trainer takes half the cores; with the other half idle, auto behaves as "all".
+    # The embedded trainer takes half the cores; with the other half idle, auto behaves as "all". The load
+    # average still holds the run that ended a moment ago (9 on 4 cores); what the probe measured decides.
     monkeypatch.delenv(OVERLAP_SETTING, raising=False)
-    monkeypatch.setattr(eval_ahead_module, "machine_has_room", lambda: True)
+    _machine(monkeypatch, cores=4, others=0.2, loadavg=9.0)
     fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
     fake.hold = _base_and_checkpoints_answered
     result = _run(fake, dataset_dir, tmp_path, seed=6)
@@ -229,29 +232,86 @@ def test_auto_judges_everything_during_training_when_the_machine_has_room(
     assert result.evaluation is not None and result.evaluation.calls == 3 * PROMPTS
 
 
+def _machine(monkeypatch: pytest.MonkeyPatch, *, cores: int, others: float | None, loadavg: float) -> None:
+    """The flow sees ``cores`` usable cores, its ``LoadProbe`` reads ``others`` and the load average ``loadavg``."""
+    monkeypatch.setattr(eval_ahead_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(LoadProbe, "read", lambda self: others)
+    monkeypatch.setattr(eval_ahead_module.os, "getloadavg", lambda: (loadavg, loadavg, loadavg))
+
+
 @pytest.mark.parametrize(
-    ("load", "cores", "room"),
+    ("others", "cores", "room"),
     [
-        (1.0, 2, True),  # idle 2-core machine: this run's own client, and one core free for the eval
-        (1.6, 2, False),  # another busy process: the eval would take the trainer's core
-        (8.0, 2, False),
+        (0.0, 2, True),  # idle 2-core machine: one core for the trainer, one for the eval
+        (0.25, 2, True),  # the local Prefect server answering this flow's start (0.2 measured)
+        (0.6, 2, False),  # another busy process: the eval would take the trainer's core
+        (1.0, 2, False),
         (0.0, 1, False),  # one core: the trainer's
-        (4.4, 16, True),
-        (8.6, 16, False),
+        (7.0, 16, True),
+        (7.8, 16, False),
     ],
 )
-def test_machine_has_room_leaves_the_trainer_its_half_of_the_cores(
-    load: float, cores: int, room: bool
+def test_machine_has_room_leaves_the_trainer_its_half_of_the_cores_and_others_theirs(
+    others: float, cores: int, room: bool
 ) -> None:
-    assert machine_has_room(load, cores) is room
+    assert machine_has_room(others, cores=cores) is room
+
+
+def test_what_other_processes_keep_busy_now_decides_over_the_lagging_load_average() -> None:
+    # Right after another run the 1-minute average still holds it (its processes are gone): measured idle wins.
+    assert machine_has_room(0.1, load=2.4, cores=2) is True
+    assert machine_has_room(1.2, load=0.0, cores=2) is False
+    # Unmeasured (no /proc/stat, too short a span): the load average decides, as before.
+    assert machine_has_room(None, load=1.0, cores=2) is True  # this run's own client, one core free
+    assert machine_has_room(None, load=1.6, cores=2) is False
+    assert machine_has_room(None, load=4.4, cores=16) is True
+    assert machine_has_room(None, load=8.6, cores=16) is False
 
 
 def test_machine_has_room_counts_the_trainer_threads_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
     # FTPIPE_TRAINER_THREADS=2 on 2 cores: the trainer takes both, so even an idle machine has no core to spare.
     monkeypatch.setenv("FTPIPE_TRAINER_THREADS", "2")
-    assert machine_has_room(0.5, 2) is False
+    assert machine_has_room(0.0, cores=2) is False
+    assert machine_has_room(None, load=0.5, cores=2) is False
     monkeypatch.setenv("FTPIPE_TRAINER_THREADS", "1")
-    assert machine_has_room(1.0, 2) is True
+    assert machine_has_room(0.0, cores=2) is True
+
+
+def test_the_load_probe_counts_other_processes_busy_time_since_the_flow_started_not_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The machine's busy CPU time (/proc/stat) is this process's own plus 0.1 s elsewhere: only those count.
+    # The generation's 2 s staleness is made tiny, so this span (> 0.2 s) shows that the probe measures it whole.
+    monkeypatch.setattr(threads.OtherLoad, "STALE_S", 0.01)
+    own0 = time.process_time()
+    elsewhere = {"s": 0.0}
+    monkeypatch.setattr(
+        threads, "busy_cpu_seconds", lambda cpus=None: 5000.0 + time.process_time() - own0 + elsewhere["s"]
+    )
+    started = time.monotonic()
+    probe = LoadProbe()
+    end = started + 0.25
+    while time.monotonic() < end:  # this process keeps a core busy (the flow validating): not a load
+        pass
+    elsewhere["s"] = 0.1
+    others = probe.read()
+    span = time.monotonic() - started
+    assert others is not None and 0.1 / span - 0.05 <= others <= 0.1 / 0.25 + 0.05
+
+
+def test_the_load_probe_is_unknown_without_proc_stat_or_when_it_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threads, "busy_cpu_seconds", lambda cpus=None: None)
+    probe = LoadProbe()
+    time.sleep(0.15)
+    assert probe.read() is None  # not Linux: the load average decides
+
+    def unreadable(cpus: object = None) -> float:
+        raise ValueError("invalid literal for int()")  # an unusual /proc/stat
+
+    monkeypatch.setattr(threads, "busy_cpu_seconds", unreadable)
+    assert LoadProbe().read() is None  # never a failed run
 
 
 @pytest.mark.parametrize(
