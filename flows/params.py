@@ -198,16 +198,20 @@ class FineTuneParams(Hyperparameters, FlowParameters):
         return Hyperparameters.model_validate(self.model_dump(include=set(Hyperparameters.model_fields)))
 
     def poll_policy(self, *, embedded: bool = False) -> PollPolicy:
-        """The wait task's policy object; an unset interval is the API's default (``embedded``: loopback)."""
-        from tasks.wait import EMBEDDED_POLL_INTERVAL_S, PollPolicy  # the wait module imports Prefect
+        """The wait task's policy object; an unset interval is the API's default (``embedded``: loopback, and
+        faster still once the job has logged its last step)."""
+        from tasks.wait import EMBEDDED_ENDING_POLL_INTERVAL_S, EMBEDDED_POLL_INTERVAL_S, PollPolicy
 
         interval = self.poll_interval_s
+        ending = None
         if interval is None:
             interval = EMBEDDED_POLL_INTERVAL_S if embedded else PollPolicy.interval_s
+            ending = EMBEDDED_ENDING_POLL_INTERVAL_S if embedded else None
         return PollPolicy(
             interval_s=interval,
             max_interval_s=max(interval, self.poll_max_interval_s),
             timeout_s=self.wait_timeout_s,
+            ending_interval_s=ending,
         )
 
     def _from_dir(self, names: tuple[str, ...]) -> Path | None:

@@ -116,10 +116,15 @@ def test_poll_interval_defaults_per_api_and_a_set_one_is_kept() -> None:
     unset = FineTuneParams(dataset_dir=Path("d"))
     assert unset.poll_policy().interval_s == 2.0  # a remote API: the contract's polite default
     assert unset.poll_policy(embedded=True).interval_s == 0.5  # loopback: starts and ends seen sooner
+    # After the last step only loopback is polled faster (a remote API may take minutes to end a job).
+    assert (unset.poll_policy().ending_interval_s, unset.poll_policy(embedded=True).ending_interval_s) == (
+        None,
+        0.1,
+    )
     chosen = FineTuneParams(dataset_dir=Path("d"), poll_interval_s=3.0, poll_max_interval_s=1.0)
     for embedded in (False, True):
         policy = chosen.poll_policy(embedded=embedded)
-        assert (policy.interval_s, policy.max_interval_s) == (3.0, 3.0)
+        assert (policy.interval_s, policy.max_interval_s, policy.ending_interval_s) == (3.0, 3.0, None)
 
 
 def test_the_flow_signature_accepts_every_default_the_cli_sends() -> None:

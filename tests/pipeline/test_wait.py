@@ -105,6 +105,28 @@ def test_interval_grows_once_a_running_job_is_quiet_for_long() -> None:
     assert t.sleeps == [1.0, 1.0, 1.0, 2.0, 4.0, 4.0]
 
 
+def test_once_the_last_step_is_logged_the_end_is_polled_faster_for_a_while(fake: FakeMKA1) -> None:
+    # 4 planned steps, one logged per running poll: from the 4th poll on the job's end is due.
+    fake.total_steps = 4
+    fake.timeline = ["running"] * 6 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    assert _wait(fake, job_id, t, dataclasses.replace(FAST, ending_interval_s=0.1)).status == "succeeded"
+    assert t.sleeps == [1.0, 1.0, 1.0, 0.1, 0.1, 0.1]
+    # An end that takes longer than ending_for_s (a big model's save) goes back to the base interval.
+    fake.timeline = ["running"] * 8 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    _wait(fake, job_id, t, dataclasses.replace(FAST, ending_interval_s=0.1, ending_for_s=0.25))
+    assert t.sleeps == [1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 1.0, 1.0]
+    # Without an ending interval (a remote API) nothing changes at the end.
+    fake.timeline = ["running"] * 6 + ["succeeded"]
+    job_id = _job(fake)
+    t = FakeTime()
+    _wait(fake, job_id, t)
+    assert t.sleeps == [1.0] * 6
+
+
 def test_failed_job_raises_with_code_and_message(fake: FakeMKA1) -> None:
     fake.timeline = ["running", "failed"]
     fake.error = {"code": "invalid_training_file", "message": "line 3 is broken"}
