@@ -3,7 +3,8 @@
 Every figure is the wall time of a real ``ftpipe run`` subprocess (command to printed summary) against the
 embedded backend, in temp state/services/data/Prefect-home folders, with ``FTPIPE_SERVICES_KEEP=true``:
 
-1. the services (local Prefect server, embedded backend) are started once and timed (the one-off cost);
+1. the services (warm runner, local Prefect server, embedded backend) are started once and timed (the one-off
+   cost); with ``--no-runner``, no warm runner (``FTPIPE_SERVICES_RUNNER=false``: each run imports everything);
 2. the sample job is run: its wall time over its training time (the job's own timestamps, from
    ``result.json``), target <= 1.15x;
 3. the same command again, as a user re-runs it: nothing changed, so it is answered from the state dir's
@@ -14,7 +15,7 @@ embedded backend, in temp state/services/data/Prefect-home folders, with ``FTPIP
 4. ``--warm-runs`` more jobs (other seeds: each trains) with everything warm, as a user's next runs are.
 
 For each job run it prints where the wall time went, from the run's own log timestamps (what the user sees):
-pre-flow (command start to "Beginning flow run": Python, imports, preflight, flow run creation), before
+pre-flow (command start to "Beginning flow run": Python, imports or the runner's fork, preflight, flow run creation), before
 training (validate, estimate, uploads, job create, queued, until the client sees "Training started"),
 training (until the client sees the job succeeded) and after training (metrics, smoke/eval, summary, exit).
 
@@ -44,9 +45,20 @@ REPO = Path(__file__).resolve().parents[1]
 RERUN_TARGET_S = 3.0
 RATIO_TARGET = 1.15
 
-# Starts both services the way a run does, then leaves them running (they are kept).
+# Starts the services the way a run does, then leaves them running (they are kept): the warm runner first
+# (alone, so its start-up time is its own; runs after it are served by it), then the backend and Prefect.
 WARM_UP = """
-import time
+import os, time
+from services.runner import code_root, runner_key, services_root
+from services.runner_host import start_runner, wait_ready
+t = time.perf_counter()
+env, cwd = dict(os.environ), os.getcwd()
+runner_s = float("nan")
+if env.get("FTPIPE_SERVICES_RUNNER") != "false":
+    pid = start_runner(env, cwd, runner_key(env, cwd, code_root()), "bench warm-up", 900.0)
+    if pid is None or wait_ready(services_root(env), pid, 300.0) is None:
+        raise SystemExit("the warm runner did not start")
+    runner_s = time.perf_counter() - t
 t = time.perf_counter()
 from flows.backend_runtime import open_connection
 with open_connection():
@@ -55,11 +67,11 @@ t = time.perf_counter()
 from services.prefect_api import prefect_api_for_run
 with prefect_api_for_run("bench warm-up"):
     prefect_s = time.perf_counter() - t
-print(backend_s, prefect_s)
+print(runner_s, backend_s, prefect_s)
 """
 
 
-def _env(tmp: Path, keep: bool) -> dict[str, str]:
+def _env(tmp: Path, keep: bool, runner: bool = True) -> dict[str, str]:
     from backend.launcher import free_port
 
     env = dict(os.environ)
@@ -70,6 +82,7 @@ def _env(tmp: Path, keep: bool) -> dict[str, str]:
         FTPIPE_STATE_DIR=str(tmp / "state"),
         FTPIPE_SERVICES_DIR=str(tmp / "services"),
         FTPIPE_SERVICES_KEEP="true" if keep else "false",
+        FTPIPE_SERVICES_RUNNER="true" if runner else "false",
         FTPIPE_SERVICES_IDLE_TIMEOUT_S="900",
         FTPIPE_BACKEND_DATA_DIR=str(tmp / "backend"),
         FTPIPE_BACKEND_PORT=env.get("FTPIPE_BENCH_BACKEND_PORT", str(free_port())),
@@ -178,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warm-runs", type=int, default=1, help="jobs trained after the first, services warm (default 1)"
     )
+    ap.add_argument(
+        "--no-runner",
+        action="store_true",
+        help="no warm runner: every run imports Python, Prefect and ftpipe",
+    )
     add_common_args(ap)
     args = ap.parse_args(argv)
     console = Console(width=160)
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ftpipe-fast-start-") as tmp_name:
         tmp = Path(tmp_name)
-        env = _env(tmp, keep=True)
+        env = _env(tmp, keep=True, runner=not args.no_runner)
         out = tmp / "out"
 
         def command(output: Path) -> list[str]:
@@ -196,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             warm = subprocess.run(
                 [sys.executable, "-c", WARM_UP], env=env, capture_output=True, text=True, check=True
             )
-            backend_s, prefect_s = (float(x) for x in warm.stdout.split())
-            console.print(f"services started: backend {backend_s:.1f}s, Prefect server {prefect_s:.1f}s")
+            runner_s, backend_s, prefect_s = (float(x) for x in warm.stdout.split())
+            console.print(
+                f"services started: warm runner {runner_s:.1f}s, backend {backend_s:.1f}s, "
+                f"Prefect server {prefect_s:.1f}s"
+            )
 
             wall, phases = _job_run(cmd, env, console)
             training = _training_s(out)
@@ -274,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             row("fast_start", "local Prefect server start-up, s (once, then kept)", prefect_s, unit="s"),
             *phase_rows,
         ]
+        if not args.no_runner:
+            rows.append(
+                row(
+                    "fast_start",
+                    "warm runner start-up, s (once, then kept; serves the runs)",
+                    runner_s,
+                    unit="s",
+                )
+            )
     write_rows(args.json, rows)
     for r in rows:
         console.print(r, highlight=False)

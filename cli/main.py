@@ -6,8 +6,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cli.common import Parser
+
+if TYPE_CHECKING:
+    from services.runner import RunnerClient
 
 # A new command is a module with ``register(subparsers)``: ``subparsers.add_parser(name, help=...,
 # configure=add_options)`` and ``set_defaults(handler=...)`` (args -> exit code). Heavy imports go inside
@@ -81,13 +85,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cli.errors import DEBUG_ENV, guarded
 
+    runner = None
+    if argv is None:  # the process's own command line: ``ftpipe run`` may be served by the warm runner
+        from services.runner import RunnerClient
+
+        runner = RunnerClient.for_command(sys.argv)
+        code = runner.serve() if runner is not None else None
+        if code is not None:
+            return code
     args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if runner is not None and runner.missed != "busy":
+        start_runner(runner)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"
     code = guarded(f"ftpipe {args.command}", lambda: int(args.handler(args)))
     if argv is None:  # the process's own command line: it exits next (a caller passing argv goes on)
         exiting()
     return code
+
+
+def start_runner(runner: RunnerClient) -> None:
+    """Start the warm runner for this command's key in the background (this command runs here meanwhile)."""
+    from services.runner_host import start_runner as start
+    from services.settings import ServicesSettings
+
+    settings = ServicesSettings()
+    if not (settings.keep and settings.runner):
+        return
+    try:
+        start(runner.env, runner.cwd, runner.key, "ftpipe run", settings.lifetime_s())
+    except OSError as exc:  # the command itself need not fail for it (it says the same if it needs the dir)
+        print(f"ftpipe: could not start the warm runner: {exc}", file=sys.stderr)
 
 
 def exiting() -> None:

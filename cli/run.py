@@ -238,6 +238,42 @@ def params_from_args(args: argparse.Namespace) -> FineTuneParams:
     )
 
 
+# What `run_command` and the flow it calls import, for the warm runner to import once (services/runner_host.py).
+PRELOAD = (
+    "pydantic",
+    "flows.params",
+    "contract.hyperparameters",
+    "cli.rerun",
+    "cli.preflight",
+    "rich.markup",
+    "cli.interrupt",
+    "cli.progress_display",
+    "flows.fine_tune",
+    "prefect",
+    "cli.services",
+    "services.prefect_api",
+    "services.embedded",
+    "flows.backend_runtime",
+    "flows.experiment",
+    "tasks.errors",
+    "tasks.record",
+    "tasks.report",
+)
+
+
+def preload() -> None:
+    """Import what ``ftpipe run`` needs after the environment steps it takes first (``prefect_env_defaults``),
+    starting no thread: the warm runner's start-up."""
+    import importlib
+
+    prefect_env_defaults()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from cli.main import build_parser
+
+    build_parser()
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the fine-tune flow showing its progress (``--progress``); 0 only when it succeeded."""
     from pydantic import ValidationError

@@ -23,21 +23,25 @@ EPILOG = """examples:
   ftpipe services status --json       the same as JSON
   ftpipe services stop                stop everything ftpipe started (gracefully)
   ftpipe services stop backend        stop the embedded backend(s): training jobs pause at a checkpoint
+  ftpipe services stop runner         stop the warm runner (runs it started go on to their end)
 
-Settings: FTPIPE_SERVICES_KEEP=false (start them per run, stop them after it),
+The warm runner is a process with Python, Prefect and ftpipe loaded that serves `ftpipe run` without
+importing them again; a run starts it in the background when none serves its code and settings.
+Settings: FTPIPE_SERVICES_KEEP=false (start them per run, stop them after it; no runner),
+FTPIPE_SERVICES_RUNNER=false (no warm runner: every run imports everything itself),
 FTPIPE_SERVICES_IDLE_TIMEOUT_S (default 1800: a service with no run for that long stops itself),
 FTPIPE_SERVICES_DIR (where their state is kept; default <FTPIPE_STATE_DIR>/services).
 """
-KINDS = ("prefect", "backend", "all")
+KINDS = ("prefect", "backend", "runner", "all")
 
 
 def register(sub: Any) -> None:
     """Add ``services`` to the command tree."""
     p = sub.add_parser(
         "services",
-        help="the local Prefect server and embedded backend ftpipe keeps running: status, stop",
-        description="Background services ftpipe started: a local Prefect server (with its UI) and the "
-        "embedded backend, shared by runs and stopped after an idle timeout.",
+        help="the local Prefect server, embedded backend and warm runner ftpipe keeps running: status, stop",
+        description="Background services ftpipe started: a local Prefect server (with its UI), the "
+        "embedded backend and the warm runner, shared by runs and stopped after an idle timeout.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         configure=add_commands,
@@ -156,7 +160,7 @@ def status_command(args: argparse.Namespace) -> int:
         r = st.record
         rows.append(
             (
-                r.kind if r.kind == "prefect" else f"backend ({r.data_dir})",
+                f"backend ({r.data_dir})" if r.kind == "backend" else r.kind,
                 str(r.pid),
                 r.url,
                 r.ui_url or "-",
@@ -169,22 +173,26 @@ def status_command(args: argparse.Namespace) -> int:
     # Screen: a rich table only when whole URLs fit the terminal, else plain columns (folded URLs cannot be copied).
     header = ("service", "pid", "URL", "UI", "up", "memory", "clients / idle-out", "started by")
     Screen().table(header, rows, title="ftpipe services")
-    print(f"stop them with: ftpipe services stop [prefect|backend|all]   (state: {root})")
+    print(f"stop them with: ftpipe services stop [prefect|backend|runner|all]   (state: {root})")
     return EXIT_OK
 
 
 def stop_command(args: argparse.Namespace) -> int:
     """Stop the chosen services; 0 also when none was running."""
     from services.manager import stop_services
+    from services.registry import KINDS as ALL_KINDS
     from services.settings import ServicesSettings
 
-    kinds = {"prefect", "backend"} if args.which == "all" else {args.which}
+    kinds = set(ALL_KINDS) if args.which == "all" else {args.which}
     stopped = stop_services(ServicesSettings().root(), kinds, args.timeout)
     if not stopped:
         print(f"no {'ftpipe' if args.which == 'all' else args.which} service was running")
     for s in stopped:
         how = "stopped" if s.graceful else f"killed (no graceful stop within {args.timeout:g}s)"
-        users = f"; {s.leases} run(s) were still using it" if s.leases else ""
+        if s.kind == "runner":
+            users = f"; {s.leases} run(s) it started go on to their end" if s.leases else ""
+        else:
+            users = f"; {s.leases} run(s) were still using it" if s.leases else ""
         print(f"{s.name} (pid {s.pid}) {how}{users}")
     return EXIT_OK
 

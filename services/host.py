@@ -35,38 +35,45 @@ class Watchdog:
         self.idle_timeout_s = idle_timeout_s
         # Lease files are tiny; a long timeout needs no fine polling, a per-run service (0 s) stops promptly.
         self.poll_s = min(2.0, max(0.25, idle_timeout_s / 20))
+        self.last_busy = time.monotonic()
+        self.idle_noted: bool | None = None
 
     def run(self) -> None:
         """Poll the leases until idle for long enough, then stop the server (never returns normally)."""
-        last_busy = time.monotonic()
-        idle_noted: bool | None = None
         while True:
             time.sleep(self.poll_s)
-            if self.sd.leases():
-                last_busy = time.monotonic()
-                if idle_noted is not False:
-                    self.sd.write_idle_since(None)
-                    idle_noted = False
+            if not self.idle_out():
                 continue
-            if idle_noted is not True:
-                self.sd.write_idle_since(time.time() - (time.monotonic() - last_busy))
-                idle_noted = True
-            if time.monotonic() - last_busy < self.idle_timeout_s:
-                continue
-            fd = self.sd.open_lock()
-            if not self.sd.acquire(fd, 0):
-                os.close(fd)  # a client is starting, reusing or stopping it: look again next round
-                continue
-            if self.sd.leases():
-                os.close(fd)
-                continue
-            # Keep `fd` (the lock) open: it is released when this process exits, after the port is freed.
-            self.sd.remove_record(os.getpid())
-            log.warning("no ftpipe client for %.0fs: stopping", time.monotonic() - last_busy)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(FORCE_EXIT_AFTER_S)
             log.error("shutdown took over %.0fs: exiting", FORCE_EXIT_AFTER_S)
             os._exit(1)
+
+    def idle_out(self) -> bool:
+        """One look at the leases: True once idle for the timeout, the record removed and the service's lock
+        held (its fd stays open until this process exits, so no client reuses or restarts it meanwhile)."""
+        if self.sd.leases():
+            self.last_busy = time.monotonic()
+            if self.idle_noted is not False:
+                self.sd.write_idle_since(None)
+                self.idle_noted = False
+            return False
+        if self.idle_noted is not True:
+            self.sd.write_idle_since(time.time() - (time.monotonic() - self.last_busy))
+            self.idle_noted = True
+        if time.monotonic() - self.last_busy < self.idle_timeout_s:
+            return False
+        fd = self.sd.open_lock()
+        if not self.sd.acquire(fd, 0):
+            os.close(fd)  # a client is starting, reusing or stopping it: look again next round
+            return False
+        if self.sd.leases():
+            os.close(fd)
+            return False
+        # Keep `fd` (the lock) open: it is released when this process exits, after the port is freed.
+        self.sd.remove_record(os.getpid())
+        log.warning("no ftpipe client for %.0fs: stopping", time.monotonic() - self.last_busy)
+        return True
 
 
 def serve_prefect(host: str, port: int) -> None:

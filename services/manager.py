@@ -31,6 +31,7 @@ from services.registry import (
     ServiceError,
     ServiceRecord,
     now_iso,
+    process_alive,
     process_start_time,
     service_dirs,
 )
@@ -253,15 +254,28 @@ def _terminate(pid: int, timeout_s: float) -> bool:
     try:
         proc = psutil.Process(pid)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout_s)
-        return True
     except psutil.NoSuchProcess:
         return True
-    except psutil.TimeoutExpired:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-            proc.wait(5)
-        return False
+    if _exited(pid, timeout_s):
+        return True
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.kill()
+    _exited(pid, 5.0)
+    return False
+
+
+def _exited(pid: int, timeout_s: float) -> bool:
+    # A zombie has exited: only its parent can reap it (the command that started the service, still running:
+    # a test, a long run), and waiting for it to vanish would wait for that parent.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped here when this process started it
+        if not process_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,8 @@ PRIVATE_FILE_MODE = 0o600
 # Two start times of one process read through psutil differ by rounding only.
 _START_TIME_SLACK_S = 1.0
 
-Kind = Literal["prefect", "backend"]
+Kind = Literal["prefect", "backend", "runner"]
+KINDS: tuple[Kind, ...] = ("prefect", "backend", "runner")
 
 
 class ServiceError(RuntimeError):
@@ -300,6 +301,7 @@ def service_name_for_backend(data_dir: Path) -> str:
 
 
 PREFECT_SERVICE = "prefect"
+RUNNER_SERVICE = "runner"
 
 
 def client_label() -> str:

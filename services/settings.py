@@ -20,6 +20,8 @@ class ServicesSettings(BaseSettings):
     keep: bool = True
     idle_timeout_s: float = Field(default=DEFAULT_IDLE_TIMEOUT_S, ge=0)
     start_timeout_s: float = Field(default=120.0, gt=0)
+    # False: no warm runner (services/runner.py); every `ftpipe run` imports Python, Prefect and ftpipe itself.
+    runner: bool = True
     # None: <FTPIPE_STATE_DIR or the user state dir>/services.
     dir: Path | None = None
 

@@ -38,7 +38,7 @@ def _no_services_left_behind() -> Iterator[None]:
 
     from services.manager import stop_services
 
-    stop_services(Path(_SERVICES_DIR), {"prefect", "backend"}, timeout_s=30)
+    stop_services(Path(_SERVICES_DIR), {"prefect", "backend", "runner"}, timeout_s=30)
 
 
 @pytest.fixture(scope="session")

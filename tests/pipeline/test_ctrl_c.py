@@ -30,7 +30,9 @@ from backend.settings import BackendSettings
 from client import ClientSettings, MKA1Client
 from contract.wire import API_PREFIX
 from services.manager import stop_services
-from services.registry import PREFECT_SERVICE, ServiceDir
+from services.registry import PREFECT_SERVICE, RUNNER_SERVICE, ServiceDir
+from services.runner import code_root, runner_key
+from services.runner_host import start_runner, wait_ready
 from tasks.state import JOBS_FILE
 from tests.backend_workers import frozen_when
 
@@ -73,6 +75,7 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
     env.update(
         FTPIPE_STATE_DIR=str(tmp_path / "state"),
         FTPIPE_TRACKING_ENABLED="false",
+        FTPIPE_SERVICES_RUNNER="false",  # the "runner" set-up turns the warm runner on
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
@@ -120,15 +123,25 @@ def _services(tmp_path: Path) -> Setup:
     return Setup(env, backend, prefect_url)
 
 
-@pytest.fixture(params=["given", "ftpipe-services"])
+def _through_runner(tmp_path: Path) -> Setup:
+    # ftpipe's services, and the command served by a warm runner started for it first (as a previous run would).
+    setup = _services(tmp_path)
+    setup.env["FTPIPE_SERVICES_RUNNER"] = "true"
+    cwd, root = str(tmp_path), Path(setup.env["FTPIPE_SERVICES_DIR"])
+    pid = start_runner(setup.env, cwd, runner_key(setup.env, cwd, code_root()), "pytest", 600.0)
+    assert pid is not None and wait_ready(root, pid, START_WITHIN_S) is not None
+    return setup
+
+
+@pytest.fixture(params=["given", "ftpipe-services", "runner"])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
     if request.param == "given":
         yield _given(request.getfixturevalue("given_backend"), tmp_path)
         return
     try:
-        yield _services(tmp_path)
+        yield _services(tmp_path) if request.param == "ftpipe-services" else _through_runner(tmp_path)
     finally:
-        stop_services(tmp_path / "services", {"prefect", "backend"}, timeout_s=30)
+        stop_services(tmp_path / "services", {"prefect", "backend", "runner"}, timeout_s=30)
 
 
 def _dataset(d: Path) -> Path:
@@ -200,6 +213,9 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: S
     assert took < EXIT_WITHIN_S
     assert "Traceback" not in text, text[-3000:]
     assert after == [f"interrupted: cancelled job {job_id} (Prefect run marked Cancelled)"], after
+    if setup.env.get("FTPIPE_SERVICES_RUNNER") == "true":  # it ran in a child of the runner, not the command
+        log = ServiceDir(Path(setup.env["FTPIPE_SERVICES_DIR"]), RUNNER_SERVICE).log_path.read_text()
+        assert ": ftpipe run (in " in log, log
 
     # The backend and the Prefect API outlived the Ctrl-C and say what happened.
     with _client(served) as c:

@@ -55,7 +55,7 @@ def services_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     try:
         yield se
     finally:
-        stop_services(se.root, {"prefect", "backend"}, timeout_s=30)
+        stop_services(se.root, {"prefect", "backend", "runner"}, timeout_s=30)
 
 
 def start_client(

@@ -1,0 +1,235 @@
+"""The warm runner's client side without a runner: its key, its messages with fds, when it falls back."""
+
+from __future__ import annotations
+
+import os
+import pty
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from services import runner
+from services.runner import RunnerClient, read_message, runner_key, send_message
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _code(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "pkg" / "sub" / "mod.py").write_text("X = 1\n", encoding="utf-8")
+    (root / "tests").mkdir()
+    (root / "tests" / "__init__.py").write_text("", encoding="utf-8")
+    return root
+
+
+def test_the_key_follows_code_settings_and_import_time_environment(tmp_path: Path) -> None:
+    root, cwd = _code(tmp_path), tmp_path / "work"
+    cwd.mkdir()
+    env = {"HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "ph"), "TERM": "xterm", "PATH": "/bin"}
+    base = runner_key(env, str(cwd), root)
+    assert runner_key(dict(env), str(cwd), root) == base
+    # What the runner's imports fixed: a Prefect setting, an ftpipe one, Python's, an API variable.
+    for name in (
+        "PREFECT_API_URL",
+        "FTPIPE_SERVICES_IDLE_TIMEOUT_S",
+        "PYTHONPATH",
+        "MKA1_BASE_URL",
+        "LC_ALL",
+    ):
+        assert runner_key({**env, name: "x"}, str(cwd), root) != base, name
+    # What the child reads afresh (its terminal) or never at import: served by the same runner.
+    for name in ("TERM", "COLUMNS", "NO_COLOR", "PATH", "OLDPWD"):
+        assert runner_key({**env, name: "other"}, str(cwd), root) == base, name
+
+    # An edited module (size or mtime) or a new one: a checkout never runs stale code.
+    mod = root / "pkg" / "sub" / "mod.py"
+    mod.write_text("X = 22\n", encoding="utf-8")
+    edited = runner_key(env, str(cwd), root)
+    assert edited != base
+    os.utime(mod, ns=(mod.stat().st_atime_ns, mod.stat().st_mtime_ns + 1_000_000))
+    assert runner_key(env, str(cwd), root) != edited
+    touched = runner_key(env, str(cwd), root)
+    (root / "pkg" / "new.py").write_text("", encoding="utf-8")
+    assert runner_key(env, str(cwd), root) != touched
+    added = runner_key(env, str(cwd), root)
+    (root / "tests" / "test_x.py").write_text("", encoding="utf-8")  # tests are never imported by a command
+    assert runner_key(env, str(cwd), root) == added
+
+    # Prefect's settings files in the working directory, and its profiles file.
+    (cwd / "prefect.toml").write_text("[logging]\nlevel = 'DEBUG'\n", encoding="utf-8")
+    with_toml = runner_key(env, str(cwd), root)
+    assert with_toml != added
+    (tmp_path / "ph").mkdir()
+    (tmp_path / "ph" / "profiles.toml").write_text("active = 'x'\n", encoding="utf-8")
+    assert runner_key(env, str(cwd), root) != with_toml
+
+
+def test_a_message_carries_its_fds() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r, w = os.pipe()
+    try:
+        big = {"env": {f"V{i}": "x" * 100 for i in range(2000)}}  # over one socket buffer: sent in parts
+        sender = threading.Thread(
+            target=send_message, args=(a, {"argv": ["ftpipe", "run"], **big}, [w, w, w])
+        )
+        sender.start()
+        message, fds = read_message(b, max_fds=3)
+        sender.join(10)
+        assert message is not None and message["argv"] == ["ftpipe", "run"] and message["env"] == big["env"]
+        assert len(fds) == 3 and all(fd not in (r, w) for fd in fds)
+        os.write(fds[1], b"through the passed fd")
+        assert os.read(r, 100) == b"through the passed fd"
+        for fd in fds:
+            os.close(fd)
+        a.close()
+        assert read_message(b) == (None, [])  # the peer's end closed: end of stream, not an error
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "served"),
+    [
+        (["ftpipe", "run", "DIR"], {}, True),
+        (["ftpipe", "--debug", "run", "DIR"], {}, True),
+        (["ftpipe", "sweep", "x.yaml"], {}, False),
+        (["ftpipe", "--help"], {}, False),
+        (["ftpipe", "run", "DIR"], {"FTPIPE_SERVICES_RUNNER": "false"}, False),
+        (["ftpipe", "run", "DIR"], {"FTPIPE_SERVICES_RUNNER": "off"}, False),
+        (["ftpipe", "run", "DIR"], {"FTPIPE_SERVICES_KEEP": "0"}, False),
+    ],
+)
+def test_only_ftpipe_run_asks_a_runner_and_only_when_enabled(
+    argv: list[str], env: dict[str, str], served: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FTPIPE_SERVICES_DIR", str(tmp_path))
+    monkeypatch.setenv("FTPIPE_SERVICES_KEEP", "true")
+    monkeypatch.delenv("FTPIPE_SERVICES_RUNNER", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert (RunnerClient.for_command(argv) is not None) is served
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RunnerClient:
+    monkeypatch.setenv("FTPIPE_SERVICES_DIR", str(tmp_path / "services"))
+    monkeypatch.setenv("FTPIPE_SERVICES_KEEP", "true")
+    monkeypatch.setenv("FTPIPE_SERVICES_RUNNER", "true")
+    found = RunnerClient.for_command(["ftpipe", "run", "DIR"])
+    assert found is not None
+    return found
+
+
+def _record(client: RunnerClient, key: str) -> None:
+    client.dir.mkdir(parents=True, exist_ok=True)
+    (client.dir / "record.json").write_text(f'{{"config_hash": "{key}"}}', encoding="utf-8")
+
+
+def test_no_runner_means_in_process(client: RunnerClient) -> None:
+    assert client.serve() is None and client.missed == "absent"
+
+
+def test_a_runner_for_other_code_or_settings_is_not_used(client: RunnerClient) -> None:
+    _record(client, "0" * 32)
+    assert client.serve() is None and client.missed == "mismatch"
+
+
+def test_a_dead_runner_means_in_process(client: RunnerClient) -> None:
+    _record(client, client.key)  # its record says it serves this key, but nothing listens
+    assert client.serve() is None and client.missed == "dead"
+    # A socket file left by a killed runner: connection refused.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(client.dir / runner.SOCKET_FILE))
+    stale.close()
+    assert client.serve() is None and client.missed == "dead"
+
+
+def test_a_runner_refusing_or_dying_before_the_start_means_in_process(client: RunnerClient) -> None:
+    _record(client, client.key)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(client.dir / runner.SOCKET_FILE))
+    listener.listen(2)
+    try:
+        for answer, missed in (({"refused": "busy"}, "busy"), (None, "dead")):
+            result: list[int | None] = []
+            t = threading.Thread(target=lambda out=result: out.append(client.serve()))
+            t.start()
+            conn, _ = listener.accept()
+            message, fds = read_message(conn, max_fds=3)
+            for fd in fds:
+                os.close(fd)
+            assert message is not None and message["key"] == client.key and message["cwd"] == os.getcwd()
+            if answer is not None:
+                send_message(conn, answer)
+            conn.close()
+            t.join(10)
+            assert result == [None] and client.missed == missed
+    finally:
+        listener.close()
+
+
+# Prefect's console handler made at import, on a pipe: after `_reopen_stdio` + `_rebind_console_handlers` on a
+# terminal its lines are coloured, on a pipe they are not (as if Prefect had been imported by the command).
+REBIND = """
+import logging, os, sys
+from prefect import flow  # noqa: F401 - Prefect sets its logging up here
+from services.runner_host import _rebind_console_handlers, _reopen_stdio
+fd = int(sys.argv[1])
+os.dup2(fd, 1)
+os.dup2(fd, 2)
+old = _reopen_stdio()
+_rebind_console_handlers(*old)
+logging.getLogger("prefect.test").warning("a warning https://example.com")
+print("width", __import__("rich.console").console.Console(file=sys.stderr).size.width, flush=True)
+"""
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_console_handler_follows_the_commands_terminal(terminal: bool) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color", "COLUMNS": ""}
+    env.pop("NO_COLOR", None)
+    env.pop("FORCE_COLOR", None)
+    if terminal:
+        leader, follower = pty.openpty()
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 97, 0, 0))
+    else:
+        leader, follower = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REBIND, str(follower)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        pass_fds=(follower,),
+    )
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    text = out.decode(errors="replace")
+    assert "a warning" in text
+    assert ("\x1b[" in text) is terminal, text
+    if terminal:
+        assert "width 97" in text, text
