@@ -35,6 +35,7 @@ from services.runner import code_root, runner_key
 from services.runner_host import start_runner, wait_ready
 from tasks.state import JOBS_FILE
 from tests.backend_workers import frozen_when
+from tests.services.conftest import wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 REPO = Path(__file__).resolve().parents[2]
@@ -233,6 +234,51 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: S
     # The task run the Ctrl-C interrupted ends Cancelled as well, not Crashed.
     (wait,) = [t for t in tasks if t.name.startswith("wait-for-job")]
     assert wait.state is not None and wait.state.is_cancelled(), wait.state
+
+
+def test_a_killed_command_served_by_the_runner_cancels_its_run(tmp_path: Path) -> None:
+    """``kill -9`` of the command's own process: its run, in a child of the warm runner, ends as on a Ctrl-C."""
+    setup = _through_runner(tmp_path)
+    runner_log = ServiceDir(Path(setup.env["FTPIPE_SERVICES_DIR"]), RUNNER_SERVICE).log_path
+    dataset = _dataset(tmp_path / "ds")
+    out = tmp_path / "terminal.txt"
+    argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
+    argv += ["--no-eval", "--poll-interval", "0.3", "--progress", "plain", "--on-behalf-of", USER]
+    try:
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                argv,
+                cwd=tmp_path,
+                env=setup.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait("the backend", setup.backend, proc, out)
+        served = setup.backend()
+        assert served is not None
+
+        def running_job() -> str | None:
+            with _client(served) as c:
+                jobs = list(c.jobs.list())
+            if jobs and jobs[0].status == "running":
+                return str(jobs[0].id)
+            assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+            return None
+
+        with frozen_when(served, running_job, timeout=START_WITHIN_S) as job_id:
+            (line,) = [ln for ln in runner_log.read_text().splitlines() if ": ftpipe run (in " in ln]
+            child = int(line.split("pid ")[1].split(":")[0])
+            assert child != proc.pid
+            proc.kill()  # the command's process only: no signal reaches the child
+            proc.wait(10)
+            assert wait_gone(child, EXIT_WITHIN_S), out.read_text(errors="replace")[-3000:]
+        with _client(served) as c:
+            assert c.jobs.retrieve(job_id).status == "cancelled"
+        (entry,) = json.loads((tmp_path / "state" / JOBS_FILE).read_text()).values()
+        assert entry["job_id"] == job_id and entry["status"] == "cancelled"
+    finally:
+        stop_services(tmp_path / "services", {"prefect", "backend", "runner"}, timeout_s=30)
 
 
 def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cancelled(

@@ -23,6 +23,10 @@ from prefect.settings import get_current_settings
 
 from backend.launcher import RunningBackend, start_backend
 from backend.settings import BackendSettings
+from services.manager import stop_services
+from services.registry import RUNNER_SERVICE, ServiceDir
+from services.runner import code_root, runner_key
+from services.runner_host import start_runner, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +76,10 @@ def _run_in_pty(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple
         os.close(leader)
 
 
-def test_log_lines_and_the_live_region_on_a_real_terminal(backend: RunningBackend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runner", [False, True], ids=["own-process", "warm-runner"])
+def test_log_lines_and_the_live_region_on_a_real_terminal(
+    backend: RunningBackend, tmp_path: Path, runner: bool
+) -> None:
     data = tmp_path / "ds"
     data.mkdir()
     for name, n in (("train.jsonl", 40), ("validation.jsonl", 10), ("smoke.jsonl", 2)):
@@ -94,7 +101,19 @@ def test_log_lines_and_the_live_region_on_a_real_terminal(backend: RunningBacken
     )
     argv = [sys.executable, "-m", "cli", "run", str(data), "--model", "local:micro-chat", "--epochs", "2"]
     argv += ["--no-eval", "--poll-interval", "0.5", "--output", str(tmp_path / "out")]
-    code, raw = _run_in_pty(argv, env, timeout_s=600)
+    if runner:  # served by a warm runner started (with a log file as its stdio) before the command
+        root = tmp_path / "services"
+        env.update(FTPIPE_SERVICES_DIR=str(root), FTPIPE_SERVICES_KEEP="true", FTPIPE_SERVICES_RUNNER="true")
+        pid = start_runner(env, str(REPO), runner_key(env, str(REPO), code_root()), "pytest", 600.0)
+        assert pid is not None and wait_ready(root, pid, 300) is not None
+        try:
+            code, raw = _run_in_pty(argv, env, timeout_s=600)
+            log = ServiceDir(root, RUNNER_SERVICE).log_path.read_text()
+            assert ": ftpipe run (in " in log, log
+        finally:
+            stop_services(root, {"runner"}, timeout_s=30)
+    else:
+        code, raw = _run_in_pty(argv, env, timeout_s=600)
     screen = pyte.HistoryScreen(COLUMNS, ROWS, history=20_000)
     pyte.ByteStream(screen).feed(raw)
     rows = ["".join(ch.data for ch in row.values()) for row in screen.history.top] + screen.display
@@ -111,7 +130,7 @@ def test_log_lines_and_the_live_region_on_a_real_terminal(backend: RunningBacken
     bars = [i for i, line in enumerate(lines) if "━" in line]
     assert len(bars) == 1, "\n".join(lines[i] for i in bars)
     (bar,) = bars
-    assert lines[bar].startswith("✓ smoke") and "100%" in lines[bar] and "elapsed" in lines[bar]
+    assert lines[bar].startswith("✓ smoke") and "100%" in lines[bar] and "elapsed" in lines[bar], text
     assert re.search(r"train loss \d+\.\d{4}  valid loss \d+\.\d{4}", lines[bar + 1])
     assert max(i for i, line in enumerate(lines) if LOG_LINE.match(line)) < bar
     links = [line for line in lines if line.startswith("Prefect run: ")]
