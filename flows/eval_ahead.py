@@ -73,6 +73,7 @@ class EvalAhead:
         self.base_early = base_early
         self.checkpoints = checkpoints
         self._total_steps: int | None = None
+        self._checkpoint_queued = False
         self.progress = EvalProgress(progress_stage(plan.sets))
         self._abort = EvalAbort()
         self._queue: queue.Queue[EvalModel | None] = queue.Queue()
@@ -141,6 +142,14 @@ class EvalAhead:
                     continue
                 loss = ck.metrics.full_valid_loss
                 self.submit(EvalModel(ck.fine_tuned_model_checkpoint, "checkpoint", step, loss))
+                self._checkpoint_queued = True
+
+    def job_succeeded(self, job: FineTuningJob) -> None:
+        """Queue the fine-tuned model the moment its job succeeded (it serves from then), so that its answers
+        come while the metrics are collected. Not when checkpoints were queued: the last of them holds the same
+        weights, and ``flows.judging.collect_answers`` takes its answers for the model's."""
+        if job.fine_tuned_model and not self._checkpoint_queued:
+            self.submit(EvalModel(job.fine_tuned_model, "fine-tuned"))
 
     def _work(self) -> None:
         while (model := self._queue.get()) is not None:

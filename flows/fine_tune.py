@@ -349,6 +349,7 @@ def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
             except Exception:
                 log.debug("could not refresh job %s status in the state dir", job_id)
         job = finished
+        ahead.job_succeeded(job)  # the fine-tuned model's eval starts now, beside the metrics stage
         if estimate_run is not None:
             try:
                 estimate = estimate_run.result()

@@ -164,6 +164,36 @@ def test_a_remote_api_gets_its_checkpoints_asked_after_training_with_the_same_re
     assert overlapped.evaluation.gate_passed is sequential.evaluation.gate_passed is True
 
 
+def test_the_fine_tuned_model_is_asked_while_the_metrics_are_collected(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A remote API: no checkpoint is asked while the job trains, but the fine-tuned model serves from the moment
+    # the job succeeded. The metrics stage here waits (10 s at most) for its answers: they come beside it.
+    import tasks.metrics as metrics
+
+    real = metrics.collect_metrics_task
+    answered_during: list[bool] = []
+
+    def collect(client: Any, job_id: str, output_dir: Path) -> Any:
+        model = str(client.jobs.retrieve(job_id).fine_tuned_model)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not (fake.asked_of(model) >= PROMPTS and fake.in_flight == 0):
+            time.sleep(0.02)
+        answered_during.append(fake.asked_of(model) >= PROMPTS)
+        return real(client, job_id, output_dir)
+
+    monkeypatch.setattr(metrics, "collect_metrics_task", collect)
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    result = _run(fake, dataset_dir, tmp_path, embedded=False, seed=7)
+    assert answered_during == [True]
+    assert result.evaluation is not None and fake.asked_of(str(result.fine_tuned_model)) == PROMPTS  # once
+    assert [(m.role, m.step, m.answers) for m in result.evaluation.models] == [
+        ("base", None, 10),
+        ("checkpoint", 1, 10),
+        ("fine-tuned", 2, 10),
+    ]
+
+
 async def _task_run_states(flow_run_id: Any) -> list[tuple[str, str]]:
     async with get_client() as client:
         runs = await client.read_task_runs(
