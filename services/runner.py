@@ -92,6 +92,23 @@ def _stat(path: Path | str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size, st.st_ino]
 
 
+def _packages(root: Path) -> list[str]:
+    """ftpipe's top-level packages under ``root``: a checkout's package folders, or an install's own list
+    (``top_level.txt``: the site-packages folder holds every other distribution's packages too)."""
+    if not (root / "pyproject.toml").is_file():
+        for listing in sorted(root.glob("ftpipe-*.dist-info/top_level.txt")):
+            return sorted(n for n in listing.read_text(encoding="utf-8").split() if (root / n).is_dir())
+        return ["cli"]
+    with os.scandir(root) as tops:
+        return sorted(
+            top.name
+            for top in tops
+            if top.name not in _NOT_CODE
+            and top.is_dir()
+            and os.path.isfile(os.path.join(top.path, "__init__.py"))
+        )
+
+
 def _code_files(root: Path) -> list[tuple[str, int, int]]:
     # Every file of every package (data files too: some are read at import); a few hundred stats, ~1 ms.
     found: list[tuple[str, int, int]] = []
@@ -106,15 +123,8 @@ def _code_files(root: Path) -> list[tuple[str, int, int]]:
                     st = entry.stat()
                     found.append((os.path.relpath(entry.path, root), st.st_mtime_ns, st.st_size))
 
-    with os.scandir(root) as tops:
-        for top in tops:
-            if (
-                top.name in _NOT_CODE
-                or not top.is_dir()
-                or not os.path.isfile(os.path.join(top.path, "__init__.py"))
-            ):
-                continue
-            walk(top.path)
+    for top in _packages(root):
+        walk(str(root / top))
     return sorted(found)
 
 
@@ -199,6 +209,23 @@ def _gone(pid: int) -> bool:
     return state in (b"Z", b"X")
 
 
+def _plain_interpreter() -> bool:
+    """False under interpreter options a runner (started without them) does not have: ``-X importtime``,
+    ``-W``, ``-O``, ``-I``, ``-E``, ``-S``, ``-i``, ``-v``, ``-X dev``; such a command runs in its own process."""
+    f = sys.flags
+    return not (
+        sys._xoptions
+        or sys.warnoptions
+        or f.optimize
+        or f.isolated
+        or f.ignore_environment
+        or f.no_site
+        or f.inspect
+        or f.verbose
+        or f.dev_mode
+    )
+
+
 class RunnerClient:
     """One command's attempt to be served by the warm runner."""
 
@@ -220,7 +247,7 @@ class RunnerClient:
         words = argv[1:]
         while words and words[0] == "--debug":
             words = words[1:]
-        if IN_RUNNER or not words or words[0] != "run" or not enabled(os.environ):
+        if IN_RUNNER or not words or words[0] != "run" or not enabled(os.environ) or not _plain_interpreter():
             return None
         try:
             return cls(argv, os.environ)
@@ -247,6 +274,8 @@ class RunnerClient:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(socket_address(self.dir / SOCKET_FILE))
             with _stdio() as fds:
+                umask = os.umask(0o077)
+                os.umask(umask)
                 request = {
                     "protocol": PROTOCOL,
                     "key": self.key,
@@ -254,6 +283,8 @@ class RunnerClient:
                     "cwd": self.cwd,
                     "env": self.env,
                     "path": sys.path,
+                    "umask": umask,
+                    "nice": os.getpriority(os.PRIO_PROCESS, 0),
                 }
                 send_message(sock, request, fds)
             sock.settimeout(REPLY_TIMEOUT_S)
@@ -266,6 +297,7 @@ class RunnerClient:
             return None
         self._child = int(reply["pid"])  # type: ignore[call-overload]
         previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
+        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
         try:
             sock.sendall(b"g")  # from here on the command runs there, never here
         except OSError:
@@ -283,6 +315,17 @@ class RunnerClient:
             self._fatal = signum
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._child, signum)
+
+    def _suspend(self, signum: int, frame: FrameType | None) -> None:
+        # Ctrl-Z: the child stops with this process (it is in no terminal's foreground group to be stopped
+        # by it), and goes on when this process is continued (fg, bg).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._child, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._suspend)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._child, signal.SIGCONT)
 
     def _wait(self, sock: socket.socket) -> int:
         code: int | None = None

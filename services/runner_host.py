@@ -82,6 +82,8 @@ class Request:
     cwd: str
     env: dict[str, str]
     path: list[str]
+    umask: int
+    nice: int
     fds: list[int]
     conn: socket.socket
 
@@ -200,7 +202,7 @@ class Runner:
         assert self.listener is not None
         while True:
             self._reap()
-            if self.watchdog.idle_out():
+            if not self._still_mine() or self.watchdog.idle_out():
                 return None
             try:
                 conn, _ = self.listener.accept()
@@ -209,6 +211,15 @@ class Runner:
             request = self._handle(conn)
             if request is not None:
                 return request
+
+    def _still_mine(self) -> bool:
+        # Its folder removed (a test's temp dir, a cleaned state dir) or its socket replaced: nobody can reach
+        # it any more, so it stops now rather than at the idle timeout.
+        try:
+            return os.stat(self.sd.path / SOCKET_FILE).st_ino == self._inode
+        except OSError:
+            log.warning("%s is gone: stopping", self.sd.path / SOCKET_FILE)
+            return False
 
     def _reap(self) -> None:
         with contextlib.suppress(ChildProcessError):
@@ -240,6 +251,8 @@ class Runner:
                 cwd=str(message["cwd"]),
                 env={str(k): str(v) for k, v in message["env"].items()},  # type: ignore[attr-defined]
                 path=[str(p) for p in message["path"]],  # type: ignore[attr-defined]
+                umask=int(message["umask"]),  # type: ignore[call-overload]
+                nice=int(message["nice"]),  # type: ignore[call-overload]
                 fds=fds,
                 conn=conn,
             )
@@ -364,6 +377,10 @@ def run_request(request: Request) -> int:
         if fd > 2:
             os.close(fd)
     os.chdir(request.cwd)
+    os.umask(request.umask)  # files the run writes get the command's permissions, not the runner's 0077
+    with contextlib.suppress(OSError):  # `nice ftpipe run`: lowering the priority needs no privilege
+        if request.nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, request.nice)
     os.environ.clear()
     os.environ.update(request.env)
     sys.argv[:] = request.argv

@@ -28,6 +28,8 @@ for _name in ("FTPIPE_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOK
 _SERVICES_DIR = tempfile.mkdtemp(prefix="ftpipe-services-")
 os.environ["FTPIPE_SERVICES_DIR"] = _SERVICES_DIR
 os.environ["FTPIPE_SERVICES_KEEP"] = "false"
+# No warm runner (each one imports Prefect and stays up): the tests of the runner start theirs.
+os.environ["FTPIPE_SERVICES_RUNNER"] = "false"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -95,6 +95,7 @@ def test_log_lines_and_the_live_region_on_a_real_terminal(
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PYTHONPATH=str(REPO),
+        FTPIPE_SERVICES_RUNNER="false",  # services are kept (FTPIPE_ is cleared): no runner left behind
         TERM="xterm-256color",
         COLUMNS=str(COLUMNS),
         LINES=str(ROWS),

@@ -26,6 +26,7 @@ def _code(tmp_path: Path) -> Path:
     (root / "pkg" / "sub" / "mod.py").write_text("X = 1\n", encoding="utf-8")
     (root / "tests").mkdir()
     (root / "tests" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "pyproject.toml").write_text("[project]\nname = 'ftpipe'\n", encoding="utf-8")  # a checkout
     return root
 
 
@@ -69,6 +70,21 @@ def test_the_key_follows_code_settings_and_import_time_environment(tmp_path: Pat
     (tmp_path / "ph").mkdir()
     (tmp_path / "ph" / "profiles.toml").write_text("active = 'x'\n", encoding="utf-8")
     assert runner_key(env, str(cwd), root) != with_toml
+
+
+def test_an_installed_ftpipe_is_keyed_by_its_own_packages_only(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"
+    for pkg in ("cli", "services", "requests"):
+        (site / pkg).mkdir(parents=True)
+        (site / pkg / "__init__.py").write_text("", encoding="utf-8")
+    (site / "ftpipe-0.1.0.dist-info").mkdir()
+    (site / "ftpipe-0.1.0.dist-info" / "top_level.txt").write_text("cli\nservices\n", encoding="utf-8")
+    env, cwd = {"HOME": str(tmp_path)}, str(tmp_path)
+    base = runner_key(env, cwd, site)
+    (site / "requests" / "api.py").write_text("", encoding="utf-8")  # another distribution: not walked
+    assert runner_key(env, cwd, site) == base
+    (site / "services" / "x.py").write_text("", encoding="utf-8")
+    assert runner_key(env, cwd, site) != base
 
 
 def test_a_message_carries_its_fds() -> None:
@@ -233,3 +249,22 @@ def test_the_console_handler_follows_the_commands_terminal(terminal: bool) -> No
     assert ("\x1b[" in text) is terminal, text
     if terminal:
         assert "width 97" in text, text
+
+
+def test_a_runner_whose_socket_is_removed_stops(tmp_path: Path) -> None:
+    from services.registry import ServiceDir
+    from services.runner_host import Runner
+
+    sd = ServiceDir(tmp_path / "services", "runner")
+    sd.ensure()
+    server = Runner(sd, "k" * 32, idle_timeout_s=3600)
+    server.listen()
+    done: list[object] = []
+    t = threading.Thread(target=lambda: done.append(server.serve()), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive()  # serving
+    (sd.path / runner.SOCKET_FILE).unlink()  # e.g. its temp dir or state dir was removed
+    t.join(10)
+    assert done == [None]
+    server.close()
