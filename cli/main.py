@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cli.errors import DEBUG_ENV, guarded
 
     runner = None
-    if argv is None:  # the process's own command line: ``ftpipe run`` may be served by the warm runner
+    if argv is None and "run" in sys.argv[1:3]:  # this process's own `ftpipe [--debug] run`: the warm runner?
         from services.runner import RunnerClient
 
         runner = RunnerClient.for_command(sys.argv)
