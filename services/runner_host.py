@@ -61,6 +61,7 @@ from services.runner import (
 )
 
 STARTING_FILE = "starting.json"
+FAILED_FILE = "failed.json"  # the key of a runner that could not start: not retried until the key changes
 LOCK_WAIT_S = 90.0
 # A client that died leaves its run as a Ctrl-C would; a run that is still going this long after is ended.
 CLIENT_GONE_GRACE_S = 60.0
@@ -97,6 +98,8 @@ def start_runner(
     sd = ServiceDir(services_root(env), RUNNER_SERVICE)
     sd.ensure()
     with sd.locked(LOCK_WAIT_S, "started"):
+        if (read_json(sd.path / FAILED_FILE) or {}).get("key") == key:
+            return None  # it failed for this code and these settings (see its log): not again at every run
         starting = read_json(sd.path / STARTING_FILE) or {}
         pid = starting.get("pid")
         if (
@@ -440,14 +443,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The key is taken before the imports: code edited while they run makes the next command's key differ.
     key = runner_key(os.environ, os.getcwd(), code_root())
     started = time.monotonic()
-    from cli.run import preload
+    try:
+        from cli.run import preload
 
-    preload()
+        preload()
+    except Exception:
+        log.exception("the imports failed")
+        write_private_json(sd.path / FAILED_FILE, {"key": key, "at": now_iso()})
+        return EXIT_FAILED
     gc.collect()
     gc.freeze()  # what the imports made is never collected: children do not copy its pages to scan them
     took = time.monotonic() - started
     if threading.active_count() != 1:
         log.error("the imports started threads (%s): a fork would be unsafe", threading.enumerate())
+        write_private_json(sd.path / FAILED_FILE, {"key": key, "at": now_iso()})
         return EXIT_FAILED
     os.chdir("/")  # a runner holds no folder of the command that started it
     server = Runner(sd, key, args.idle_timeout)

@@ -268,3 +268,14 @@ def test_a_runner_whose_socket_is_removed_stops(tmp_path: Path) -> None:
     t.join(10)
     assert done == [None]
     server.close()
+
+
+def test_a_runner_that_failed_to_start_is_not_started_again_for_the_same_key(tmp_path: Path) -> None:
+    from services.runner_host import FAILED_FILE, start_runner
+
+    env = {"FTPIPE_SERVICES_DIR": str(tmp_path / "services"), "HOME": str(tmp_path)}
+    folder = tmp_path / "services" / "runner"
+    folder.mkdir(parents=True)
+    (folder / FAILED_FILE).write_text('{"key": "failed-key"}', encoding="utf-8")
+    assert start_runner(env, str(tmp_path), "failed-key", "pytest", 60.0) is None
+    assert not (folder / "starting.json").exists()  # nothing was started
