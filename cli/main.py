@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -81,8 +82,6 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftpipe`` console script; returns the exit code."""
-    import os
-
     from cli.errors import DEBUG_ENV, guarded
 
     runner = None
@@ -105,17 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def start_runner(runner: RunnerClient) -> None:
-    """Start the warm runner for this command's key in the background (this command runs here meanwhile)."""
-    from services.runner_host import start_runner as start
-    from services.settings import ServicesSettings
+    """Start the warm runner for this command's key in the background (this command runs here meanwhile).
 
-    settings = ServicesSettings()
-    if not (settings.keep and settings.runner):
-        return
+    Best effort: whatever stops it (a bad FTPIPE_SERVICES_* value, which the command itself then reports; a
+    lock held by another start or stop) is said in the runner's log, never to the command.
+    """
+    from services.runner import MIN_LIFETIME_S, note
+
     try:
+        from services.runner_host import start_runner as start
+        from services.settings import ServicesSettings
+
+        settings = ServicesSettings()
+        if not (settings.keep and settings.runner) or settings.lifetime_s() < MIN_LIFETIME_S:
+            return
         start(runner.env, runner.cwd, runner.key, "ftpipe run", settings.lifetime_s())
-    except OSError as exc:  # the command itself need not fail for it (it says the same if it needs the dir)
-        print(f"ftpipe: could not start the warm runner: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the command runs in this process all the same
+        note(runner.dir, f"could not start a runner for ftpipe run (pid {os.getpid()}): {exc!r}")
 
 
 def exiting() -> None:

@@ -25,6 +25,7 @@ import psutil
 
 from services.registry import (
     PRIVATE_FILE_MODE,
+    RUNNER_SERVICE,
     Kind,
     Lease,
     ServiceDir,
@@ -336,4 +337,10 @@ def stop_services(root: Path, kinds: set[str], timeout_s: float = STOP_TIMEOUT_S
         result = stop(sd, timeout_s)
         if result is not None:
             done.append(result)
+    if "runner" in kinds:
+        from services.runner_host import stop_starting
+
+        starting = stop_starting(root, timeout_s)
+        if starting is not None:
+            done.append(Stopped(RUNNER_SERVICE, "runner", starting[0], starting[1], 0))
     return done

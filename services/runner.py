@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -29,14 +30,21 @@ RUNNER_DIR = "runner"  # the service's folder under the services root (``registr
 SOCKET_FILE = "runner.sock"
 RECORD_FILE = "record.json"  # ``registry.RECORD_FILE``
 LOG_FILE = "server.log"  # ``registry.LOG_FILE``
-PROTOCOL = 1
+PROTOCOL = 2
 SWITCH_ENV = "FTPIPE_SERVICES_RUNNER"  # ``ServicesSettings.runner``
 CONNECT_TIMEOUT_S = 2.0
-# From the request to the child's "started": a fork of the runner takes milliseconds; a runner that takes
-# this long is hung, and the command runs here instead (the child only starts once told to go).
-REPLY_TIMEOUT_S = 10.0
+# From the request to the child's "started": a fork of the runner takes milliseconds (tens on a loaded
+# machine); a runner that takes this long is hung, and the command runs here instead (the child only starts
+# once told to go). A new runner replaces one that does not answer a ping within as long (``answers``).
+REPLY_TIMEOUT_S = 3.0
+# An idle timeout shorter than this (0: stop at once) would have the runner idle out before the next command,
+# and every command start one (seconds of CPU each) for nothing.
+MIN_LIFETIME_S = 30.0
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130  # ``cli.common``'s codes (not imported: it imports logging, argparse)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The dispositions a child takes from its command's process rather than from the runner, whose own come from
+# whoever started it (a non-interactive shell's `cmd &` ignores SIGINT in every child of `cmd`).
+DISPOSED = {"INT": signal.SIGINT, "HUP": signal.SIGHUP, "QUIT": signal.SIGQUIT, "TERM": signal.SIGTERM}
 _HEADER = struct.Struct("!I")
 IN_RUNNER = False  # set in a runner's child: the command it runs is served already
 
@@ -199,6 +207,54 @@ def read_message(sock: socket.socket, *, max_fds: int = 0) -> tuple[dict[str, ob
     return (data if isinstance(data, dict) else None), fds
 
 
+def signal_state() -> dict[str, list[str] | list[int]]:
+    """This process's ignored signals (of ``DISPOSED``) and blocked-signal mask, for its runner's child."""
+    ignored = [name for name, sig in DISPOSED.items() if signal.getsignal(sig) == signal.SIG_IGN]
+    blocked = sorted(int(sig) for sig in signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    return {"ignored": ignored, "blocked": blocked}
+
+
+def apply_signal_state(state: Mapping[str, object]) -> None:
+    """Take a command's ``signal_state``: what it ignores is ignored, the rest as Python starts (SIGINT raises
+    KeyboardInterrupt, the others their default), and its mask."""
+    ignored = state.get("ignored")
+    ignored = ignored if isinstance(ignored, list) else []
+    for name, sig in DISPOSED.items():
+        if name in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+        else:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    blocked = state.get("blocked")
+    signal.pthread_sigmask(signal.SIG_SETMASK, [int(s) for s in blocked] if isinstance(blocked, list) else [])
+
+
+def answers(folder: Path, timeout_s: float = REPLY_TIMEOUT_S) -> bool:
+    """True when a runner listens on ``folder``'s socket and answers a ping (an alive but stopped or hung
+    runner does not)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(socket_address(folder / SOCKET_FILE))
+        send_message(sock, {"ping": True})
+        reply, fds = read_message(sock)
+        for fd in fds:
+            os.close(fd)
+        return reply is not None
+    except (OSError, ValueError):
+        return False
+    finally:
+        sock.close()
+
+
+def note(folder: Path, text: str) -> None:
+    """A line in the runner's log (best effort): what went wrong with a runner is said there, not to a command."""
+    with contextlib.suppress(OSError):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {text}\n")
+
+
 def _gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie counts: it runs nothing)."""
     try:
@@ -285,6 +341,7 @@ class RunnerClient:
                     "path": sys.path,
                     "umask": umask,
                     "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                    "signals": signal_state(),
                 }
                 send_message(sock, request, fds)
             sock.settimeout(REPLY_TIMEOUT_S)
@@ -296,8 +353,15 @@ class RunnerClient:
             self.missed = str(reply.get("refused", "dead")) if reply else "dead"
             return None
         self._child = int(reply["pid"])  # type: ignore[call-overload]
-        previous = {sig: signal.signal(sig, self._forward) for sig in FORWARDED}
-        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
+        # A signal this process ignores (`nohup`, a background job's SIGINT) is ignored by the child too
+        # (``apply_signal_state``): it is not caught here to be forwarded.
+        previous = {
+            sig: signal.signal(sig, self._forward)
+            for sig in FORWARDED
+            if signal.getsignal(sig) != signal.SIG_IGN
+        }
+        if signal.getsignal(signal.SIGTSTP) != signal.SIG_IGN:
+            previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
         try:
             sock.sendall(b"g")  # from here on the command runs there, never here
         except OSError:

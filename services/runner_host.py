@@ -63,6 +63,10 @@ from services.runner import (
 STARTING_FILE = "starting.json"
 FAILED_FILE = "failed.json"  # the key of a runner that could not start: not retried until the key changes
 LOCK_WAIT_S = 90.0
+# A command starting a runner does not wait for another process's start or stop of one: it tries next time.
+START_LOCK_WAIT_S = 0.2
+# The child's wait for its client's "go" (the client waits REPLY_TIMEOUT_S for the child's pid, then gives up).
+GO_WAIT_S = 30.0
 # A client that died leaves its run as a Ctrl-C would; a run that is still going this long after is ended.
 CLIENT_GONE_GRACE_S = 60.0
 # Python's own start: ``-P`` keeps the working directory off sys.path; the command's sys.path is put in place
@@ -85,6 +89,7 @@ class Request:
     path: list[str]
     umask: int
     nice: int
+    signals: dict[str, object]
     fds: list[int]
     conn: socket.socket
 
@@ -97,7 +102,7 @@ def start_runner(
 
     sd = ServiceDir(services_root(env), RUNNER_SERVICE)
     sd.ensure()
-    with sd.locked(LOCK_WAIT_S, "started"):
+    with sd.locked(START_LOCK_WAIT_S, "started"):
         if (read_json(sd.path / FAILED_FILE) or {}).get("key") == key:
             return None  # it failed for this code and these settings (see its log): not again at every run
         starting = read_json(sd.path / STARTING_FILE) or {}
@@ -137,6 +142,25 @@ def start_runner(
         )
     proc.returncode = 0  # it outlives this command: nobody waits for it, and Popen must not warn about that
     return proc.pid
+
+
+def stop_starting(root: Path, timeout_s: float) -> tuple[int, bool] | None:
+    """Stop a runner still importing (started, see ``STARTING_FILE``, not serving yet): its pid and whether it
+    stopped on the SIGTERM; None when none is starting. Without it, ``services stop`` right after a run
+    started one would find nothing, and the runner would then serve until its idle timeout."""
+    sd = ServiceDir(root, RUNNER_SERVICE)
+    if not (sd.path / STARTING_FILE).exists():
+        return None
+    from services.manager import _terminate
+
+    with sd.locked(LOCK_WAIT_S, "stopped"):
+        starting = read_json(sd.path / STARTING_FILE) or {}
+        with contextlib.suppress(FileNotFoundError):
+            (sd.path / STARTING_FILE).unlink()
+        pid = starting.get("pid")
+        if not isinstance(pid, int) or not process_alive(pid, starting.get("pid_started")):
+            return None
+        return pid, _terminate(pid, timeout_s)  # (until its imports are done, SIGTERM ends it at once)
 
 
 def wait_ready(root: Path, pid: int, timeout_s: float) -> ServiceRecord | None:
@@ -239,6 +263,9 @@ class Runner:
                 self._refuse(conn, "uid", fds)
                 return None
             message, fds = read_message(conn, max_fds=3)
+            if message is not None and message.get("ping"):  # a new runner asking whether this one answers
+                self._refuse(conn, "pong", fds)
+                return None
             if message is None or len(fds) != 3:
                 self._refuse(conn, "dead", fds)
                 return None
@@ -256,6 +283,7 @@ class Runner:
                 path=[str(p) for p in message["path"]],  # type: ignore[attr-defined]
                 umask=int(message["umask"]),  # type: ignore[call-overload]
                 nice=int(message["nice"]),  # type: ignore[call-overload]
+                signals=dict(message["signals"]),  # type: ignore[call-overload]
                 fds=fds,
                 conn=conn,
             )
@@ -371,8 +399,23 @@ def _watch_client(conn: socket.socket, done: threading.Event) -> None:
 def run_request(request: Request) -> int:
     """In the forked child: become the command's process, run it, report its exit code."""
     runner.IN_RUNNER = True  # the command's ``main`` must not look for a runner again
-    os.setpgid(0, 0)  # the client forwards a terminal's signals to this group (grandchildren included)
     conn = request.conn
+    # Until "go", nothing of the client's is touched (a failure here is this process's end, said in the
+    # runner's log, which fd 2 still is; the client then runs the command itself), and signals forwarded
+    # meanwhile wait for the command's own dispositions, taken here.
+    try:
+        runner.apply_signal_state({"ignored": request.signals.get("ignored"), "blocked": None})
+        signal.pthread_sigmask(signal.SIG_BLOCK, runner.DISPOSED.values())  # before the client knows the pid
+        os.setpgid(0, 0)  # the client forwards a terminal's signals to this group (grandchildren included)
+        send_message(conn, {"pid": os.getpid()})
+        conn.settimeout(GO_WAIT_S)
+        go = conn.recv(1)
+    except BaseException:  # noqa: BLE001 - whatever it is, the command must not see it
+        with contextlib.suppress(BaseException):
+            log_failure()
+        os._exit(EXIT_FAILED)
+    if go != b"g":  # the client gave up waiting and runs the command itself
+        os._exit(0)
     conn.settimeout(None)
     for target, fd in enumerate(request.fds):
         os.dup2(fd, target)
@@ -390,15 +433,12 @@ def run_request(request: Request) -> int:
     sys.path[:] = request.path
     old_out, old_err = _reopen_stdio()
     _rebind_console_handlers(old_out, old_err)
-    send_message(conn, {"pid": os.getpid()})
-    go = conn.recv(1)
-    if go != b"g":  # the client gave up waiting and runs the command itself
-        os._exit(0)
     done = threading.Event()
     threading.Thread(target=_watch_client, args=(conn, done), name="runner-client", daemon=True).start()
     from cli.main import main as cli_main
 
     try:
+        runner.apply_signal_state(request.signals)  # its mask: signals held since the fork come now
         code = cli_main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILED)
@@ -412,6 +452,13 @@ def run_request(request: Request) -> int:
         raise
     _report_exit(conn, done, code)
     return code
+
+
+def log_failure() -> None:
+    """The exception being handled, with its traceback, in the runner's log (fd 2 before the command's)."""
+    import traceback
+
+    os.write(2, f"runner child pid {os.getpid()}: {traceback.format_exc()}".encode(errors="replace"))
 
 
 def _report_exit(conn: socket.socket, done: threading.Event, code: int) -> None:
@@ -465,13 +512,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sd.locked(LOCK_WAIT_S, "started"):
             current = sd.live_record()
+            hung = False
             if current is not None and current.config_hash == key:
-                log.info("runner pid %d already serves this key: exiting", current.pid)
-                return 0
+                if runner.answers(sd.path):
+                    log.info("runner pid %d already serves this key: exiting", current.pid)
+                    return 0
+                log.warning("runner pid %d does not answer (stopped or hung): replacing it", current.pid)
+                hung = True
             if current is not None:
-                from services.manager import stop_locked
+                from services.manager import STOP_TIMEOUT_S, stop_locked
 
-                stop_locked(sd)  # a runner for other code or settings: the newest command's replaces it
+                # A runner for other code or settings, or a hung one: the newest command's replaces it.
+                stop_locked(sd, 2.0 if hung else STOP_TIMEOUT_S)
             server.listen()
             sd.write_record(
                 ServiceRecord(

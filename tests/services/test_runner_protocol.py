@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -279,3 +282,204 @@ def test_a_runner_that_failed_to_start_is_not_started_again_for_the_same_key(tmp
     (folder / FAILED_FILE).write_text('{"key": "failed-key"}', encoding="utf-8")
     assert start_runner(env, str(tmp_path), "failed-key", "pytest", 60.0) is None
     assert not (folder / "starting.json").exists()  # nothing was started
+
+
+@pytest.fixture
+def dispositions() -> Iterator[None]:
+    """This process's dispositions and mask, put back after the test."""
+    saved = {sig: signal.getsignal(sig) for sig in (*runner.DISPOSED.values(), signal.SIGTSTP)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@pytest.mark.usefixtures("dispositions")
+def test_the_child_takes_the_commands_ignored_signals_and_mask_not_the_runners() -> None:
+    # The command: `nohup ftpipe run ...` (SIGHUP ignored), SIGUSR1 blocked.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    state = json.loads(json.dumps(runner.signal_state()))  # as it travels
+    assert "HUP" in state["ignored"] and "INT" not in state["ignored"]
+    assert int(signal.SIGUSR1) in state["blocked"]
+    # The runner's child: started from a non-interactive shell's `cmd &` (SIGINT ignored), SIGHUP default.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    runner.apply_signal_state(state)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C stops the run
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # a hangup does not
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+@pytest.mark.usefixtures("dispositions")
+def test_the_client_forwards_no_signal_its_process_ignores(client: RunnerClient) -> None:
+    """``nohup ftpipe run ... &``: no forwarding handler over the inherited SIG_IGN while the child runs."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _record(client, client.key)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(client.dir / runner.SOCKET_FILE))
+    listener.listen(1)
+    seen: dict[str, object] = {}
+
+    def serve_one() -> None:  # the runner's side; the client waits in this test's (main) thread
+        conn, _ = listener.accept()
+        message, fds = read_message(conn, max_fds=3)
+        for fd in fds:
+            os.close(fd)
+        assert message is not None
+        seen["signals"] = message["signals"]
+        send_message(conn, {"pid": 2**22 + 1})  # above pid_max: a child already gone, never signalled
+        seen["go"] = conn.recv(1)
+        seen["hup"] = signal.getsignal(signal.SIGHUP)
+        seen["int"] = signal.getsignal(signal.SIGINT)
+        send_message(conn, {"exit": 3})
+        conn.close()
+
+    t = threading.Thread(target=serve_one, daemon=True)
+    t.start()
+    try:
+        assert client.serve() == 3
+    finally:
+        listener.close()
+    t.join(10)
+    assert seen["go"] == b"g"
+    assert "HUP" in seen["signals"]["ignored"]  # type: ignore[index]
+    assert seen["hup"] == signal.SIG_IGN  # not caught to be forwarded
+    assert seen["int"] not in (signal.default_int_handler, signal.SIG_IGN)  # Ctrl-C is forwarded
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and put back after
+
+
+def test_a_runner_that_does_not_answer_is_seen_as_such(tmp_path: Path) -> None:
+    from services.registry import ServiceDir
+    from services.runner_host import Runner
+
+    sd = ServiceDir(tmp_path / "services", "runner")
+    sd.ensure()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # alive, listening, never accepting (stopped)
+    silent.bind(str(sd.path / runner.SOCKET_FILE))
+    silent.listen(4)
+    started = time.monotonic()
+    assert not runner.answers(sd.path, timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    silent.close()
+    assert not runner.answers(sd.path, timeout_s=0.5)  # a socket file nobody listens on
+    server = Runner(sd, "k" * 32, idle_timeout_s=3600)
+    server.listen()
+    t = threading.Thread(target=server.serve, daemon=True)
+    t.start()
+    try:
+        assert runner.answers(sd.path)  # a serving runner answers a ping (and forks nothing for it)
+    finally:
+        (sd.path / runner.SOCKET_FILE).unlink()  # it stops at once
+        t.join(10)
+        server.close()
+
+
+def test_stop_stops_a_runner_that_is_still_starting(tmp_path: Path) -> None:
+    from services.manager import stop_services
+    from services.registry import process_alive, process_start_time, write_private_json
+    from services.runner_host import STARTING_FILE
+
+    folder = tmp_path / "services" / "runner"
+    folder.mkdir(parents=True)
+    importing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_private_json(
+            folder / STARTING_FILE,
+            {"pid": importing.pid, "pid_started": process_start_time(importing.pid), "key": "k"},
+        )
+        stopped = stop_services(tmp_path / "services", {"runner"}, timeout_s=10)
+        assert [(s.kind, s.pid, s.graceful) for s in stopped] == [("runner", importing.pid, True)]
+        importing.wait(10)  # (reaped by the stop already: its code is lost)
+        assert not process_alive(importing.pid)
+        assert not (folder / STARTING_FILE).exists()
+        assert stop_services(tmp_path / "services", {"runner"}, timeout_s=10) == []
+    finally:
+        importing.kill()
+        importing.wait()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FTPIPE_SERVICES_IDLE_TIMEOUT_S", "abc"), ("FTPIPE_SERVICES_IDLE_TIMEOUT_S", "0")],
+)
+def test_a_runner_is_not_started_with_bad_settings_or_no_lifetime(
+    client: RunnerClient, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    from cli.main import start_runner
+
+    monkeypatch.setenv(name, value)
+    start_runner(client)  # no exception, nothing printed by it, nothing started
+    assert not (client.dir / "starting.json").exists()
+    if value == "abc":
+        assert "could not start a runner" in (client.dir / runner.LOG_FILE).read_text(encoding="utf-8")
+
+
+def test_a_bad_services_setting_is_one_line_as_without_a_runner(tmp_path: Path) -> None:
+    def run(switch: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "FTPIPE_SERVICES_DIR": str(tmp_path / "services"),
+            "FTPIPE_STATE_DIR": str(tmp_path / "state"),
+            "FTPIPE_SERVICES_RUNNER": switch,
+            "FTPIPE_SERVICES_IDLE_TIMEOUT_S": "abc",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "run", str(tmp_path / "none")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    off, on = run("false"), run("true")
+    assert off.returncode == 2 and "Traceback" not in off.stderr
+    assert (on.returncode, on.stdout, on.stderr) == (off.returncode, off.stdout, off.stderr)
+    assert not (tmp_path / "services" / "runner" / "starting.json").exists()
+
+
+def test_a_child_whose_client_gave_up_ends_quietly_without_touching_the_commands_stdio(
+    tmp_path: Path,
+) -> None:
+    from services.runner_host import Request, run_request
+
+    conn, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    client_end.close()  # the client gave up before the child's pid came
+    log_r, log_w = os.pipe()  # the runner's log (the child's fd 2 until "go")
+    out_r, out_w = os.pipe()  # the command's stdin/stdout/stderr
+    request = Request(
+        argv=["ftpipe", "run", "DIR"],
+        cwd=str(tmp_path),
+        env={},
+        path=list(sys.path),
+        umask=0o022,
+        nice=0,
+        signals={"ignored": [], "blocked": []},
+        fds=[out_w, out_w, out_w],
+        conn=conn,
+    )
+    pid = os.fork()
+    if pid == 0:  # the runner's child
+        try:
+            os.dup2(log_w, 2)
+            run_request(request)
+        finally:
+            os._exit(99)
+    for fd in (log_w, out_w):
+        os.close(fd)
+    conn.close()
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(log_r, "rb") as log, os.fdopen(out_r, "rb") as out:
+        logged, shown = log.read(), out.read()
+    assert os.waitstatus_to_exitcode(status) == runner.EXIT_FAILED
+    assert shown == b""  # nothing on the user's terminal: the command runs in its own process instead
+    assert f"runner child pid {pid}".encode() in logged and b"Traceback" in logged
