@@ -129,8 +129,17 @@ def _through_runner(tmp_path: Path) -> Setup:
     setup = _services(tmp_path)
     setup.env["FTPIPE_SERVICES_RUNNER"] = "true"
     cwd, root = str(tmp_path), Path(setup.env["FTPIPE_SERVICES_DIR"])
-    pid = start_runner(setup.env, cwd, runner_key(setup.env, cwd, code_root()), "pytest", 600.0)
+    # Started with SIGINT ignored, as a non-interactive shell's `cmd &` leaves every child of `cmd`: the
+    # command's child must take the command's own Ctrl-C, not the runner's disposition.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pid = start_runner(setup.env, cwd, runner_key(setup.env, cwd, code_root()), "pytest", 600.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert pid is not None and wait_ready(root, pid, START_WITHIN_S) is not None
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:  # (the set-up this test means)
+        ignored = int(next(ln for ln in status if ln.startswith("SigIgn:")).split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1))
     return setup
 
 
