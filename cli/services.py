@@ -150,8 +150,12 @@ def status_command(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
+    from services.runner_host import starting_pid
+
+    importing = starting_pid(root)
+    starting = f"warm runner starting (pid {importing}, importing; not serving yet)" if importing else ""
     if not found:
-        print(f"no ftpipe services running (state: {root})")
+        print(starting or f"no ftpipe services running (state: {root})")
         return EXIT_OK
     from cli.present import Screen
 
@@ -173,6 +177,8 @@ def status_command(args: argparse.Namespace) -> int:
     # Screen: a rich table only when whole URLs fit the terminal, else plain columns (folded URLs cannot be copied).
     header = ("service", "pid", "URL", "UI", "up", "memory", "clients / idle-out", "started by")
     Screen().table(header, rows, title="ftpipe services")
+    if starting:
+        print(starting)
     print(f"stop them with: ftpipe services stop [prefect|backend|runner|all]   (state: {root})")
     return EXIT_OK
 

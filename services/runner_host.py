@@ -144,6 +144,14 @@ def start_runner(
     return proc.pid
 
 
+def starting_pid(root: Path) -> int | None:
+    """The pid of a runner that was started and is still importing (it serves nothing yet), if one is."""
+    starting = read_json(ServiceDir(root, RUNNER_SERVICE).path / STARTING_FILE) or {}
+    pid = starting.get("pid")
+    alive = isinstance(pid, int) and process_alive(pid, starting.get("pid_started"))
+    return pid if alive else None
+
+
 def stop_starting(root: Path, timeout_s: float) -> tuple[int, bool] | None:
     """Stop a runner still importing (started, see ``STARTING_FILE``, not serving yet): its pid and whether it
     stopped on the SIGTERM; None when none is starting. Without it, ``services stop`` right after a run

@@ -382,7 +382,10 @@ def test_a_runner_that_does_not_answer_is_seen_as_such(tmp_path: Path) -> None:
         server.close()
 
 
-def test_stop_stops_a_runner_that_is_still_starting(tmp_path: Path) -> None:
+def test_status_and_stop_see_a_runner_that_is_still_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
     from services.manager import stop_services
     from services.registry import process_alive, process_start_time, write_private_json
     from services.runner_host import STARTING_FILE
@@ -395,6 +398,9 @@ def test_stop_stops_a_runner_that_is_still_starting(tmp_path: Path) -> None:
             folder / STARTING_FILE,
             {"pid": importing.pid, "pid_started": process_start_time(importing.pid), "key": "k"},
         )
+        monkeypatch.setenv("FTPIPE_SERVICES_DIR", str(tmp_path / "services"))
+        assert main(["services", "status"]) == 0
+        assert f"warm runner starting (pid {importing.pid}" in capsys.readouterr().out
         stopped = stop_services(tmp_path / "services", {"runner"}, timeout_s=10)
         assert [(s.kind, s.pid, s.graceful) for s in stopped] == [("runner", importing.pid, True)]
         importing.wait(10)  # (reaped by the stop already: its code is lost)
