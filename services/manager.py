@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +23,6 @@ import httpx
 import psutil
 
 from services.registry import (
-    PRIVATE_FILE_MODE,
     RUNNER_SERVICE,
     Kind,
     Lease,
@@ -152,19 +150,7 @@ def _start(sd: ServiceDir, spec: Spec, command: str, timeout_s: float) -> Servic
         "--idle-timeout",
         str(spec.idle_timeout_s),
     ]
-    fd = os.open(sd.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
-    with os.fdopen(fd, "ab") as log:
-        log.write(f"--- {now_iso()} started by {command} (pid {os.getpid()})\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            env=dict(spec.env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # out of the terminal's process group: Ctrl-C does not reach it
-            close_fds=True,
-        )
+    proc = sd.spawn(argv, spec.env, command)
     deadline = time.monotonic() + timeout_s
     own_pid = proc.pid if spec.health_names_pid else None
     while not is_healthy(spec.health_url, timeout_s=1.0, pid=own_pid):

@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +169,26 @@ class ServiceDir:
         self.lock_path = self.path / LOCK_FILE
         self.log_path = self.path / LOG_FILE
         self.leases_path = self.path / LEASES_DIR
+
+    def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], command: str, cwd: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start the service's process detached, its output appended to the service's log after a line naming
+        who started it; out of the terminal's process group, so a Ctrl-C there does not reach it."""
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "ab") as log:
+            log.write(f"--- {now_iso()} started by {command} (pid {os.getpid()})\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
 
     # record -------------------------------------------------------------------------------------
     def read_record(self) -> ServiceRecord | None:

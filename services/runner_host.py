@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -122,20 +121,7 @@ def start_runner(
             "--owner-command",
             command,
         ]
-        fd = os.open(sd.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE)
-        with os.fdopen(fd, "ab") as out:
-            out.write(f"--- {now_iso()} started by {command} (pid {os.getpid()})\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                argv,
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # out of the terminal's process group, as the other services
-                close_fds=True,
-            )
+        proc = sd.spawn(argv, env, command, cwd=cwd)
         write_private_json(
             sd.path / STARTING_FILE,
             {"pid": proc.pid, "pid_started": process_start_time(proc.pid), "key": key},

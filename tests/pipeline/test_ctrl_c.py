@@ -166,6 +166,20 @@ def _client(served: Served, user: str = USER) -> MKA1Client:
     return MKA1Client(ClientSettings(base_url=served.base_url, api_key=served.api_key, on_behalf_of=user))
 
 
+def _running_job(served: Served, proc: subprocess.Popen[bytes], out: Path) -> Callable[[], str | None]:
+    """The id of the newest job once it runs (None before); fails at once when the command exited."""
+
+    def running_job() -> str | None:
+        with _client(served) as c:
+            jobs = list(c.jobs.list())
+        if jobs and jobs[0].status == "running":
+            return str(jobs[0].id)
+        assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+        return None
+
+    return running_job
+
+
 def _wait(what: str, fn: Callable[[], object], proc: subprocess.Popen[bytes], out: Path) -> None:
     deadline = time.monotonic() + START_WITHIN_S
     while not fn():
@@ -194,16 +208,8 @@ def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: S
         served = setup.backend()
         assert served is not None
 
-        def running_job() -> str | None:
-            with _client(served) as c:
-                jobs = list(c.jobs.list())
-            if jobs and jobs[0].status == "running":
-                return str(jobs[0].id)
-            assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
-            return None
-
         # The training worker is held still from its first step on, so the job cannot finish first.
-        with frozen_when(served, running_job, timeout=START_WITHIN_S) as job_id:
+        with frozen_when(served, _running_job(served, proc, out), timeout=START_WITHIN_S) as job_id:
             shown = len(out.read_text(errors="replace").splitlines())
             started = time.monotonic()
             os.killpg(proc.pid, signal.SIGINT)
@@ -267,15 +273,7 @@ def test_a_killed_command_served_by_the_runner_cancels_its_run(tmp_path: Path) -
         served = setup.backend()
         assert served is not None
 
-        def running_job() -> str | None:
-            with _client(served) as c:
-                jobs = list(c.jobs.list())
-            if jobs and jobs[0].status == "running":
-                return str(jobs[0].id)
-            assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
-            return None
-
-        with frozen_when(served, running_job, timeout=START_WITHIN_S) as job_id:
+        with frozen_when(served, _running_job(served, proc, out), timeout=START_WITHIN_S) as job_id:
             (line,) = [ln for ln in runner_log.read_text().splitlines() if ": ftpipe run (in " in ln]
             child = int(line.split("pid ")[1].split(":")[0])
             assert child != proc.pid
