@@ -35,6 +35,10 @@ MODE_HELP = (
 # A waiting job's status names its phase; the other stages are named after the task that published them.
 _STATUS_LABELS = {"validating_files": "queued", "queued": "queued", "running": "training"}
 _STAGE_LABELS = {"create-job": "create", "evaluate": "eval"}
+# After training the metrics and the answers run beside each other (the fine-tuned model is asked the moment
+# its job succeeds): once answers are shown, a later metrics update does not take the display back, so the
+# region ends on the run's last stage.
+_AFTER_TRAINING_RANK = {"metrics": 0, "eval": 1, "smoke": 1}
 # Plain mode prints a training line each time the job crosses another 1/_PLAIN_BUCKETS of its steps.
 _PLAIN_BUCKETS = 20
 # Without a known total, a line every this many steps.
@@ -120,6 +124,8 @@ class ProgressState:
             self.ui_url = update.ui_url
             return False
         label = stage_label(update)
+        if _AFTER_TRAINING_RANK.get(label, 1) < _AFTER_TRAINING_RANK.get(self.label, -1):
+            return False
         changed = label != self.label
         self.stage, self.label, self.message = update.stage, label, update.message
         if update.stage == "wait" and not update.reattached and update.job_id:

@@ -104,6 +104,21 @@ def test_eta_from_the_measured_rate_counts_down_between_updates() -> None:
     assert state.eta(now=60.0, wall_now=0.0) == pytest.approx(20.0)
 
 
+@pytest.mark.parametrize("answers", ["evaluate", "smoke"])
+def test_metrics_arriving_after_the_answers_began_does_not_take_the_display_back(answers: str) -> None:
+    state = ProgressState(started=0.0)
+    state.apply(_wait(120, status="succeeded"), now=1.0)
+    assert state.apply(ProgressUpdate(answers, "4/4 answers", fraction=1.0), now=2.0)
+    assert not state.apply(ProgressUpdate("metrics", "collecting metrics of j"), now=2.5)
+    assert state.label in ("eval", "smoke") and state.fraction == 1.0
+    # In the usual order metrics shows first, then the answers take over.
+    state = ProgressState(started=0.0)
+    state.apply(_wait(120, status="succeeded"), now=1.0)
+    assert state.apply(ProgressUpdate("metrics", "collecting metrics of j"), now=1.5)
+    assert state.label == "metrics"
+    assert state.apply(ProgressUpdate(answers, "1/4 answers", fraction=0.25), now=2.0)
+
+
 def test_auto_mode_is_plain_unless_the_console_is_a_capable_terminal() -> None:
     assert resolve_mode("auto", Console(file=io.StringIO())) == "plain"
     assert resolve_mode("auto", Console(file=io.StringIO(), force_terminal=True)) == "rich"
