@@ -36,9 +36,10 @@ MODE_HELP = (
 _STATUS_LABELS = {"validating_files": "queued", "queued": "queued", "running": "training"}
 _STAGE_LABELS = {"create-job": "create", "evaluate": "eval"}
 # After training the metrics and the answers run beside each other (the fine-tuned model is asked the moment
-# its job succeeds): once answers are shown, a later metrics update does not take the display back, so the
-# region ends on the run's last stage.
-_AFTER_TRAINING_RANK = {"metrics": 0, "eval": 1, "smoke": 1}
+# the wait sees its job succeed, which may be before the wait's own "succeeded" update): once answers are
+# shown, a later "succeeded" or metrics update does not take the display back, so the region ends on the
+# run's last stage.
+_AFTER_TRAINING_RANK = {"succeeded": 0, "metrics": 0, "eval": 1, "smoke": 1}
 # Plain mode prints a training line each time the job crosses another 1/_PLAIN_BUCKETS of its steps.
 _PLAIN_BUCKETS = 20
 # Without a known total, a line every this many steps.

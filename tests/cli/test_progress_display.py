@@ -111,6 +111,13 @@ def test_metrics_arriving_after_the_answers_began_does_not_take_the_display_back
     assert state.apply(ProgressUpdate(answers, "4/4 answers", fraction=1.0), now=2.0)
     assert not state.apply(ProgressUpdate("metrics", "collecting metrics of j"), now=2.5)
     assert state.label in ("eval", "smoke") and state.fraction == 1.0
+    # The final model's answers may all come before the wait publishes the job's success.
+    state = ProgressState(started=0.0)
+    state.apply(_wait(119), now=1.0)
+    state.apply(ProgressUpdate(answers, "4/4 answers", fraction=1.0), now=2.0)
+    assert not state.apply(_wait(120, status="succeeded"), now=2.1)
+    assert not state.apply(ProgressUpdate("metrics", "collecting metrics of j"), now=2.5)
+    assert state.label in ("eval", "smoke") and state.fraction == 1.0
     # In the usual order metrics shows first, then the answers take over.
     state = ProgressState(started=0.0)
     state.apply(_wait(120, status="succeeded"), now=1.0)
