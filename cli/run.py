@@ -290,7 +290,6 @@ DURING_RUN = (
     "backend.generation",
     "evaluation.scoring",
     "tasks.metrics",
-    "tasks.report",
     "pyarrow.dataset",
     "pyarrow.pandas_compat",
 )

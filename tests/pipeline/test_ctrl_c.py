@@ -166,6 +166,32 @@ def _client(served: Served, user: str = USER) -> MKA1Client:
     return MKA1Client(ClientSettings(base_url=served.base_url, api_key=served.api_key, on_behalf_of=user))
 
 
+def _start_long_run(setup: Setup, tmp_path: Path, out: Path) -> subprocess.Popen[bytes]:
+    """``ftpipe run`` of a 30-epoch job (it cannot end first) in its own process group, the one a terminal's
+    Ctrl-C signals; its output goes to ``out``."""
+    dataset = _dataset(tmp_path / "ds")
+    argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
+    argv += ["--no-eval", "--poll-interval", "0.3", "--progress", "plain", "--on-behalf-of", USER]
+    with out.open("wb") as sink:
+        return subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=setup.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _served(setup: Setup, proc: subprocess.Popen[bytes], out: Path) -> Served:
+    """The backend the command started or reused, once it serves."""
+    _wait("the backend", setup.backend, proc, out)
+    served = setup.backend()
+    assert served is not None
+    return served
+
+
 def _running_job(served: Served, proc: subprocess.Popen[bytes], out: Path) -> Callable[[], str | None]:
     """The id of the newest job once it runs (None before); fails at once when the command exited."""
 
@@ -189,25 +215,10 @@ def _wait(what: str, fn: Callable[[], object], proc: subprocess.Popen[bytes], ou
 
 
 def test_ctrl_c_cancels_the_job_exits_130_and_prefect_records_cancelled(setup: Setup, tmp_path: Path) -> None:
-    dataset = _dataset(tmp_path / "ds")
     out = tmp_path / "terminal.txt"
-    argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
-    argv += ["--no-eval", "--poll-interval", "0.3", "--progress", "plain", "--on-behalf-of", USER]
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=setup.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: the one a terminal's Ctrl-C signals
-        )
+    proc = _start_long_run(setup, tmp_path, out)
     try:
-        _wait("the backend", setup.backend, proc, out)
-        served = setup.backend()
-        assert served is not None
-
+        served = _served(setup, proc, out)
         # The training worker is held still from its first step on, so the job cannot finish first.
         with frozen_when(served, _running_job(served, proc, out), timeout=START_WITHIN_S) as job_id:
             shown = len(out.read_text(errors="replace").splitlines())
@@ -255,24 +266,10 @@ def test_a_killed_command_served_by_the_runner_cancels_its_run(tmp_path: Path) -
     """``kill -9`` of the command's own process: its run, in a child of the warm runner, ends as on a Ctrl-C."""
     setup = _through_runner(tmp_path)
     runner_log = ServiceDir(Path(setup.env["FTPIPE_SERVICES_DIR"]), RUNNER_SERVICE).log_path
-    dataset = _dataset(tmp_path / "ds")
     out = tmp_path / "terminal.txt"
-    argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
-    argv += ["--no-eval", "--poll-interval", "0.3", "--progress", "plain", "--on-behalf-of", USER]
     try:
-        with out.open("wb") as sink:
-            proc = subprocess.Popen(
-                argv,
-                cwd=tmp_path,
-                env=setup.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait("the backend", setup.backend, proc, out)
-        served = setup.backend()
-        assert served is not None
-
+        proc = _start_long_run(setup, tmp_path, out)
+        served = _served(setup, proc, out)
         with frozen_when(served, _running_job(served, proc, out), timeout=START_WITHIN_S) as job_id:
             (line,) = [ln for ln in runner_log.read_text().splitlines() if ": ftpipe run (in " in ln]
             child = int(line.split("pid ")[1].split(":")[0])
