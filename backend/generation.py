@@ -6,13 +6,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.trainer.threads import OtherLoad, generation_threads, trainer_threads
+from backend.trainer.threads import (
+    OtherLoad,
+    generation_lanes,
+    generation_threads,
+    trainer_threads,
+    usable_cores,
+)
 
 log = logging.getLogger("backend.generation")
 
@@ -41,7 +48,7 @@ class GenerationOutput:
 
 
 class GenerationService:
-    """Runs generations on a single thread (the Generator caches loaded models and is not thread-safe).
+    """Runs generations off the event loop, on up to ``max_lanes`` threads (lanes) at once.
 
     Plain greedy requests for the same model that arrive while the thread is busy, or in a burst while it is
     idle, are answered together in one batched call: on a small model a batch of 16 costs little more than
@@ -54,6 +61,13 @@ class GenerationService:
     says how many workers train and ``OtherLoad`` measures the rest; both are asked when a generation starts
     and again every THREADS_RECHECK_S between decoding steps, so a job or a busy neighbour that starts or ends
     mid-batch changes the count within that time.
+
+    A second batch (the backlog beyond MAX_BATCH of an eval stage, or another model's) runs on a second lane
+    beside the first while nothing trains on that core and other processes leave it mostly free
+    (``generation_lanes``); lanes running together take one torch thread each. A lone batch keeps the OpenMP
+    threads only while no other process takes part of a core (their barriers wait for a descheduled thread),
+    so an eval's 64 + 41 prompts after training, beside the flow's own work, mostly ran one after the other on
+    one thread; two lanes share such a core gracefully.
     """
 
     MAX_BATCH = 64
@@ -74,11 +88,19 @@ class GenerationService:
     RETURN_WAIT_S = 0.25
     THREADS_RECHECK_S = 0.25
 
-    def __init__(self, training_workers: Callable[[], int] | None = None) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate")
+    # How often a batch waiting for a lane asks again whether the cores allow one more.
+    LANE_RECHECK_S = 0.05
+
+    def __init__(
+        self, training_workers: Callable[[], int] | None = None, *, max_lanes: int | None = None
+    ) -> None:
+        self.max_lanes = max(1, max_lanes if max_lanes is not None else usable_cores())
+        self._executor = ThreadPoolExecutor(max_workers=self.max_lanes, thread_name_prefix="ftpipe-generate")
         self._generator: Any = None
         self._training_workers = training_workers or (lambda: 0)
-        self._threads_fitted = float("-inf")  # monotonic time of the last fit (generation thread only)
+        self._lane = threading.local()  # per lane: when its threads were fitted, and for how many busy lanes
+        self._lanes = threading.Condition()  # guards _busy_lanes and the load sampling
+        self._busy_lanes = 0
         self._others = OtherLoad()
         self._answered, self._answered_at = 0, float("-inf")  # the last batch's size and end (monotonic)
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
@@ -93,23 +115,37 @@ class GenerationService:
             self._generator = Generator()
         return self._generator
 
-    def _fit_threads(self, *, recheck: bool = False) -> None:
-        """Set the generation thread's torch threads to the cores free now (``recheck``: unless fitted lately)."""
-        t = time.monotonic()
-        if recheck and t - self._threads_fitted < self.THREADS_RECHECK_S:
-            return
-        self._threads_fitted = t
+    def _load(self) -> tuple[int, float | None] | None:
+        """Training workers and other processes' busy cores now (others None: not measured yet); None when
+        the workers cannot be counted. Called with ``_lanes`` held (one lane samples at a time)."""
         try:
             training = self._training_workers()
-        except Exception:  # e.g. SQLite busy: the fewest threads rather than oversubscribed cores
+        except Exception:  # e.g. SQLite busy: the fewest threads and lanes rather than oversubscribed cores
             log.debug("could not count the training workers", exc_info=True)
-            self._gen().use_threads(1)
-            return
+            return None
         try:
             others = self._others.sample(training * trainer_threads())
         except Exception:  # an unusual /proc/stat (gVisor, odd kernels): measured as unknown, never a failure
             log.debug("could not measure the other load", exc_info=True)
             others = None
+        return training, others
+
+    def _fit_threads(self, *, recheck: bool = False) -> None:
+        """Set this lane's torch threads to the cores free now (``recheck``: unless fitted lately and the
+        number of busy lanes is the same): one while another lane runs too."""
+        t = time.monotonic()
+        lane = self._lane
+        with self._lanes:
+            busy = self._busy_lanes
+            lately = t - getattr(lane, "fitted", float("-inf")) < self.THREADS_RECHECK_S
+            if recheck and lately and getattr(lane, "busy", busy) == busy:
+                return
+            lane.fitted, lane.busy = t, busy
+            load = self._load() if busy <= 1 else None
+        if busy > 1 or load is None:
+            self._gen().use_threads(1)
+            return
+        training, others = load
         # Until the machine's other load is measured (the first 0.25 s after an idle spell, or never where
         # /proc/stat is missing), the share a training worker would leave: the old, safe count.
         n = (
@@ -121,6 +157,33 @@ class GenerationService:
 
     def _recheck_threads(self) -> None:
         self._fit_threads(recheck=True)
+
+    def _lanes_free(self) -> int:
+        """Lanes the cores allow now (``generation_lanes``); 1 while the load is unknown."""
+        load = self._load()
+        if load is None or load[1] is None:
+            return 1
+        return min(self.max_lanes, generation_lanes(load[0], others=load[1]))
+
+    @contextmanager
+    def _lane_held(self) -> Iterator[None]:
+        """Hold a lane for one generation: at once when none is busy, else when the cores allow one more."""
+        with self._lanes:
+            while self._busy_lanes and self._busy_lanes >= self._lanes_free():
+                self._lanes.wait(self.LANE_RECHECK_S)
+            self._busy_lanes += 1
+        try:
+            yield
+        finally:
+            with self._lanes:
+                self._busy_lanes -= 1
+                self._lanes.notify_all()
+
+    def _generate_alone(
+        self, req: GenerationRequest, on_text: Callable[[str], None] | None
+    ) -> GenerationOutput:
+        with self._lane_held():
+            return self._generate(req, on_text)
 
     def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
         self._fit_threads()
@@ -162,7 +225,12 @@ class GenerationService:
             time.sleep(wait)
 
     def _drain(self, key: str, backlog: bool = False) -> None:
-        """Answer up to MAX_BATCH queued greedy requests for one model (runs on the generation thread)."""
+        """Answer up to MAX_BATCH queued greedy requests for one model (runs on a lane; what is left over
+        goes to the next lane free)."""
+        with self._lane_held():
+            self._drain_held(key, backlog)
+
+    def _drain_held(self, key: str, backlog: bool) -> None:
         from backend.trainer.generate import BatchItem
 
         self._gather(key, backlog)
@@ -209,7 +277,7 @@ class GenerationService:
                 def emit(piece: str) -> None:
                     loop.call_soon_threadsafe(callback, piece)
 
-            return await loop.run_in_executor(self._executor, self._generate, req, emit)
+            return await loop.run_in_executor(self._executor, self._generate_alone, req, emit)
         fut: Future[GenerationOutput] = Future()
         key = str(req.model_ref)
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,8 +91,8 @@ class _Entry:
 
 
 class Generator:
-    """Generates chat replies; keeps the `cache_size` most recently used models loaded. Not thread-safe:
-    callers serialise (``backend.generation.GenerationService`` runs it on one thread).
+    """Generates chat replies; keeps the `cache_size` most recently used models loaded. Several
+    threads may generate at once (``backend.generation.GenerationService`` runs a batch per lane).
 
     Runs on $FTPIPE_TRAINER_DEVICE like the trainer (fp32 weights; TF32 matmuls on CUDA). Greedy replies use
     the lean decoder (`backend.trainer.decode`, same tokens, far less overhead per token) where it mirrors the
@@ -103,18 +104,31 @@ class Generator:
         self.cache_size = max(1, cache_size)
         self.lean = lean
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self.threads = configure_threads()
+        # Generation may run on several threads at once (the server's lanes): a model is loaded once, and
+        # each thread keeps its own torch thread count (OpenMP and MKL hold it per thread).
+        self._loading = threading.Lock()
+        self._local = threading.local()
+        self._local.threads = configure_threads()
         self.device = resolve_device()
         prepare_device(self.device)
+
+    @property
+    def threads(self) -> int | None:
+        """The calling thread's intra-op threads as last set here (None: not set on this thread yet)."""
+        return getattr(self._local, "threads", None)
 
     def use_threads(self, n: int) -> None:
         """Run on ``n`` intra-op threads from now on; call it on the thread that generates (OpenMP keeps the
         count per thread)."""
         if n != self.threads:
             torch.set_num_threads(n)
-            self.threads = n
+            self._local.threads = n
 
     def _get(self, model_ref: str | Path) -> _Entry:
+        with self._loading:
+            return self._get_locked(model_ref)
+
+    def _get_locked(self, model_ref: str | Path) -> _Entry:
         key = str(model_ref)
         entry = self._cache.get(key)
         if entry is not None:

@@ -61,6 +61,18 @@ def generation_threads(training_workers: int, cores: int | None = None, others: 
     return max(1, cores - taken)
 
 
+def generation_lanes(training_workers: int, cores: int | None = None, others: float = 0.0) -> int:
+    """How many batches the server may decode at once, one torch thread each: the cores the training workers
+    leave, less every whole core other processes (``others``) keep busy, at least 1.
+
+    Unlike ``generation_threads`` a core that a neighbour uses part of the time still counts: lanes share
+    nothing at each step (no OpenMP barrier), so a lane on a part-busy core just runs at the share it gets.
+    """
+    cores = usable_cores() if cores is None else cores
+    taken = max(0, training_workers) * trainer_threads(cores) + math.floor(max(0.0, others))
+    return max(1, cores - taken)
+
+
 def busy_cpu_seconds(cpus: Collection[int] | None = None) -> float | None:
     """CPU seconds ``cpus`` (default: those this process may run on) spent busy since boot, from /proc/stat;
     None where it cannot be read (not Linux)."""

@@ -1,5 +1,5 @@
 """GenerationService: concurrent greedy requests for one model are answered in batches, in order, on the
-cores that the training workers and other processes leave free."""
+cores that the training workers and other processes leave free, a second batch on a second lane when they allow."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ import pytest
 from backend.generation import GenerationRequest, GenerationService
 from backend.trainer import threads
 from backend.trainer.generate import BatchItem, GenerationResult
-from backend.trainer.threads import THREADS_ENV, OtherLoad, generation_threads, usable_cores
+from backend.trainer.threads import (
+    THREADS_ENV,
+    OtherLoad,
+    generation_lanes,
+    generation_threads,
+    usable_cores,
+)
 
 
 class StubGenerator:
@@ -69,10 +75,11 @@ class FixedLoad(OtherLoad):
 
 
 def _stubbed(
-    training_workers: Callable[[], int] | None = None, **timing: float
+    training_workers: Callable[[], int] | None = None, *, lanes: int = 1, **timing: float
 ) -> tuple[GenerationService, StubGenerator]:
-    """A service answering through a ``StubGenerator``, with ``timing`` overriding its gather/return waits."""
-    service = GenerationService(training_workers)
+    """A service answering through a ``StubGenerator`` on ``lanes`` lanes (one: batches strictly in turn),
+    with ``timing`` overriding its gather/return waits."""
+    service = GenerationService(training_workers, max_lanes=lanes)
     stub = StubGenerator()
     service._generator = stub
     for name, value in timing.items():
@@ -88,7 +95,7 @@ def _answer_one(service: GenerationService) -> None:
 
 
 def test_concurrent_greedy_requests_are_batched_per_model() -> None:
-    service, stub = _stubbed()
+    service, stub = _stubbed()  # one lane
 
     async def main() -> list[Any]:
         reqs = [_req("m1" if i % 3 else "m2", f"q{i}") for i in range(30)] + [_req("m1", "hot", 0.8)]
@@ -103,7 +110,7 @@ def test_concurrent_greedy_requests_are_batched_per_model() -> None:
     assert max(n for _, n in stub.batches) > 1
     assert sum(n for _, n in stub.batches) + len(stub.singles) == 31
     assert all(n <= GenerationService.MAX_BATCH for _, n in stub.batches)
-    assert len(stub.threads) == 1  # still one generation thread
+    assert len(stub.threads) == 1  # one lane: one generation thread
 
 
 def test_a_burst_arriving_while_idle_is_one_batch() -> None:
@@ -175,6 +182,145 @@ def test_a_backlog_beyond_one_batch_goes_next_without_the_return_wait() -> None:
     assert [o.text for o in outs] == [f"m:q{i}" for i in range(n)]
     assert stub.batches == [("m", GenerationService.MAX_BATCH), ("m", 36)]
     assert took < 2.5  # the return wait alone would be 5 s
+
+
+class OverlapStub(StubGenerator):
+    """A ``StubGenerator`` whose batches take a while and that records how many ran at once, and on how
+    many torch threads each lane ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most_at_once = 0
+        self.lane_threads: dict[str, list[int]] = {}
+        self._guard = threading.Lock()
+
+    def use_threads(self, n: int) -> None:
+        super().use_threads(n)
+        self.lane_threads.setdefault(threading.current_thread().name, []).append(n)
+
+    def generate_greedy_batch(
+        self, model_ref: Any, items: list[BatchItem], *, before_step: Any = None
+    ) -> list[GenerationResult]:
+        with self._guard:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            for _ in range(10):  # decoding steps: the lane re-fits its threads before each
+                if before_step is not None:
+                    before_step()
+                time.sleep(0.02)
+            return super().generate_greedy_batch(model_ref, items)
+        finally:
+            with self._guard:
+                self.running -= 1
+
+
+def _backlog(service: GenerationService, n: int) -> list[Any]:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(service.generate(_req("m", f"q{i}")) for i in range(n)))
+
+    try:
+        return asyncio.run(main())
+    finally:
+        service.close()
+
+
+def test_a_backlog_runs_on_a_second_lane_beside_the_first_on_free_cores() -> None:
+    # An eval stage's 105 prompts after training: the 64 and the 41 decode at once, one torch thread each.
+    service = GenerationService(lambda: 0, max_lanes=2)
+    service._others = FixedLoad(0.0)
+    stub = OverlapStub()
+    service._generator = stub
+    n = GenerationService.MAX_BATCH + 41
+    outs = _backlog(service, n)
+    assert [o.text for o in outs] == [f"m:q{i}" for i in range(n)]
+    assert sorted(size for _, size in stub.batches) == [41, GenerationService.MAX_BATCH]
+    assert stub.most_at_once == 2
+    assert len(stub.lane_threads) == 2
+    # The second lane runs on one thread from its start; the first drops to one once the second runs.
+    assert any(threads[0] == 1 for threads in stub.lane_threads.values())
+    assert all(1 in threads for threads in stub.lane_threads.values())
+
+
+@pytest.mark.parametrize(("training", "others"), [(1, 0.0), (0, 1.2), (0, None)])
+def test_no_second_lane_while_a_job_trains_or_the_cores_are_busy_or_unmeasured(
+    monkeypatch: pytest.MonkeyPatch, training: int, others: float | None
+) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    service = GenerationService(lambda: training, max_lanes=2)
+    service._others = FixedLoad(others)
+    stub = OverlapStub()
+    service._generator = stub
+    outs = _backlog(service, GenerationService.MAX_BATCH + 10)
+    assert len(outs) == GenerationService.MAX_BATCH + 10
+    assert stub.batches == [("m", GenerationService.MAX_BATCH), ("m", 10)]  # in turn
+    assert stub.most_at_once == 1
+
+
+@pytest.mark.parametrize(
+    ("training", "cores", "others", "expected"),
+    [
+        (0, 2, 0.0, 2),
+        (0, 2, 0.9, 2),  # a part-busy core still takes a lane (no barrier to wait at)
+        (0, 2, 1.0, 1),
+        (1, 2, 0.0, 1),  # the trainer's core is not shared
+        (0, 1, 0.0, 1),
+        (1, 8, 0.5, 4),
+        (2, 2, 0.0, 1),  # never none
+    ],
+)
+def test_generation_lanes_are_the_cores_left_less_whole_busy_ones(
+    monkeypatch: pytest.MonkeyPatch, training: int, cores: int, others: float, expected: int
+) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert generation_lanes(training, cores, others) == expected
+
+
+def test_two_lanes_give_a_real_model_the_answers_one_lane_gives(tmp_path: Path) -> None:
+    # The real generator on two threads at once (one model loaded once, per-thread torch threads).
+    from backend.app import create_app
+    from backend.settings import BackendSettings
+
+    def answers(lanes: int, data_dir: Path) -> tuple[list[tuple[str, int, int]], int]:
+        app = create_app(BackendSettings(data_dir=data_dir, api_key="k"))
+        service = GenerationService(lambda: 0, max_lanes=lanes)
+        service._generator = app.state.backend.generation._gen()
+        service._others = FixedLoad(0.0)
+        service.MAX_BATCH = 3
+        running, most = [0], [0]
+        real = service._generator.generate_greedy_batch
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            try:
+                return real(*args, **kw)
+            finally:
+                running[0] -= 1
+
+        service._generator.generate_greedy_batch = counted
+        reqs = [
+            GenerationRequest(
+                "local:micro-chat", [{"role": "user", "content": "hello " * i}], None, 12, None, None, None
+            )
+            for i in range(1, 7)
+        ]
+
+        async def main() -> list[Any]:
+            return await asyncio.gather(*(service.generate(r) for r in reqs))
+
+        try:
+            outs = asyncio.run(main())
+        finally:
+            service.close()
+        return [(o.text, o.input_tokens, o.output_tokens) for o in outs], most[0]
+
+    one, one_most = answers(1, tmp_path / "one")
+    two, two_most = answers(2, tmp_path / "two")
+    assert one_most == 1 and two_most == 2
+    assert two == one
+    assert len({n for _, n, _ in one}) == 6  # six different prompts, answered by the batches they were in
 
 
 def test_a_failed_batch_fails_its_requests_only() -> None:
