@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -33,6 +33,11 @@ from client.settings import ClientSettings
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Connections per httpx pool. httpcore 1.0 re-scans every connection of a pool for each idle one whenever a
+# request starts or ends, which is quadratic in the pool's size: an eval's 105 calls through one pool of 128
+# connections spent ~1 s of the caller's CPU there. Larger limits are spread over pools of this size.
+POOL_SIZE = 16
+
 
 class AsyncMKA1Client:
     """Asynchronous client; use as an async context manager (or await ``aclose()``)."""
@@ -46,15 +51,18 @@ class AsyncMKA1Client:
         max_connections: int | None = None,
     ) -> None:
         """``max_connections``: open (and kept-alive) connections, for callers with more requests in flight
-        than httpx's default pool (100 open, 20 kept) holds; ignored with a ``transport``."""
+        than httpx's default pool (100 open, 20 kept) holds, over pools of at most POOL_SIZE (each request
+        goes to the pool with the fewest in flight); ignored with a ``transport``."""
         self.settings = settings if settings is not None else ClientSettings()
         self._sleep = sleep  # tests pass a recorder instead of waiting out the backoff
         kwargs = req.client_kwargs(self.settings, transport)
-        if max_connections is not None:
-            kwargs["limits"] = httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            )
-        self._http = httpx.AsyncClient(**kwargs)
+        sizes = [None] if max_connections is None or transport is not None else _pool_sizes(max_connections)
+        self._pools: list[httpx.AsyncClient] = []
+        for size in sizes:
+            if size is not None:
+                kwargs["limits"] = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            self._pools.append(httpx.AsyncClient(**kwargs))
+        self._in_flight = [0] * len(self._pools)
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.responses = AsyncResponses(self)
@@ -72,8 +80,19 @@ class AsyncMKA1Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying connection pool."""
-        await self._http.aclose()
+        """Close the underlying connection pools."""
+        for pool in self._pools:
+            await pool.aclose()
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[httpx.AsyncClient]:
+        """The pool with the fewest requests in flight, held for one request."""
+        i = min(range(len(self._pools)), key=self._in_flight.__getitem__)
+        self._in_flight[i] += 1
+        try:
+            yield self._pools[i]
+        finally:
+            self._in_flight[i] -= 1
 
     async def send(self, spec: req.RequestSpec[T]) -> T:
         """Send one request, retrying it in place when ``client.retry`` allows; raise ``client.errors`` on failure."""
@@ -93,8 +112,8 @@ class AsyncMKA1Client:
 
     async def _open_once(self, spec: req.RequestSpec[T]) -> httpx.Response:
         try:
-            with req.httpx_request_args(spec, self.settings) as args:
-                response = await self._http.send(self._http.build_request(**args), stream=True)
+            with req.httpx_request_args(spec, self.settings) as args, self._pool() as http:
+                response = await http.send(http.build_request(**args), stream=True)
             if response.status_code >= 400:
                 try:
                     await response.aread()
@@ -134,8 +153,8 @@ class AsyncMKA1Client:
 
     async def _send_once(self, spec: req.RequestSpec[T]) -> T:
         try:
-            with req.httpx_request_args(spec, self.settings) as args:
-                response = await self._http.request(**args)
+            with req.httpx_request_args(spec, self.settings) as args, self._pool() as http:
+                response = await http.request(**args)
         except httpx.TransportError as exc:
             raise _responses.transport_error(exc, f"{spec.method} {spec.path}") from exc
         return _responses.handle(response, spec.parse)
@@ -275,3 +294,10 @@ class AsyncResponses:
 
 
 __all__ = ["AsyncFiles", "AsyncJobs", "AsyncMKA1Client", "AsyncResponses"]
+
+
+def _pool_sizes(max_connections: int) -> list[int | None]:
+    """``max_connections`` split into pools of at most POOL_SIZE, as even as can be."""
+    n = max(1, -(-max_connections // POOL_SIZE))
+    base, extra = divmod(max(1, max_connections), n)
+    return [base + (i < extra) for i in range(n)]

@@ -303,8 +303,26 @@ def test_no_key_and_no_obo_sends_neither_header(mode: str, api: FakeAPI) -> None
 def test_the_async_client_keeps_a_connection_per_call_in_flight_when_asked() -> None:
     # The eval stage has up to 128 calls in flight on the embedded backend: httpx's default pool (100 open,
     # 20 kept alive) would hold the last ones back until the first answers came, and reconnect each round.
-    from client.async_client import AsyncMKA1Client
+    # Over pools of at most POOL_SIZE: httpcore's pool bookkeeping is quadratic in its size.
+    from client.async_client import POOL_SIZE, AsyncMKA1Client
 
     settings = ClientSettings(base_url="http://127.0.0.1:9/v1", api_key="k")
-    pool = AsyncMKA1Client(settings, max_connections=128)._http._transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections) == (128, 128)
+    for wanted in (128, 105, 16, 5):
+        pools = [p._transport._pool for p in AsyncMKA1Client(settings, max_connections=wanted)._pools]  # type: ignore[attr-defined]
+        assert sum(p._max_connections for p in pools) == wanted
+        assert all(p._max_keepalive_connections == p._max_connections <= POOL_SIZE for p in pools)
+        assert max(p._max_connections for p in pools) - min(p._max_connections for p in pools) <= 1
+
+
+def test_each_async_request_goes_to_the_pool_with_the_fewest_in_flight() -> None:
+    from contextlib import ExitStack
+
+    from client.async_client import AsyncMKA1Client
+
+    client = AsyncMKA1Client(ClientSettings(base_url="http://127.0.0.1:9/v1"), max_connections=40)
+    assert len(client._pools) == 3
+    with ExitStack() as held:
+        chosen = [id(held.enter_context(client._pool())) for _ in range(7)]
+        assert client._in_flight == [3, 2, 2]
+    assert client._in_flight == [0, 0, 0]
+    assert [chosen.count(id(p)) for p in client._pools] == [3, 2, 2]
