@@ -176,7 +176,8 @@ class EvalAhead:
     def finish(self, models: list[EvalModel]) -> dict[str, ModelAnswers]:
         """Queue what is still unasked of ``models``, wait for the worker and return every answer by model id.
 
-        Progress is published from here on: answers still to come, over the models not yet answered.
+        Progress is published from here on: the answers of ``models``, those given while the job trained
+        counted, so the stage ends finished even when nothing was left to ask.
         """
         if self._thread is None:
             return {}
@@ -185,7 +186,7 @@ class EvalAhead:
         if left:
             stage = self.progress.stage
             publish(ProgressUpdate(stage, f"evaluating {len(left)} model(s) on {n_cases} prompt(s)"))
-        self.progress.start(len(left) * n_cases)
+        self.progress.start([m.model for m in models], n_cases)
         for m in models:
             self.submit(m)
         self._stop()

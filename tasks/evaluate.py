@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -109,27 +109,40 @@ class ModelAnswers:
 
 class EvalProgress:
     """The eval stage's answer count on the progress bus; silent until ``start`` (eval work done while the
-    job trains must not pull the live display away from training)."""
+    job trains must not pull the live display away from training), then counting the answers of the models it
+    was started with, those given before included (they may all have come while the job trained)."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self._lock = threading.Lock()
+        self._given: dict[str, int] = {}  # answers received per model id, from the first one
+        self._models: frozenset[str] = frozenset()
         self._total = 0
-        self._done = 0
 
-    def start(self, total: int) -> None:
-        """Publish from now on, counting towards ``total`` answers."""
+    def start(self, models: Collection[str], per_model: int) -> None:
+        """Publish from now on, counting towards every answer of ``models`` (``per_model`` each); the count so
+        far at once, so a stage whose answers all came earlier shows finished."""
         with self._lock:
-            self._total, self._done = max(0, total), 0
+            self._models = frozenset(models)
+            self._total = len(self._models) * max(0, per_model)
+            self._publish()
 
-    def advance(self) -> None:
-        """One more answer (published every 10 answers and at the last)."""
+    def advance(self, model: str) -> None:
+        """One more answer of ``model`` (published every 10 answers and at the last)."""
         with self._lock:
-            if not self._total:
-                return
-            self._done = min(self._done + 1, self._total)
-            done, total = self._done, self._total
-        if done % 10 == 0 or done == total:
+            self._given[model] = self._given.get(model, 0) + 1
+            done = self._done()
+            if model in self._models and (done % 10 == 0 or done == self._total):
+                self._publish()
+
+    def _done(self) -> int:
+        return min(self._total, sum(self._given.get(m, 0) for m in self._models))
+
+    def _publish(self) -> None:
+        # Under the lock: the answer thread and the flow thread (``start``) publish in the order they counted,
+        # so a lower count never lands after a higher one.
+        done, total = self._done(), self._total
+        if done:
             publish(ProgressUpdate(self.stage, f"{done}/{total} answers", fraction=done / total))
 
 
@@ -295,7 +308,7 @@ class _Asker:
                 return row | {"error": f"judge: {exc}"}
         self.cached += cached
         if self.progress is not None:
-            self.progress.advance()
+            self.progress.advance(m.model)
         return row | {
             "answer": answer,
             "cached": cached,
@@ -490,7 +503,7 @@ def evaluate_task(
         stage = progress_stage(sets)
         publish(ProgressUpdate(stage, f"evaluating {len(missing)} model(s) on {n_cases} prompt(s)"))
         progress = EvalProgress(stage)
-        progress.start(len(missing) * n_cases)
+        progress.start([m.model for m in missing], n_cases)
         asked = _run(
             _ask_with_client(settings, _async_transport(transport), missing, sets, opts, progress, cache)
         )

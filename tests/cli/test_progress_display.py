@@ -233,6 +233,42 @@ def test_rich_marks_a_failed_run() -> None:
     assert _screen_lines(term.getvalue())[-2].startswith("✗ training")
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (["ckpt-2", "ckpt-2"], []),  # every answer came while the job trained (or from the cache)
+        (["ckpt-2"], ["ckpt-2"]),  # the model was being answered when the judging began
+        ([], ["twin", "twin", "ckpt-2", "ckpt-2"]),  # the last-step twin is not judged here: not counted
+    ],
+)
+def test_rich_region_ends_on_the_answers_at_100_percent_whenever_they_came(
+    before: list[str], after: list[str]
+) -> None:
+    # The updates as a run publishes them: the wait, the metrics, then the smoke stage's count (EvalProgress)
+    # of the answers the eval thread gave before the judging started it, and after.
+    from tasks.evaluate import EvalProgress
+
+    clock = Clock()
+    term, show = _rich(clock)
+    progress = EvalProgress("smoke")
+    with show.active(), subscribe(show):
+        publish(_wait(119, train_loss=1.5, valid_loss=1.6))
+        for model in before:
+            progress.advance(model)  # silent: the display stays on training
+        assert show.state.label == "training"
+        clock.now += 1
+        publish(_wait(120, status="succeeded"))
+        publish(ProgressUpdate("metrics", "collecting metrics of ftjob-7"))
+        clock.now += 1
+        progress.start(["ckpt-2"], 2)  # the judging: ckpt-2's two answers
+        for model in after:
+            assert show.state.fraction != 1.0, "finished before ckpt-2's last answer"
+            progress.advance(model)
+        clock.now += 1
+    bar = _screen_lines(term.getvalue())[-2]
+    assert bar.startswith("✓ smoke ") and " 100%" in bar and "elapsed 0:00:03" in bar, bar
+
+
 @pytest.fixture
 def terminal_logger() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     """Prefect's own console handler on a logger, writing to the same 'terminal' as the console."""

@@ -22,6 +22,7 @@ from flows.backend_runtime import Connection, use_connection
 from flows.eval_ahead import OVERLAP_SETTING, LoadProbe, machine_has_room
 from flows.fine_tune import fine_tune
 from flows.params import FineTuneParams
+from tasks.progress import ProgressUpdate, subscribe
 from tasks.record import RunRecord
 from tests.pipeline.fake_api import SERVER_ID, FakeMKA1
 from tests.pipeline.flow_params import micro_chat_params
@@ -362,3 +363,28 @@ def test_an_unset_eval_concurrency_is_two_batches_on_the_embedded_backend_and_16
         assert ahead.plan.sets == plan.sets
     # The parameter's description promises 128 in flight, answered in batches of 64.
     assert GenerationService.MAX_BATCH == 64
+
+
+def test_the_live_region_ends_on_the_answers_at_100_percent_when_all_came_before_the_judging(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every model was answered while the job trained (and, re-attached, from the cache): the judging has nothing
+    # left to ask, and the display must still end on the eval stage done, not on the metrics stage before it.
+    from cli.progress_display import ProgressState
+
+    monkeypatch.setenv(OVERLAP_SETTING, "all")
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    fake.hold = _base_and_checkpoints_answered
+    for attempt in ("trained", "re-attached"):
+        state = ProgressState(started=time.monotonic())
+        seen: list[tuple[str, float | None]] = []
+
+        def show(update: ProgressUpdate, state: ProgressState = state, seen: list[Any] = seen) -> None:
+            state.apply(update, time.monotonic())
+            seen.append((update.stage, update.fraction))
+
+        with subscribe(show):
+            result = _run(fake, dataset_dir, tmp_path, seed=8)
+        assert result.job_attached is (attempt == "re-attached")
+        assert (state.label, state.fraction) == ("eval", 1.0), (attempt, seen)
+        assert seen[-1] == ("evaluate", 1.0), (attempt, seen)
