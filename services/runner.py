@@ -137,8 +137,13 @@ def _code_files(root: Path) -> list[tuple[str, int, int]]:
 
 
 def key_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables of ``environ`` that are part of the key."""
-    return {k: v for k, v in environ.items() if k.startswith(KEY_ENV_PREFIXES) or k in KEY_ENV_NAMES}
+    """The variables of ``environ`` that are part of the key, with the Prefect defaults every command applies
+    (``cli.common.PREFECT_ENV_DEFAULTS``) filled in: a variable set to its default (``scripts/run.sh`` exports
+    one) is the same run as one left unset."""
+    from cli.common import PREFECT_ENV_DEFAULTS  # stdlib-only module
+
+    merged = {**PREFECT_ENV_DEFAULTS, **environ}
+    return {k: v for k, v in merged.items() if k.startswith(KEY_ENV_PREFIXES) or k in KEY_ENV_NAMES}
 
 
 def runner_key(environ: Mapping[str, str], cwd: str, root: Path) -> str:

@@ -51,6 +51,12 @@ def test_the_key_follows_code_settings_and_import_time_environment(tmp_path: Pat
     # What the child reads afresh (its terminal) or never at import: served by the same runner.
     for name in ("TERM", "COLUMNS", "NO_COLOR", "PATH", "OLDPWD"):
         assert runner_key({**env, name: "other"}, str(cwd), root) == base, name
+    # A Prefect variable set to the value every command gives it anyway (scripts/run.sh exports one).
+    from cli.common import PREFECT_ENV_DEFAULTS
+
+    for name, value in PREFECT_ENV_DEFAULTS.items():
+        assert runner_key({**env, name: value}, str(cwd), root) == base, name
+        assert runner_key({**env, name: value + "0"}, str(cwd), root) != base, name
 
     # An edited module (size or mtime) or a new one: a checkout never runs stale code.
     mod = root / "pkg" / "sub" / "mod.py"
