@@ -297,12 +297,12 @@ def judge_run(
     outcome = evaluate_task(
         settings,
         models,
-        plan.sets,
+        runtime.opaque(plan.sets),
         output_dir,
         select_by=plan.select_by,
         options=plan.options,
         transport=transport,
-        answered=answered,
+        answered=runtime.opaque(answered),
         cache=cache,
     )
     by_model = {s.model: s for s in outcome.summaries}
