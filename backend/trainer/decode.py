@@ -42,6 +42,11 @@ _NEUTRAL_GENERATION_FIELDS = frozenset(
     }
 )
 
+# Rows per prefill forward, grouped by prompt length: one forward pads every prompt to the batch's longest
+# (an eval's 64 shortest prompts: 4,928 tokens for 2,343 real ones), chunks of similar lengths pad little.
+# Measured on tiny-chat, 1 thread: 105 eval prompts' prefill 1.12 s CPU in two forwards, 0.68 s in chunks of 16.
+PREFILL_ROWS = 16
+
 OnTokens = Callable[[int, list[int]], None]
 BeforeStep = Callable[[], None]
 
@@ -120,41 +125,24 @@ class LeanDecoder:
         accelerator); a row that ended in between just runs a few steps more, its extra tokens unused.
         ``before_step()`` runs before the prefill and each step (the server re-fits its thread count there).
         """
-        from transformers import DynamicCache
-
         n = len(prompts)
         if n == 0:
             return []
         every = sync_every or (1 if self.device.type == "cpu" else 8)
         stops = set(stop)
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         # As generate derives them: a padded slot gets position 0 (masked anyway).
         position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         out: list[list[int]] = [[] for _ in range(n)]
         pace = before_step or _nothing
+        capacity = width + max(max_new) + every
         with torch.inference_mode():
             pace()
-            cache = DynamicCache(config=self.model.config)
-            first = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            token = first.logits[:, -1].to(dtype=torch.float32).argmax(-1)
-            del first
+            token, keys, values = self._prefill(prompts, pad, width, capacity)
             if max(max_new) <= 1:
                 self._read_back([token], list(range(n)), [False] * n, out, max_new, stops, on_tokens)
                 return out
-            capacity = width + max(max_new) + every
-            layers: list[Any] = list(cache.layers)
-            keys = [self._preallocate(layer.keys, capacity) for layer in layers]
-            values = [self._preallocate(layer.values, capacity) for layer in layers]
-            del cache, layers
             attend = torch.ones((n, capacity), dtype=torch.bool, device=self.device)
             attend[:, :width] = mask.bool()
             padded = [len(p) < width for p in prompts]
@@ -191,11 +179,53 @@ class LeanDecoder:
                 pending.append(token)
         return out
 
+    def _prefill(
+        self, prompts: Sequence[list[int]], pad: int, width: int, capacity: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Each row's first new token and (batch, heads, capacity, dim) key and value buffers holding its prompt
+        right-aligned at ``width`` (left of it: zeros, masked), from forwards over rows of similar lengths."""
+        from transformers import DynamicCache
+
+        n = len(prompts)
+        order = sorted(range(n), key=lambda r: len(prompts[r]))
+        token = torch.empty(n, dtype=torch.long, device=self.device)
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        for start in range(0, n, PREFILL_ROWS):
+            rows = order[start : start + PREFILL_ROWS]
+            w = max(len(prompts[r]) for r in rows)
+            ids = torch.tensor(
+                [[pad] * (w - len(prompts[r])) + list(prompts[r]) for r in rows], device=self.device
+            )
+            mask = torch.tensor(
+                [[0] * (w - len(prompts[r])) + [1] * len(prompts[r]) for r in rows], device=self.device
+            )
+            cache = DynamicCache(config=self.model.config)
+            first = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            index = torch.tensor(rows, device=self.device)
+            token[index] = first.logits[:, -1].to(dtype=torch.float32).argmax(-1)
+            layers: list[Any] = list(cache.layers)
+            for i, layer in enumerate(layers):
+                if i == len(keys):
+                    # Zeros left of the prompts: a masked slot's weight is 0, and 0 * garbage could be NaN.
+                    keys.append(self._buffer(layer.keys, n, width, capacity))
+                    values.append(self._buffer(layer.values, n, width, capacity))
+                keys[i][index, :, width - w : width] = layer.keys
+                values[i][index, :, width - w : width] = layer.values
+        return token, keys, values
+
     @staticmethod
-    def _preallocate(prefill: torch.Tensor, capacity: int) -> torch.Tensor:
-        """A (batch, heads, capacity, dim) buffer that starts with the prefill's keys or values."""
-        buf = prefill.new_empty((prefill.shape[0], prefill.shape[1], capacity, prefill.shape[3]))
-        buf[:, :, : prefill.shape[2]] = prefill
+    def _buffer(like: torch.Tensor, n: int, width: int, capacity: int) -> torch.Tensor:
+        """A (n, heads, capacity, dim) buffer like ``like``, zero up to ``width``."""
+        buf = like.new_empty((n, like.shape[1], capacity, like.shape[3]))
+        buf[:, :, :width] = 0
         return buf
 
     @staticmethod

@@ -132,6 +132,23 @@ def test_trained_model_matches_generate_batched_alone_and_every_k_steps(fluent_m
         ] == want
 
 
+@pytest.mark.parametrize("model", ["local:tiny-chat", "fluent"])
+def test_a_prefill_in_chunks_of_similar_lengths_gives_the_same_tokens(
+    monkeypatch: pytest.MonkeyPatch, fluent_model: Path, model: str
+) -> None:
+    # Rows are prefilled two at a time, shortest first, each pair padded to its own longest prompt only.
+    from backend.trainer import decode
+
+    ref: str | Path = fluent_model if model == "fluent" else model
+    hf, lean = _both(ref)
+    items = _items([24, 3, 24, 9, 24]) + [BatchItem([{"role": "user", "content": "x"}], None, 24)]
+    want = hf.generate_greedy_batch(ref, items)
+    monkeypatch.setattr(decode, "PREFILL_ROWS", 2)
+    assert lean.generate_greedy_batch(ref, items) == want
+    monkeypatch.setattr(decode, "PREFILL_ROWS", 1)
+    assert lean.generate_greedy_batch(ref, items) == want
+
+
 def test_streamed_pieces_concatenate_to_the_reply(fluent_model: Path) -> None:
     hf, lean = _both(fluent_model)
     for item in _items([48, 1, 48, 5, 48]):
