@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"warm job {i + 1} command-to-summary vs training time",
                         warm_wall,
                         warm_training,
+                        direction="<=",
+                        limit=RATIO_TARGET,
                         unit="s",
                         note="services, backend and its worker warm; another seed, so it trains",
                     )
