@@ -131,8 +131,8 @@ class GenerationService:
         return training, others
 
     def _fit_threads(self, *, recheck: bool = False) -> None:
-        """Set this lane's torch threads to the cores free now (``recheck``: unless fitted lately and the
-        number of busy lanes is the same): one while another lane runs too."""
+        """Set this lane's torch threads to its share of the cores free now (``recheck``: unless fitted lately
+        and the number of busy lanes is the same): the free cores split evenly between the busy lanes."""
         t = time.monotonic()
         lane = self._lane
         with self._lanes:
@@ -141,19 +141,19 @@ class GenerationService:
             if recheck and lately and getattr(lane, "busy", busy) == busy:
                 return
             lane.fitted, lane.busy = t, busy
-            load = self._load() if busy <= 1 else None
-        if busy > 1 or load is None:
+            load = self._load()
+        if load is None:
             self._gen().use_threads(1)
             return
         training, others = load
         # Until the machine's other load is measured (the first 0.25 s after an idle spell, or never where
         # /proc/stat is missing), the share a training worker would leave: the old, safe count.
-        n = (
+        free = (
             generation_threads(max(training, 1))
             if others is None
             else generation_threads(training, others=others)
         )
-        self._gen().use_threads(n)
+        self._gen().use_threads(max(1, free // max(1, busy)))
 
     def _recheck_threads(self) -> None:
         self._fit_threads(recheck=True)

@@ -226,8 +226,13 @@ def _backlog(service: GenerationService, n: int) -> list[Any]:
         service.close()
 
 
-def test_a_backlog_runs_on_a_second_lane_beside_the_first_on_free_cores() -> None:
-    # An eval stage's 105 prompts after training: the 64 and the 41 decode at once, one torch thread each.
+@pytest.mark.parametrize(("cores", "shared"), [(2, 1), (8, 4)])
+def test_a_backlog_runs_on_a_second_lane_beside_the_first_on_free_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, shared: int
+) -> None:
+    # An eval stage's 105 prompts after training: the 64 and the 41 decode at once, the free cores split
+    # between them (on 2 cores one torch thread each).
+    monkeypatch.setattr(threads, "usable_cores", lambda: cores)
     service = GenerationService(lambda: 0, max_lanes=2)
     service._others = FixedLoad(0.0)
     stub = OverlapStub()
@@ -238,9 +243,10 @@ def test_a_backlog_runs_on_a_second_lane_beside_the_first_on_free_cores() -> Non
     assert sorted(size for _, size in stub.batches) == [41, GenerationService.MAX_BATCH]
     assert stub.most_at_once == 2
     assert len(stub.lane_threads) == 2
-    # The second lane runs on one thread from its start; the first drops to one once the second runs.
-    assert any(threads[0] == 1 for threads in stub.lane_threads.values())
-    assert all(1 in threads for threads in stub.lane_threads.values())
+    # The second lane runs on its share from its start; the first drops to it once the second runs.
+    assert any(counts[0] == shared for counts in stub.lane_threads.values())
+    assert all(shared in counts for counts in stub.lane_threads.values())
+    assert all(max(counts) <= cores for counts in stub.lane_threads.values())
 
 
 @pytest.mark.parametrize(("training", "others"), [(1, 0.0), (0, 1.2), (0, None)])
