@@ -96,13 +96,19 @@ class GenerationService:
     ) -> None:
         self.max_lanes = max(1, max_lanes if max_lanes is not None else usable_cores())
         self._executor = ThreadPoolExecutor(max_workers=self.max_lanes, thread_name_prefix="ftpipe-generate")
+        # Requests that run alone wait on their own thread, so a waiting one never holds a lane's thread.
+        self._alone_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftpipe-generate-alone")
         self._generator: Any = None
         self._training_workers = training_workers or (lambda: 0)
         self._lane = threading.local()  # per lane: when its threads were fitted, and for how many busy lanes
         self._lanes = threading.Condition()  # guards _busy_lanes and the load sampling
         self._busy_lanes = 0
+        self._alone = False  # a lane runs a request that must not share the process (a seeded sample)
+        self._alone_waiting = False  # one waits for the busy lanes to finish: no other lane starts meanwhile
         self._others = OtherLoad()
-        self._answered, self._answered_at = 0, float("-inf")  # the last batch's size and end (monotonic)
+        self._building = threading.Lock()  # the Generator is built once, by the first lane that needs it
+        # Per model: the size and end (monotonic) of its last batch; read by its next drain's gather.
+        self._answered: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
@@ -110,9 +116,11 @@ class GenerationService:
 
     def _gen(self) -> Any:
         if self._generator is None:
-            from backend.trainer.generate import Generator
+            with self._building:
+                if self._generator is None:
+                    from backend.trainer.generate import Generator
 
-            self._generator = Generator()
+                    self._generator = Generator()
         return self._generator
 
     def _load(self) -> tuple[int, float | None] | None:
@@ -166,23 +174,40 @@ class GenerationService:
         return min(self.max_lanes, generation_lanes(load[0], others=load[1]))
 
     @contextmanager
-    def _lane_held(self) -> Iterator[None]:
-        """Hold a lane for one generation: at once when none is busy, else when the cores allow one more."""
+    def _lane_held(self, *, alone: bool = False) -> Iterator[None]:
+        """Hold a lane for one generation: at once when none is busy, else when the cores allow one more;
+        ``alone``: only while no other lane is busy, and none starts beside it. Raises RuntimeError once
+        the service is closed."""
         with self._lanes:
-            while self._busy_lanes and self._busy_lanes >= self._lanes_free():
-                self._lanes.wait(self.LANE_RECHECK_S)
+            try:
+                while (
+                    self._alone
+                    or (self._alone_waiting and not alone)
+                    or (self._busy_lanes and (alone or self._busy_lanes >= self._lanes_free()))
+                ):
+                    if self._closed:
+                        raise RuntimeError("the generation service is shut down")
+                    self._alone_waiting |= alone
+                    self._lanes.wait(self.LANE_RECHECK_S)
+            finally:
+                if alone:
+                    self._alone_waiting = False
             self._busy_lanes += 1
+            self._alone = alone
         try:
             yield
         finally:
             with self._lanes:
                 self._busy_lanes -= 1
+                self._alone = False
                 self._lanes.notify_all()
 
     def _generate_alone(
         self, req: GenerationRequest, on_text: Callable[[str], None] | None
     ) -> GenerationOutput:
-        with self._lane_held():
+        # Alone: a seeded sample reseeds the process-wide RNG (fork_rng), and HF ``generate`` (sampling,
+        # streams of models the lean decoder does not mirror) is not known to be safe on two threads at once.
+        with self._lane_held(alone=True):
             return self._generate(req, on_text)
 
     def _generate(self, req: GenerationRequest, on_text: Callable[[str], None] | None) -> GenerationOutput:
@@ -206,8 +231,9 @@ class GenerationService:
     def _gather(self, key: str, backlog: bool = False) -> None:
         """Wait while a burst of requests for ``key`` is still arriving (on the generation thread); a
         ``backlog`` (requests left over from the previous batch) does not wait for that batch's callers."""
-        returning = 0 if backlog else min(self._answered, self.MAX_BATCH)
-        until = self._answered_at + self.RETURN_WAIT_S
+        answered, answered_at = self._answered.get(key, (0, float("-inf")))
+        returning = 0 if backlog else min(answered, self.MAX_BATCH)
+        until = answered_at + self.RETURN_WAIT_S
         while returning > 1 and time.monotonic() < until:
             with self._lock:
                 if len(self._queues.get(key, [])) >= returning:
@@ -227,13 +253,13 @@ class GenerationService:
     def _drain(self, key: str, backlog: bool = False) -> None:
         """Answer up to MAX_BATCH queued greedy requests for one model (runs on a lane; what is left over
         goes to the next lane free)."""
+        self._gather(key, backlog)  # before taking a lane: a lane waiting for callers would count as busy
         with self._lane_held():
-            self._drain_held(key, backlog)
+            self._drain_held(key)
 
-    def _drain_held(self, key: str, backlog: bool) -> None:
+    def _drain_held(self, key: str) -> None:
         from backend.trainer.generate import BatchItem
 
-        self._gather(key, backlog)
         with self._lock:
             queue = self._queues.get(key, [])
             batch, queue[: self.MAX_BATCH] = queue[: self.MAX_BATCH], []
@@ -260,7 +286,7 @@ class GenerationService:
             for _, fut in batch:
                 fut.set_exception(exc)
             return
-        self._answered, self._answered_at = len(batch), time.monotonic()
+        self._answered[key] = (len(batch), time.monotonic())
         for (_, fut), out in zip(batch, outputs, strict=True):
             fut.set_result(out)
 
@@ -270,6 +296,8 @@ class GenerationService:
         """Generate without blocking the event loop; ``on_text`` gets text pieces on this loop as they come."""
         loop = asyncio.get_running_loop()
         if on_text is not None or req.temperature or not req.truncate:
+            if self._closed:
+                raise RuntimeError("the generation service is shut down")
             emit: Callable[[str], None] | None = None
             if on_text is not None:
                 callback = on_text
@@ -277,7 +305,7 @@ class GenerationService:
                 def emit(piece: str) -> None:
                     loop.call_soon_threadsafe(callback, piece)
 
-            return await loop.run_in_executor(self._executor, self._generate_alone, req, emit)
+            return await loop.run_in_executor(self._alone_executor, self._generate_alone, req, emit)
         fut: Future[GenerationOutput] = Future()
         key = str(req.model_ref)
         with self._lock:
@@ -300,3 +328,6 @@ class GenerationService:
             self._queues.clear()
             self._arrived.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._alone_executor.shutdown(wait=False, cancel_futures=True)
+        with self._lanes:
+            self._lanes.notify_all()  # a request waiting for a lane sees the service closed

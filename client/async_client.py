@@ -80,9 +80,10 @@ class AsyncMKA1Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying connection pools."""
-        for pool in self._pools:
-            await pool.aclose()
+        """Close the underlying connection pools (all of them, also when closing one fails)."""
+        async with contextlib.AsyncExitStack() as pools:
+            for pool in self._pools:
+                pools.push_async_callback(pool.aclose)
 
     @contextlib.contextmanager
     def _pool(self) -> Iterator[httpx.AsyncClient]:
@@ -104,15 +105,17 @@ class AsyncMKA1Client:
 
         Only the opening is retried in place (as ``send`` would retry the request); reading is the caller's.
         """
-        response = await self._retrying(spec, self._open_once)
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        # The pool counts the stream as in flight until it is closed: its connection is busy until then.
+        with self._pool() as http:
+            response = await self._retrying(spec, lambda s: self._open_once(s, http))
+            try:
+                yield response
+            finally:
+                await response.aclose()
 
-    async def _open_once(self, spec: req.RequestSpec[T]) -> httpx.Response:
+    async def _open_once(self, spec: req.RequestSpec[T], http: httpx.AsyncClient) -> httpx.Response:
         try:
-            with req.httpx_request_args(spec, self.settings) as args, self._pool() as http:
+            with req.httpx_request_args(spec, self.settings) as args:
                 response = await http.send(http.build_request(**args), stream=True)
             if response.status_code >= 400:
                 try:

@@ -159,7 +159,7 @@ class EvalAhead:
                 result: Any = evaluate_model_task(
                     self.settings,
                     model,
-                    runtime.opaque(self.plan.sets),
+                    runtime.quoted(self.plan.sets),
                     options=self.plan.options,
                     transport=self.transport,
                     cache=self.cache,

@@ -297,12 +297,12 @@ def judge_run(
     outcome = evaluate_task(
         settings,
         models,
-        runtime.opaque(plan.sets),
+        runtime.quoted(plan.sets),
         output_dir,
         select_by=plan.select_by,
         options=plan.options,
         transport=transport,
-        answered=runtime.opaque(answered),
+        answered=runtime.quoted(answered),
         cache=cache,
     )
     by_model = {s.model: s for s in outcome.summaries}

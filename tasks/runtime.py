@@ -96,9 +96,10 @@ def interrupted_sleep(seconds: float) -> None:
         raise KeyboardInterrupt("the flow that started this run was interrupted")
 
 
-def opaque(value: T) -> T:
-    """``value`` as a task argument Prefect passes on without walking it (``prefect.utilities.annotations.quote``):
-    it visits every element of a collection argument twice at a task's start, ~0.15 s for an eval's answers."""
+def quoted(value: T) -> T:
+    """``value`` as a task argument Prefect passes on without walking it or resolving futures in it
+    (``prefect.utilities.annotations.quote``, not its ``opaque``, which resolves a top-level future): it visits
+    every element of a collection argument twice at a task's start, ~0.15 s for an eval's answers."""
     from prefect.utilities.annotations import quote
 
     return cast(T, quote(value))

@@ -121,6 +121,10 @@ class Generator:
         """Run on ``n`` intra-op threads from now on; call it on the thread that generates (OpenMP keeps the
         count per thread)."""
         if n != self.threads:
+            if self.threads is None:
+                # A thread's first parallel op would apply the process-wide count set by another thread last
+                # (OpenMP's lazy per-thread init), over this thread's own setting: initialise it first.
+                torch.get_num_threads()
             torch.set_num_threads(n)
             self._local.threads = n
 

@@ -32,6 +32,7 @@ class StubGenerator:
         self.singles: list[tuple[str, float | None]] = []
         self.fail_model = fail_model
         self.threads: set[str] = set()
+        self.batch_threads: set[str] = set()
         self.torch_threads: list[int] = []  # what use_threads set, per call
 
     def use_threads(self, n: int) -> None:
@@ -52,6 +53,7 @@ class StubGenerator:
         self, model_ref: Any, items: list[BatchItem], *, before_step: Any = None
     ) -> list[GenerationResult]:
         self.threads.add(threading.current_thread().name)
+        self.batch_threads.add(threading.current_thread().name)
         if str(model_ref) == self.fail_model:
             raise FileNotFoundError("weights gone")
         time.sleep(0.02)
@@ -110,7 +112,7 @@ def test_concurrent_greedy_requests_are_batched_per_model() -> None:
     assert max(n for _, n in stub.batches) > 1
     assert sum(n for _, n in stub.batches) + len(stub.singles) == 31
     assert all(n <= GenerationService.MAX_BATCH for _, n in stub.batches)
-    assert len(stub.threads) == 1  # one lane: one generation thread
+    assert len(stub.batch_threads) == 1  # one lane: every batch on one generation thread
 
 
 def test_a_burst_arriving_while_idle_is_one_batch() -> None:
@@ -185,15 +187,28 @@ def test_a_backlog_beyond_one_batch_goes_next_without_the_return_wait() -> None:
 
 
 class OverlapStub(StubGenerator):
-    """A ``StubGenerator`` whose batches take a while and that records how many ran at once, and on how
-    many torch threads each lane ran."""
+    """A ``StubGenerator`` whose batches take a while and that records how many ran at once, on how many torch
+    threads each lane ran, and whether a single (sampled) request ever ran beside anything."""
 
     def __init__(self) -> None:
         super().__init__()
         self.running = 0
         self.most_at_once = 0
+        self.single_shared = False
         self.lane_threads: dict[str, list[int]] = {}
         self._guard = threading.Lock()
+
+    def generate(self, model_ref: Any, messages: Any, **kw: Any) -> GenerationResult:
+        with self._guard:
+            self.running += 1
+            self.single_shared |= self.running > 1
+        try:
+            time.sleep(0.1)
+            return super().generate(model_ref, messages, **kw)
+        finally:
+            with self._guard:
+                self.single_shared |= self.running > 1
+                self.running -= 1
 
     def use_threads(self, n: int) -> None:
         super().use_threads(n)
@@ -247,6 +262,78 @@ def test_a_backlog_runs_on_a_second_lane_beside_the_first_on_free_cores(
     assert any(counts[0] == shared for counts in stub.lane_threads.values())
     assert all(shared in counts for counts in stub.lane_threads.values())
     assert all(max(counts) <= cores for counts in stub.lane_threads.values())
+
+
+def test_a_sampled_request_runs_alone_beside_no_other_lane() -> None:
+    # A seeded sample reseeds the process-wide RNG: another lane sampling (or decoding) beside it would make
+    # it unreproducible, so it waits for the lanes to finish and none starts while it runs.
+    service = GenerationService(lambda: 0, max_lanes=2)
+    service._others = FixedLoad(0.0)
+    stub = OverlapStub()
+    service._generator = stub
+
+    async def sampled(i: int) -> Any:
+        await asyncio.sleep(0.05)  # the greedy batches have started on their lanes
+        return await service.generate(_req("m", f"s{i}", temperature=0.7))
+
+    async def main() -> list[Any]:
+        greedy = [service.generate(_req("m", f"q{i}")) for i in range(GenerationService.MAX_BATCH + 20)]
+        return await asyncio.gather(*greedy, *(sampled(i) for i in range(3)))
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        service.close()
+    assert len(outs) == GenerationService.MAX_BATCH + 23 and len(stub.singles) == 3
+    assert stub.most_at_once == 2  # the greedy batches still ran side by side
+    assert not stub.single_shared
+
+
+def test_the_generator_is_built_once_when_two_lanes_start_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.trainer import generate
+
+    built: list[int] = []
+
+    class SlowGenerator(StubGenerator):
+        def __init__(self) -> None:
+            super().__init__()
+            time.sleep(0.2)  # imports and torch set-up take a while on a fresh server
+            built.append(1)
+
+    monkeypatch.setattr(generate, "Generator", SlowGenerator)
+    service = GenerationService(lambda: 0, max_lanes=2)
+    try:
+        lanes = [threading.Thread(target=service._gen) for _ in range(2)]
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
+    finally:
+        service.close()
+    assert built == [1]
+
+
+def test_a_request_waiting_for_a_lane_ends_when_the_service_closes() -> None:
+    service = GenerationService(lambda: 0, max_lanes=2)
+    service._others = FixedLoad(0.0)
+    release = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def waiter() -> None:
+        try:
+            with service._lane_held(alone=True):
+                outcome.append(None)
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    with service._lane_held():  # a busy lane: the lone request waits
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.1)
+        service.close()
+        thread.join(5)
+        release.set()
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError)
 
 
 @pytest.mark.parametrize(("training", "others"), [(1, 0.0), (0, 1.2), (0, None)])

@@ -326,3 +326,26 @@ def test_each_async_request_goes_to_the_pool_with_the_fewest_in_flight() -> None
         assert client._in_flight == [3, 2, 2]
     assert client._in_flight == [0, 0, 0]
     assert [chosen.count(id(p)) for p in client._pools] == [3, 2, 2]
+
+
+def test_an_async_stream_counts_as_in_flight_on_its_pool_until_it_is_closed() -> None:
+    # Its connection stays busy after the headers: a pool that had given the count back would take a 17th
+    # stream onto 16 live ones while another pool sat empty.
+    import asyncio
+
+    from client import _requests as req
+    from client.async_client import AsyncMKA1Client
+
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text="data: x\n\n"))
+    client = AsyncMKA1Client(ClientSettings(base_url="http://127.0.0.1:9/v1"), transport=transport)
+    seen: list[list[int]] = []
+
+    async def main() -> None:
+        spec = req.responses_stream(ResponseCreateRequest(model="m", input="hi"))
+        async with client.open_stream(spec):
+            seen.append(list(client._in_flight))
+        seen.append(list(client._in_flight))
+        await client.aclose()
+
+    asyncio.run(main())
+    assert seen == [[1], [0]]
