@@ -231,14 +231,36 @@ class OverlapStub(StubGenerator):
                 self.running -= 1
 
 
-def _backlog(service: GenerationService, n: int) -> list[Any]:
+def _ask_all(service: GenerationService, reqs: list[GenerationRequest]) -> list[Any]:
+    """Every request's answer, all asked at once; then the service is closed."""
+
     async def main() -> list[Any]:
-        return await asyncio.gather(*(service.generate(_req("m", f"q{i}")) for i in range(n)))
+        return await asyncio.gather(*(service.generate(r) for r in reqs))
 
     try:
         return asyncio.run(main())
     finally:
         service.close()
+
+
+def _backlog(service: GenerationService, n: int) -> list[Any]:
+    return _ask_all(service, [_req("m", f"q{i}") for i in range(n)])
+
+
+def _micro_chat(word: str, n: int, max_tokens: int) -> list[GenerationRequest]:
+    """``n`` greedy requests to local:micro-chat, the i-th repeating ``word`` i times."""
+    return [
+        GenerationRequest(
+            "local:micro-chat",
+            [{"role": "user", "content": f"{word} " * i}],
+            None,
+            max_tokens,
+            None,
+            None,
+            None,
+        )
+        for i in range(1, n + 1)
+    ]
 
 
 @pytest.mark.parametrize(("cores", "shared"), [(2, 1), (8, 4)])
@@ -393,20 +415,7 @@ def test_two_lanes_give_a_real_model_the_answers_one_lane_gives(tmp_path: Path) 
                 running[0] -= 1
 
         service._generator.generate_greedy_batch = counted
-        reqs = [
-            GenerationRequest(
-                "local:micro-chat", [{"role": "user", "content": "hello " * i}], None, 12, None, None, None
-            )
-            for i in range(1, 7)
-        ]
-
-        async def main() -> list[Any]:
-            return await asyncio.gather(*(service.generate(r) for r in reqs))
-
-        try:
-            outs = asyncio.run(main())
-        finally:
-            service.close()
+        outs = _ask_all(service, _micro_chat("hello", 6, 12))
         return [(o.text, o.input_tokens, o.output_tokens) for o in outs], most[0]
 
     one, one_most = answers(1, tmp_path / "one")
@@ -586,20 +595,7 @@ def test_a_real_batch_uses_every_core_of_an_idle_machine_and_refits_mid_batch(
         return real_step(self, *args)
 
     monkeypatch.setattr(LeanDecoder, "_step", step)
-    reqs = [
-        GenerationRequest(
-            "local:micro-chat", [{"role": "user", "content": "hi " * i}], None, 8, None, None, None
-        )
-        for i in range(1, 5)
-    ]
-
-    async def main() -> list[Any]:
-        return await asyncio.gather(*(service.generate(r) for r in reqs))
-
-    try:
-        outs = asyncio.run(main())
-    finally:
-        service.close()
+    outs = _ask_all(service, _micro_chat("hi", 4, 8))
     assert len(outs) == 4 and all(o.output_tokens >= 1 for o in outs)
     assert seen[0] == usable_cores()
     assert seen[-1] == generation_threads(1) and len(seen) > 3

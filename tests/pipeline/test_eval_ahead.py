@@ -104,14 +104,20 @@ def _base_and_checkpoints_answered(fake: TrainingFake) -> bool:
     return fake.in_flight == 0 and all(fake.asked_of(m) >= PROMPTS for m in models)
 
 
+def _held_until_answered() -> TrainingFake:
+    """A two-step job that cannot succeed before the base model and both checkpoints were answered."""
+    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
+    fake.hold = _base_and_checkpoints_answered
+    return fake
+
+
 def test_base_and_checkpoints_are_judged_while_the_job_trains(
     dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(OVERLAP_SETTING, "all")
     # The job cannot end before the base model and both checkpoints were answered: only an eval running
     # while the wait polls lets this run finish.
-    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
-    fake.hold = _base_and_checkpoints_answered
+    fake = _held_until_answered()
     result = _run(fake, dataset_dir, tmp_path, seed=1)
     ev = result.evaluation
     assert ev is not None
@@ -256,8 +262,7 @@ def test_auto_judges_everything_during_training_when_the_machine_has_room(
     # average still holds the run that ended a moment ago (9 on 4 cores); what the probe measured decides.
     monkeypatch.delenv(OVERLAP_SETTING, raising=False)
     _machine(monkeypatch, cores=4, others=0.2, loadavg=9.0)
-    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
-    fake.hold = _base_and_checkpoints_answered
+    fake = _held_until_answered()
     result = _run(fake, dataset_dir, tmp_path, seed=6)
     assert all(status != "succeeded" for _, status in fake.asked)
     assert result.evaluation is not None and result.evaluation.calls == 3 * PROMPTS
@@ -373,8 +378,7 @@ def test_the_live_region_ends_on_the_answers_at_100_percent_when_all_came_before
     from cli.progress_display import ProgressState
 
     monkeypatch.setenv(OVERLAP_SETTING, "all")
-    fake = TrainingFake(timeline=["queued", "running", "running", "succeeded"], total_steps=2)
-    fake.hold = _base_and_checkpoints_answered
+    fake = _held_until_answered()
     for attempt in ("trained", "re-attached"):
         state = ProgressState(started=time.monotonic())
         seen: list[tuple[str, float | None]] = []
