@@ -64,7 +64,7 @@ class GenerationService:
 
     A second batch (the backlog beyond MAX_BATCH of an eval stage, or another model's) runs on a second lane
     beside the first while nothing trains on that core and other processes leave it mostly free
-    (``generation_lanes``); lanes running together take one torch thread each. A lone batch keeps the OpenMP
+    (``generation_lanes``); lanes running together split the free cores between them. A lone batch keeps the OpenMP
     threads only while no other process takes part of a core (their barriers wait for a descheduled thread),
     so an eval's 64 + 41 prompts after training, beside the flow's own work, mostly ran one after the other on
     one thread; two lanes share such a core gracefully.

@@ -131,9 +131,7 @@ class LeanDecoder:
         every = sync_every or (1 if self.device.type == "cpu" else 8)
         stops = set(stop)
         width = max(len(p) for p in prompts)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        # As generate derives them: a padded slot gets position 0 (masked anyway).
-        position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        _, mask, position = self._left_padded(prompts, pad, width)
         out: list[list[int]] = [[] for _ in range(n)]
         pace = before_step or _nothing
         capacity = width + max(max_new) + every
@@ -194,17 +192,12 @@ class LeanDecoder:
         for start in range(0, n, PREFILL_ROWS):
             rows = order[start : start + PREFILL_ROWS]
             w = max(len(prompts[r]) for r in rows)
-            ids = torch.tensor(
-                [[pad] * (w - len(prompts[r])) + list(prompts[r]) for r in rows], device=self.device
-            )
-            mask = torch.tensor(
-                [[0] * (w - len(prompts[r])) + [1] * len(prompts[r]) for r in rows], device=self.device
-            )
+            ids, mask, position = self._left_padded([prompts[r] for r in rows], pad, w)
             cache = DynamicCache(config=self.model.config)
             first = self.model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0),
+                position_ids=position,
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -220,6 +213,15 @@ class LeanDecoder:
                 keys[i][index, :, width - w : width] = layer.keys
                 values[i][index, :, width - w : width] = layer.values
         return token, keys, values
+
+    def _left_padded(
+        self, prompts: Sequence[list[int]], pad: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, attention mask and positions of ``prompts`` left-padded to ``width``; as generate derives
+        the positions, counted from each row's first real token (a padded slot gets 0, masked anyway)."""
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        return ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
     @staticmethod
     def _buffer(like: torch.Tensor, n: int, width: int, capacity: int) -> torch.Tensor:

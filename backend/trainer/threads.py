@@ -56,21 +56,23 @@ def generation_threads(training_workers: int, cores: int | None = None, others: 
     share a core makes every other thread wait at each of the step's many barriers (measured on 2 cores at load ~3.5: a
     decoding step 21 ms on 1 thread, 196 ms on 2), so a thread fewer is always the safer side.
     """
-    cores = usable_cores() if cores is None else cores
-    taken = max(0, training_workers) * trainer_threads(cores) + math.floor(max(0.0, others) + 0.6)
-    return max(1, cores - taken)
+    return _cores_left(training_workers, cores, math.floor(max(0.0, others) + 0.6))
 
 
 def generation_lanes(training_workers: int, cores: int | None = None, others: float = 0.0) -> int:
-    """How many batches the server may decode at once, one torch thread each: the cores the training workers
-    leave, less every whole core other processes (``others``) keep busy, at least 1.
+    """How many batches the server may decode at once (busy lanes split the free cores): the cores the
+    training workers leave, less every whole core other processes (``others``) keep busy, at least 1.
 
     Unlike ``generation_threads`` a core that a neighbour uses part of the time still counts: lanes share
     nothing at each step (no OpenMP barrier), so a lane on a part-busy core just runs at the share it gets.
     """
+    return _cores_left(training_workers, cores, math.floor(max(0.0, others)))
+
+
+def _cores_left(training_workers: int, cores: int | None, others_taken: int) -> int:
+    """The usable cores (or ``cores``) less the training workers' share and ``others_taken``, at least 1."""
     cores = usable_cores() if cores is None else cores
-    taken = max(0, training_workers) * trainer_threads(cores) + math.floor(max(0.0, others))
-    return max(1, cores - taken)
+    return max(1, cores - max(0, training_workers) * trainer_threads(cores) - others_taken)
 
 
 def busy_cpu_seconds(cpus: Collection[int] | None = None) -> float | None:

@@ -167,11 +167,15 @@ def _client(served: Served, user: str = USER) -> MKA1Client:
 
 
 def _start_long_run(setup: Setup, tmp_path: Path, out: Path) -> subprocess.Popen[bytes]:
-    """``ftpipe run`` of a 30-epoch job (it cannot end first) in its own process group, the one a terminal's
-    Ctrl-C signals; its output goes to ``out``."""
+    """``ftpipe run`` of a 30-epoch job (it cannot end first); see ``_launch``."""
     dataset = _dataset(tmp_path / "ds")
     argv = [sys.executable, "-m", "cli", "run", str(dataset), "--model", "local:micro-chat", "--epochs", "30"]
     argv += ["--no-eval", "--poll-interval", "0.3", "--progress", "plain", "--on-behalf-of", USER]
+    return _launch(setup, tmp_path, argv, out)
+
+
+def _launch(setup: Setup, tmp_path: Path, argv: list[str], out: Path) -> subprocess.Popen[bytes]:
+    """``argv`` in its own process group, the one a terminal's Ctrl-C signals; its output goes to ``out``."""
     with out.open("wb") as sink:
         return subprocess.Popen(
             argv,
@@ -303,16 +307,7 @@ def test_ctrl_c_on_a_sweep_cancels_every_job_exits_130_and_prefect_records_cance
     sweep_file.write_text(json.dumps({"base": base, "configs": configs, "name": "ctrl-c"}), encoding="utf-8")
     out = tmp_path / "terminal.txt"
     argv = [sys.executable, "-m", "cli", "sweep", str(sweep_file), "--progress", "plain"]
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=setup.env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = _launch(setup, tmp_path, argv, out)
     served = setup.backend()
     assert served is not None
     try:
