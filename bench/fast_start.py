@@ -132,10 +132,15 @@ def _timed(argv: list[str], env: dict[str, str], console: Console) -> tuple[floa
     return elapsed, proc.stdout + proc.stderr
 
 
-def _job_run(argv: list[str], env: dict[str, str], console: Console) -> tuple[float, dict[str, float]]:
-    """Wall time of a run that trains, and its phases (printed)."""
+def _job_run(
+    argv: list[str], env: dict[str, str], console: Console, log: Path | None = None
+) -> tuple[float, dict[str, float]]:
+    """Wall time of a run that trains, and its phases (printed); its output is kept in ``log`` when given."""
     started = datetime.now()
     wall, output = _timed([*argv, "--progress", "plain"], env, console)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(output)
     phases = phase_seconds(output, started, started + timedelta(seconds=wall))
     console.print("  " + ", ".join(f"{name} {s:.1f}s" for name, s in phases.items()))
     # Each model's eval time ("<model> (<role>): N answer(s) in X s, ..."): the after-training phase's core.
@@ -191,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warm-runs", type=int, default=1, help="jobs trained after the first, services warm (default 1)"
     )
+    ap.add_argument("--logs", type=Path, default=None, help="keep each training run's output in this folder")
     ap.add_argument(
         "--no-runner",
         action="store_true",
@@ -220,14 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"Prefect server {prefect_s:.1f}s"
             )
 
-            wall, phases = _job_run(cmd, env, console)
+            logs: Path | None = args.logs
+            wall, phases = _job_run(cmd, env, console, logs / "first.log" if logs else None)
             training = _training_s(out)
             console.print(f"sample job: {wall:.1f}s command to summary, {training:.0f}s training")
             phase_rows = _phase_rows("first job after the services start", phases, training)
             for i in range(args.warm_runs):
                 warm_out = tmp / f"out-warm-{i}"
                 warm_cmd = [*command(warm_out), "--seed", str(1000 + i)]  # the last --seed wins
-                warm_wall, warm_phases = _job_run(warm_cmd, env, console)
+                warm_log = logs / f"warm-{i + 1}.log" if logs else None
+                warm_wall, warm_phases = _job_run(warm_cmd, env, console, warm_log)
                 warm_training = _training_s(warm_out)
                 console.print(f"warm job {i + 1}: {warm_wall:.1f}s, {warm_training:.0f}s training")
                 phase_rows.append(
