@@ -16,7 +16,7 @@ from backend.context import BackendState
 from backend.db import Database
 from backend.errors import install_error_handlers
 from backend.faults import FaultInjectionMiddleware, config_from_settings
-from backend.generation import GenerationService
+from backend.generation import ArrivingGenerations, GenerationService
 from backend.housekeeping import remove_leftovers
 from backend.jobs import JobService
 from backend.layout import Layout
@@ -82,6 +82,8 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     for prefix in API_PREFIXES:
         # The OpenAI-SDK alias stays out of the schema: one documented prefix.
         app.include_router(router, prefix=prefix, include_in_schema=prefix == API_PREFIX)
+    # Innermost: a generation request counts as arriving while its body is read and parsed.
+    app.add_middleware(ArrivingGenerations, service=state.generation)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
     faults = config_from_settings(
         settings.fault_rates,

@@ -9,9 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.trainer.threads import (
     OtherLoad,
@@ -22,6 +25,9 @@ from backend.trainer.threads import (
 )
 
 log = logging.getLogger("backend.generation")
+
+# Per HTTP request: [True] while the request counts as arriving at the service (see GenerationService.arriving).
+_ARRIVING: ContextVar[list[bool] | None] = ContextVar("ftpipe_generation_arriving", default=None)
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,12 @@ class GenerationService:
 
     MAX_BATCH = 64
     # An idle thread waits while a burst keeps arriving (a request at most GATHER_GAP_S after the previous
-    # one), at most GATHER_MAX_S: concurrent callers' requests reach the server some ms apart (tens when 64
-    # open their connections on a busy machine), and without the wait the first of them would run alone and
-    # the rest in a second batch. A lone request pays GATHER_GAP_S.
+    # one, or requests still being read and parsed: ``arriving``), at most GATHER_MAX_S: concurrent callers'
+    # requests reach the server some ms apart (tens when 64 open their connections on a busy machine), and
+    # without the wait the first of them would run alone and the rest in a second batch. The server parses
+    # a burst's requests one after the other on its event loop (~1 ms each), so the first is queued while the
+    # others are still being parsed: an eval's 105 prompts after training reached the queue as 1, then 104
+    # 51 ms later, and the lone one held a lane 0.36 s. A lone request pays GATHER_GAP_S.
     GATHER_GAP_S = 0.03
     GATHER_MAX_S = 0.2
     # Callers answered together tend to ask again together (an eval stage with N in flight), but their next
@@ -87,6 +96,7 @@ class GenerationService:
     # them (measured: 0.23-0.25 s between the 64 and the 41 of 105 prompts sent at once).
     RETURN_WAIT_S = 0.25
     THREADS_RECHECK_S = 0.25
+    ARRIVING_POLL_S = 0.005
 
     # How often a batch waiting for a lane asks again whether the cores allow one more.
     LANE_RECHECK_S = 0.05
@@ -112,7 +122,31 @@ class GenerationService:
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
+        self._arriving = (
+            0  # HTTP requests for generations being read and parsed (``arriving``), guarded by _lock
+        )
         self._closed = False
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count the HTTP request this block serves as arriving until it asks for its generation (``generate``)
+        or ends without one: a gather waits for requests still being read and parsed."""
+        holder = [True]
+        with self._lock:
+            self._arriving += 1
+        token = _ARRIVING.set(holder)
+        try:
+            yield
+        finally:
+            _ARRIVING.reset(token)
+            with self._lock:
+                self._arrived_here(holder)
+
+    def _arrived_here(self, holder: list[bool] | None) -> None:
+        """The request of ``holder`` no longer counts as arriving; called with ``_lock`` held."""
+        if holder is not None and holder[0]:
+            holder[0] = False
+            self._arriving -= 1
 
     def _gen(self) -> Any:
         if self._generator is None:
@@ -244,9 +278,15 @@ class GenerationService:
             with self._lock:
                 queued = len(self._queues.get(key, []))
                 last = self._arrived.get(key, 0.0)
+                arriving = self._arriving
             now = time.monotonic()
+            if not 0 < queued < self.MAX_BATCH or now >= deadline:
+                return
+            if arriving:  # the rest of a burst is still being parsed: queued within moments
+                time.sleep(min(self.ARRIVING_POLL_S, deadline - now))
+                continue
             wait = min(last + self.GATHER_GAP_S, deadline) - now
-            if not 0 < queued < self.MAX_BATCH or wait <= 0:
+            if wait <= 0:
                 return
             time.sleep(wait)
 
@@ -296,6 +336,8 @@ class GenerationService:
         """Generate without blocking the event loop; ``on_text`` gets text pieces on this loop as they come."""
         loop = asyncio.get_running_loop()
         if on_text is not None or req.temperature or not req.truncate:
+            with self._lock:
+                self._arrived_here(_ARRIVING.get())
             if self._closed:
                 raise RuntimeError("the generation service is shut down")
             emit: Callable[[str], None] | None = None
@@ -309,6 +351,7 @@ class GenerationService:
         fut: Future[GenerationOutput] = Future()
         key = str(req.model_ref)
         with self._lock:
+            self._arrived_here(_ARRIVING.get())  # with the request queued: a gather sees one or the other
             if self._closed:
                 raise RuntimeError("the generation service is shut down")
             queue = self._queues.setdefault(key, [])
@@ -331,3 +374,22 @@ class GenerationService:
         self._alone_executor.shutdown(wait=False, cancel_futures=True)
         with self._lanes:
             self._lanes.notify_all()  # a request waiting for a lane sees the service closed
+
+
+class ArrivingGenerations:
+    """ASGI middleware counting each ``POST .../responses`` as arriving at ``service`` until it is queued."""
+
+    def __init__(self, app: ASGIApp, service: GenerationService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or not scope["path"].rstrip("/").endswith("/responses")
+        ):
+            await self.app(scope, receive, send)
+            return
+        with self.service.arriving():
+            await self.app(scope, receive, send)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from backend.generation import GenerationRequest, GenerationService
@@ -132,6 +133,72 @@ def test_a_burst_arriving_while_idle_is_one_batch() -> None:
         service.close()
     assert [o.text for o in outs] == [f"m:q{i}" for i in range(6)]
     assert stub.batches == [("m", 6)] and not stub.singles  # without the wait: 1 alone, then the rest
+
+
+def test_a_gather_waits_for_requests_still_being_parsed() -> None:
+    # The first request of a burst is queued while the server still parses the rest (they arrive 50 ms+ later
+    # on a busy machine): counted as arriving, they join its batch instead of the first running alone.
+    service, stub = _stubbed(GATHER_GAP_S=0.01, GATHER_MAX_S=5.0)
+
+    async def request(i: int, parsing_s: float) -> Any:
+        with service.arriving():  # what the ArrivingGenerations middleware does for POST .../responses
+            await asyncio.sleep(parsing_s)
+            return await service.generate(_req("m", f"q{i}"))
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(request(0, 0.0), *(request(i, 0.2 + 0.05 * i) for i in range(1, 4)))
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        service.close()
+    assert [o.text for o in outs] == [f"m:q{i}" for i in range(4)]
+    assert stub.batches == [("m", 4)] and not stub.singles  # without the count: q0 alone, then the rest
+    assert service._arriving == 0
+
+
+def test_a_request_that_ends_before_generating_stops_arriving() -> None:
+    service, stub = _stubbed(GATHER_GAP_S=0.01, GATHER_MAX_S=5.0)
+    with pytest.raises(ValueError), service.arriving():
+        raise ValueError("a 422: the body did not validate")
+    assert service._arriving == 0
+    started = time.monotonic()
+    _answer_one(service)  # a later lone request is not held back by the one that never came
+    assert time.monotonic() - started < 2.0
+    assert stub.singles == [("m", None)]
+
+
+def test_the_backend_counts_a_responses_request_as_arriving_until_it_is_queued(tmp_path: Path) -> None:
+    from backend.app import create_app
+    from backend.settings import BackendSettings
+
+    app = create_app(BackendSettings(data_dir=tmp_path, api_key="k"))
+    service: GenerationService = app.state.backend.generation
+    seen: list[int] = []
+
+    async def generate(req: GenerationRequest, on_text: Any = None) -> Any:
+        seen.append(service._arriving)
+        from backend.generation import GenerationOutput
+
+        return GenerationOutput("hi", 1, 1)
+
+    service.generate = generate  # type: ignore[method-assign]
+    body = {"model": "local:micro-chat", "input": "hello", "store": False}
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"Authorization": "Bearer k"}
+        ) as c:
+            ok = await c.post("/api/v1/llm/responses", json=body)
+            bad = await c.post("/api/v1/llm/responses", json={"model": 3})
+            return [ok.status_code, bad.status_code]
+
+    try:
+        assert asyncio.run(run()) == [200, 400]
+    finally:
+        service.close()
+    assert seen == [1]  # counted while parsed, by the middleware
+    assert service._arriving == 0  # and no longer after the answer or the refusal
 
 
 def test_callers_answered_together_come_back_as_one_batch() -> None:
