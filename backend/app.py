@@ -82,9 +82,10 @@ def create_app(settings: BackendSettings | None = None) -> FastAPI:
     for prefix in API_PREFIXES:
         # The OpenAI-SDK alias stays out of the schema: one documented prefix.
         app.include_router(router, prefix=prefix, include_in_schema=prefix == API_PREFIX)
-    # Innermost: a generation request counts as arriving while its body is read and parsed.
-    app.add_middleware(ArrivingGenerations, service=state.generation)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    # Around the body limit (which reads the body): a generation request counts as arriving while its body
+    # is read and parsed (backend.generation).
+    app.add_middleware(ArrivingGenerations, service=state.generation)
     faults = config_from_settings(
         settings.fault_rates,
         settings.fault_kinds,

@@ -26,8 +26,8 @@ from backend.trainer.threads import (
 
 log = logging.getLogger("backend.generation")
 
-# Per HTTP request: [True] while the request counts as arriving at the service (see GenerationService.arriving).
-_ARRIVING: ContextVar[list[bool] | None] = ContextVar("ftpipe_generation_arriving", default=None)
+# Per HTTP request: [the service] while the request counts as arriving at it (GenerationService.arriving).
+_ARRIVING: ContextVar[list[Any] | None] = ContextVar("ftpipe_generation_arriving", default=None)
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,14 @@ class GenerationService:
 
     MAX_BATCH = 64
     # An idle thread waits while a burst keeps arriving (a request at most GATHER_GAP_S after the previous
-    # one, or requests still being read and parsed: ``arriving``), at most GATHER_MAX_S: concurrent callers'
-    # requests reach the server some ms apart (tens when 64 open their connections on a busy machine), and
-    # without the wait the first of them would run alone and the rest in a second batch. The server parses
-    # a burst's requests one after the other on its event loop (~1 ms each), so the first is queued while the
-    # others are still being parsed: an eval's 105 prompts after training reached the queue as 1, then 104
-    # 51 ms later, and the lone one held a lane 0.36 s. A lone request pays GATHER_GAP_S.
+    # one, or while requests are still being read and parsed: ``arriving``), at most GATHER_MAX_S: concurrent
+    # callers' requests reach the server some ms apart (tens when 64 open their connections on a busy
+    # machine), and without the wait the first of them would run alone and the rest in a second batch. The
+    # server reads and parses a burst's requests one after the other on its event loop (~1 ms each), so the
+    # first is queued while the others are still being parsed: an eval's 105 prompts after training reached
+    # the queue as 1 and, 51 ms later, 104, and the lone one held a lane 0.36 s. The count is of all models
+    # (a model is known once parsed), so other traffic can hold a gather up to GATHER_MAX_S. A lone request
+    # pays GATHER_GAP_S.
     GATHER_GAP_S = 0.03
     GATHER_MAX_S = 0.2
     # Callers answered together tend to ask again together (an eval stage with N in flight), but their next
@@ -122,31 +124,40 @@ class GenerationService:
         self._lock = threading.Lock()  # guards the queues: appended on the event loop, drained on the thread
         self._queues: dict[str, list[tuple[GenerationRequest, Future[GenerationOutput]]]] = {}
         self._arrived: dict[str, float] = {}  # per model: when its latest queued request arrived (monotonic)
-        self._arriving = (
-            0  # HTTP requests for generations being read and parsed (``arriving``), guarded by _lock
-        )
+        # HTTP requests for generations being read and parsed (``arriving``) and when one last stopped being
+        # (monotonic), guarded by _lock.
+        self._arriving = 0
+        self._parsed_at = float("-inf")
         self._closed = False
 
     @contextmanager
     def arriving(self) -> Iterator[None]:
-        """Count the HTTP request this block serves as arriving until it asks for its generation (``generate``)
-        or ends without one: a gather waits for requests still being read and parsed."""
-        holder = [True]
+        """Count the HTTP request this block serves as arriving until its handler starts (``parsed``) or it
+        ends without one (a 4xx): a gather waits for requests still being read and parsed."""
+        holder: list[Any] = [self]
         with self._lock:
             self._arriving += 1
         token = _ARRIVING.set(holder)
         try:
             yield
         finally:
-            _ARRIVING.reset(token)
-            with self._lock:
-                self._arrived_here(holder)
+            try:
+                self._leave(holder)
+            finally:
+                _ARRIVING.reset(token)
 
-    def _arrived_here(self, holder: list[bool] | None) -> None:
-        """The request of ``holder`` no longer counts as arriving; called with ``_lock`` held."""
-        if holder is not None and holder[0]:
-            holder[0] = False
-            self._arriving -= 1
+    def parsed(self) -> None:
+        """The current request (if ``arriving`` counts it) is parsed: its generation is asked within moments."""
+        self._leave(_ARRIVING.get())
+
+    def _leave(self, holder: list[Any] | None) -> None:
+        # Once per request; its moment counts like an arrival, so a gather waits GATHER_GAP_S more for it
+        # to be queued (it may still be between its handler's start and ``generate``).
+        if holder is not None and holder[0] is self:
+            with self._lock:
+                holder[0] = None
+                self._arriving -= 1
+                self._parsed_at = time.monotonic()
 
     def _gen(self) -> Any:
         if self._generator is None:
@@ -264,7 +275,8 @@ class GenerationService:
 
     def _gather(self, key: str, backlog: bool = False) -> None:
         """Wait while a burst of requests for ``key`` is still arriving (on the generation thread); a
-        ``backlog`` (requests left over from the previous batch) does not wait for that batch's callers."""
+        ``backlog`` (requests left over from the previous batch) does not wait for that batch's callers, only
+        for the rest of a burst still arriving."""
         answered, answered_at = self._answered.get(key, (0, float("-inf")))
         returning = 0 if backlog else min(answered, self.MAX_BATCH)
         until = answered_at + self.RETURN_WAIT_S
@@ -277,12 +289,12 @@ class GenerationService:
         while True:
             with self._lock:
                 queued = len(self._queues.get(key, []))
-                last = self._arrived.get(key, 0.0)
+                last = max(self._arrived.get(key, 0.0), self._parsed_at)
                 arriving = self._arriving
             now = time.monotonic()
             if not 0 < queued < self.MAX_BATCH or now >= deadline:
                 return
-            if arriving:  # the rest of a burst is still being parsed: queued within moments
+            if arriving > 0:  # the rest of a burst is still being parsed: queued within moments
                 time.sleep(min(self.ARRIVING_POLL_S, deadline - now))
                 continue
             wait = min(last + self.GATHER_GAP_S, deadline) - now
@@ -336,8 +348,6 @@ class GenerationService:
         """Generate without blocking the event loop; ``on_text`` gets text pieces on this loop as they come."""
         loop = asyncio.get_running_loop()
         if on_text is not None or req.temperature or not req.truncate:
-            with self._lock:
-                self._arrived_here(_ARRIVING.get())
             if self._closed:
                 raise RuntimeError("the generation service is shut down")
             emit: Callable[[str], None] | None = None
@@ -351,7 +361,6 @@ class GenerationService:
         fut: Future[GenerationOutput] = Future()
         key = str(req.model_ref)
         with self._lock:
-            self._arrived_here(_ARRIVING.get())  # with the request queued: a gather sees one or the other
             if self._closed:
                 raise RuntimeError("the generation service is shut down")
             queue = self._queues.setdefault(key, [])
@@ -377,7 +386,7 @@ class GenerationService:
 
 
 class ArrivingGenerations:
-    """ASGI middleware counting each ``POST .../responses`` as arriving at ``service`` until it is queued."""
+    """ASGI middleware counting each ``POST .../responses`` as arriving at ``service`` until its handler starts."""
 
     def __init__(self, app: ASGIApp, service: GenerationService) -> None:
         self.app = app

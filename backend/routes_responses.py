@@ -123,6 +123,7 @@ async def create_response(
 ) -> dict[str, Any] | StreamingResponse:
     """Generate one assistant message; ``stream: true`` sends it as Server-Sent Events while it grows. A
     stored response's ``Idempotency-Key`` answers a repeat with the first answer (streams ignore it)."""
+    ctx.state.generation.parsed()  # no longer arriving: its generation is asked at once
     prep = _prepare(ctx, body)
     if body.stream:
         return StreamingResponse(

@@ -142,7 +142,8 @@ def test_a_gather_waits_for_requests_still_being_parsed() -> None:
 
     async def request(i: int, parsing_s: float) -> Any:
         with service.arriving():  # what the ArrivingGenerations middleware does for POST .../responses
-            await asyncio.sleep(parsing_s)
+            await asyncio.sleep(parsing_s)  # its body is read and parsed
+            service.parsed()  # what the handler does first
             return await service.generate(_req("m", f"q{i}"))
 
     async def main() -> list[Any]:
@@ -168,20 +169,26 @@ def test_a_request_that_ends_before_generating_stops_arriving() -> None:
     assert stub.singles == [("m", None)]
 
 
-def test_the_backend_counts_a_responses_request_as_arriving_until_it_is_queued(tmp_path: Path) -> None:
+def test_the_backend_counts_a_responses_request_as_arriving_until_its_handler_starts(tmp_path: Path) -> None:
     from backend.app import create_app
     from backend.settings import BackendSettings
 
     app = create_app(BackendSettings(data_dir=tmp_path, api_key="k"))
     service: GenerationService = app.state.backend.generation
     seen: list[int] = []
+    parsed = service.parsed
+
+    def counted_parsed() -> None:
+        seen.append(service._arriving)
+        parsed()
+        seen.append(service._arriving)
 
     async def generate(req: GenerationRequest, on_text: Any = None) -> Any:
-        seen.append(service._arriving)
         from backend.generation import GenerationOutput
 
         return GenerationOutput("hi", 1, 1)
 
+    service.parsed = counted_parsed  # type: ignore[method-assign]
     service.generate = generate  # type: ignore[method-assign]
     body = {"model": "local:micro-chat", "input": "hello", "store": False}
 
@@ -197,8 +204,8 @@ def test_the_backend_counts_a_responses_request_as_arriving_until_it_is_queued(t
         assert asyncio.run(run()) == [200, 400]
     finally:
         service.close()
-    assert seen == [1]  # counted while parsed, by the middleware
-    assert service._arriving == 0  # and no longer after the answer or the refusal
+    assert seen == [1, 0]  # counted by the middleware until the handler started
+    assert service._arriving == 0  # the refused one too, once refused
 
 
 def test_callers_answered_together_come_back_as_one_batch() -> None:
