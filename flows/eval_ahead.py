@@ -18,13 +18,13 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from backend.trainer.threads import OtherLoad, trainer_threads, usable_cores
+from backend.trainer.threads import OtherLoad, process_cpu_seconds, trainer_threads, usable_cores
 from client import ClientSettings, MKA1Client
 from client.models import FineTuningJob, FineTuningJobEvent
 from evaluation.results import EvalModel
@@ -225,11 +225,25 @@ OVERLAP_MODES = ("auto", "all", "off")
 
 class LoadProbe:
     """Cores that other processes keep busy, measured from the probe's start (the flow's) to ``read`` (the eval
-    decision): what the machine does now, where the 1-minute load average still holds a run that just ended."""
+    decision): what the machine does now, where the 1-minute load average still holds a run that just ended.
 
-    def __init__(self) -> None:
-        self._load = OtherLoad(stale_s=math.inf)  # one span, from the start to the read: any length measures
+    ``serving``: pids of local servers that serve this run (ftpipe's Prefect server), not counted: in that span
+    they create its flow and task runs and take its logs (0.2-0.5 of a core on 2 busy cores, which pushed the
+    first job after the services started just past the threshold), work that ends as training starts.
+    """
+
+    def __init__(self, serving: Collection[int] = ()) -> None:
+        self._serving = {pid: 0.0 for pid in serving}
+        # One span, from the start to the read: any length measures.
+        self._load = OtherLoad(stale_s=math.inf, also_own=self._serving_cpu if self._serving else None)
         self._sample()
+
+    def _serving_cpu(self) -> float:
+        for pid in self._serving:
+            seconds = process_cpu_seconds(pid)
+            if seconds is not None:  # a server gone since keeps its last figure: the span's difference holds
+                self._serving[pid] = seconds
+        return sum(self._serving.values())
 
     def read(self) -> float | None:
         """Cores busy in other processes since the start (this one's CPU time left out); None when unknown:

@@ -41,6 +41,7 @@ from flows.experiment import ExperimentRun, dataset_label, run_name, run_tags
 from flows.judging import JudgePlan, current_champion, judge_run, plan_judging
 from flows.params import FineTuneParams
 from flows.preload import preload
+from services.prefect_api import serving_pids
 from tasks import report, runtime
 from tasks.create_job import JobSpec, create_job_task, record_job
 from tasks.errors import GateFailed, JobFailed
@@ -219,7 +220,9 @@ def fine_tune(
 
 
 def _fine_tune(params: FineTuneParams, experiment: ExperimentRun) -> RunRecord:
-    load = LoadProbe()  # what other processes keep busy, until the eval-during-training decision
+    # What other processes keep busy, until the eval-during-training decision (not the Prefect server serving
+    # this run's start).
+    load = LoadProbe(serving=serving_pids())
     started = time.monotonic()
     started_at = datetime.now(UTC)
     log = runtime.run_logger()

@@ -33,6 +33,12 @@ class PrefectApi:
     managed: bool  # an ftpipe service, leased by this command
     started: bool  # started by this command
     idle_timeout_s: float | None = None
+    pid: int | None = None  # the server's process, when ftpipe runs it
+
+
+def serving_pids() -> list[int]:
+    """The process of ftpipe's Prefect server this process's runs report to (none for a configured API)."""
+    return [_current.pid] if _current is not None and _current.pid is not None else []
 
 
 _current: PrefectApi | None = None
@@ -166,7 +172,7 @@ def prefect_api_for_run(command: str | None = None) -> Iterator[PrefectApi]:
         config_hash=digest,
     ) as acquired:
         record: ServiceRecord = acquired.record
-        api = PrefectApi(record.url, record.ui_url, True, acquired.started, record.idle_timeout_s)
+        api = PrefectApi(record.url, record.ui_url, True, acquired.started, record.idle_timeout_s, record.pid)
         os.environ[API_ENV] = record.url  # child processes (Dask workers, flow subprocesses) follow
         updates: dict[Any, Any] = {PREFECT_API_URL: record.url}
         if record.ui_url is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 THREADS_ENV = "FTPIPE_TRAINER_THREADS"
 
@@ -98,6 +98,16 @@ def busy_cpu_seconds(cpus: Collection[int] | None = None) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _affinity() -> set[int] | None:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
@@ -110,10 +120,12 @@ class OtherLoad:
     MIN_WINDOW_S = 0.1  # shorter windows hold too few clock ticks (100 per second per core)
     STALE_S = 2.0  # an older sample says little about now
 
-    def __init__(self, stale_s: float | None = None) -> None:
+    def __init__(self, stale_s: float | None = None, also_own: Callable[[], float] | None = None) -> None:
         """``stale_s``: the longest window still measured (default STALE_S; a caller measuring one given span,
-        e.g. from a flow's start to a decision, passes ``math.inf``)."""
+        e.g. from a flow's start to a decision, passes ``math.inf``); ``also_own``: CPU seconds (cumulative)
+        of other processes to count as this one's (never as a load)."""
         self.stale_s = self.STALE_S if stale_s is None else stale_s
+        self.also_own = also_own
         self._last: tuple[float, float, float] | None = None  # monotonic, busy CPU s, own CPU s
         self._estimate: float | None = None
 
@@ -121,6 +133,8 @@ class OtherLoad:
         """Cores others used since the previous call (``workers_cores`` of it are known workers', not counted);
         None when unknown: the first call, one after a long gap, or no /proc/stat."""
         now, own = time.monotonic(), time.process_time()
+        if self.also_own is not None:
+            own += self.also_own()
         busy = busy_cpu_seconds()
         if busy is None:
             self._last = self._estimate = None

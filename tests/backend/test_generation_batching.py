@@ -589,6 +589,19 @@ def test_busy_cpu_seconds_reads_this_machine() -> None:
     assert threads.busy_cpu_seconds(cpus=[]) is None
 
 
+def test_process_cpu_seconds_reads_a_process_cpu_time() -> None:
+    import os
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc")
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:  # keep a core busy
+        pass
+    seconds = threads.process_cpu_seconds(os.getpid())
+    assert seconds is not None and abs(seconds - time.process_time()) < 0.1
+    assert threads.process_cpu_seconds(2**22 + 1) is None  # past pid_max: no such process
+
+
 def test_each_batch_runs_on_the_cores_free_when_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
     training = [0]

@@ -335,6 +335,29 @@ def test_the_load_probe_counts_other_processes_busy_time_since_the_flow_started_
     assert others is not None and 0.1 / span - 0.05 <= others <= 0.1 / 0.25 + 0.05
 
 
+def test_the_load_probe_leaves_out_the_servers_serving_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Over the span, ftpipe's Prefect server (pid 4242) spends 0.2 s creating this run's flow and task runs and
+    # something else 0.02 s: only the latter is a load.
+    monkeypatch.setattr(threads.OtherLoad, "STALE_S", 0.01)
+    own0 = time.process_time()
+    server = {"s": 3.0}
+    elsewhere = {"s": 0.0}
+    monkeypatch.setattr(
+        threads,
+        "busy_cpu_seconds",
+        lambda cpus=None: 5000.0 + time.process_time() - own0 + server["s"] + elsewhere["s"],
+    )
+    monkeypatch.setattr(
+        eval_ahead_module, "process_cpu_seconds", lambda pid: server["s"] if pid == 4242 else None
+    )
+    served, plain = LoadProbe(serving=[4242]), LoadProbe()
+    time.sleep(0.2)
+    server["s"] += 0.2
+    elsewhere["s"] += 0.02
+    assert (served.read() or 0.0) <= 0.15
+    assert (plain.read() or 0.0) >= 0.8
+
+
 def test_the_load_probe_is_unknown_without_proc_stat_or_when_it_cannot_be_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 TWO_RUNS = """
 import json
 from prefect import flow
-from services.prefect_api import prefect_api_for_run, prefect_ui_url
+from services.prefect_api import prefect_api_for_run, prefect_ui_url, serving_pids
 
 @flow
 def hello() -> int:
@@ -32,7 +32,15 @@ out = []
 for _ in range(2):
     with prefect_api_for_run("test") as api:
         assert hello() == 1
-        out.append({"url": api.api_url, "ui": api.ui_url, "started": api.started, "ui_fn": prefect_ui_url()})
+        out.append(
+            {
+                "url": api.api_url,
+                "ui": api.ui_url,
+                "started": api.started,
+                "ui_fn": prefect_ui_url(),
+                "serving": serving_pids(),
+            }
+        )
 print(json.dumps(out))
 """
 
@@ -63,6 +71,7 @@ def test_the_long_lived_server_is_reused_listed_and_stopped(
     assert listed["leases"] == [] and listed["idle_timeout_s"] == 1800
     assert ftpipe(["services", "stop", "prefect"]) == 0
     assert "stopped" in capsys.readouterr().out
+    assert first["serving"] == second["serving"] == third["serving"] == [listed["pid"]]
     assert wait_gone(listed["pid"], 5)
 
 
