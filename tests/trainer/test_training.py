@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backend.trainer import train as train_module
 from backend.trainer.device import describe, resolve_device
 from backend.trainer.packing import PACKING_ENV
 from backend.trainer.spec import TrainingError, TrainingSpec
@@ -77,6 +79,28 @@ def test_every_checkpoint_has_six_float_metrics(
         _, m, _ = rec.checkpoints[-1]
         assert m["valid_loss"] == pytest.approx(m["full_valid_loss"])
         assert all("valid_loss" in d for _, _, t, d in rec.events if t == "metrics" and d)
+
+
+def test_an_epoch_ending_at_a_metrics_step_reuses_its_validation_sample(
+    chat_file: Path, valid_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same weights, the same sample: evaluated once, and the checkpoint and the event agree exactly."""
+    calls: list[int] = []
+    evaluate = train_module._Run.evaluate
+
+    def counted(self: Any, examples: Any) -> tuple[float, float]:
+        calls.append(len(examples))
+        return evaluate(self, examples)
+
+    monkeypatch.setattr(train_module._Run, "evaluate", counted)
+    rec = Recorder()
+    train(_spec(chat_file, tmp_path / "job", validation_file=valid_file), rec)  # metrics at every step
+    events = {d["step"]: d for _, _, t, d in rec.events if t == "metrics" and d}
+    assert len(events) == 10 and [step for step, _, _ in rec.checkpoints] == [5, 10]
+    assert len(calls) == 10 + 2  # the sample at each step, the full set at each checkpoint: nothing twice
+    for step, metrics, _ in rec.checkpoints:
+        assert metrics["valid_loss"] == events[step]["valid_loss"]
+        assert metrics["valid_mean_token_accuracy"] == events[step]["valid_mean_token_accuracy"]
 
 
 def test_last_step_gets_a_metrics_event_with_its_window(chat_file: Path, tmp_path: Path) -> None:
