@@ -99,13 +99,14 @@ def busy_cpu_seconds(cpus: Collection[int] | None = None) -> float | None:
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds (user + system) process ``pid`` has used, from /proc; None when it cannot be read."""
+    """CPU seconds (user + system) process ``pid`` has used; None when it cannot be read (gone, not ours)."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
+    return float(times.user + times.system)
 
 
 def _affinity() -> set[int] | None:
